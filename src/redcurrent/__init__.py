@@ -1,0 +1,87 @@
+"""redcurrent: Kafka-style partitioned topics and consumer groups on Redis Streams.
+
+Producing::
+
+    async with redcurrent.Producer("redis://localhost:6379") as producer:
+        await producer.send("orders", {"id": 1}, key="customer-7")
+"""
+
+from __future__ import annotations
+
+from .admin import Admin
+from .errors import (
+    AmbiguousWriteError,
+    ConfigError,
+    ConsumerStoppedError,
+    DecodeError,
+    FencedError,
+    GroupError,
+    InvalidPartitionsError,
+    MessageTooLargeError,
+    ProducerClosedError,
+    RedcurrentConnectionError,
+    RedcurrentError,
+    SerializationError,
+    TopicError,
+    TopicExistsError,
+    UnknownGroupError,
+    UnknownTopicError,
+)
+from .partitioner import StickyPartitioner, murmur3_32, partition_for_key
+from .producer import Producer
+from .serde import Deserializer, Serializer
+from .structs import (
+    GroupInfo,
+    MemberInfo,
+    Message,
+    PartitionGroupInfo,
+    PartitionInfo,
+    Record,
+    RecordMetadata,
+    TopicConfig,
+    TopicInfo,
+    TopicPartition,
+)
+
+__version__ = "0.1.0"
+
+__all__ = (
+    # clients
+    "Admin",
+    "Producer",
+    # values
+    "GroupInfo",
+    "MemberInfo",
+    "Message",
+    "PartitionGroupInfo",
+    "PartitionInfo",
+    "Record",
+    "RecordMetadata",
+    "TopicConfig",
+    "TopicInfo",
+    "TopicPartition",
+    # partitioning and serialization
+    "Deserializer",
+    "Serializer",
+    "StickyPartitioner",
+    "murmur3_32",
+    "partition_for_key",
+    # errors
+    "AmbiguousWriteError",
+    "ConfigError",
+    "ConsumerStoppedError",
+    "DecodeError",
+    "FencedError",
+    "GroupError",
+    "InvalidPartitionsError",
+    "MessageTooLargeError",
+    "ProducerClosedError",
+    "RedcurrentConnectionError",
+    "RedcurrentError",
+    "SerializationError",
+    "TopicError",
+    "TopicExistsError",
+    "UnknownGroupError",
+    "UnknownTopicError",
+    "__version__",
+)

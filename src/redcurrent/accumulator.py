@@ -1,0 +1,284 @@
+"""Linger batching for the producer: one produce-script call per partition batch.
+
+``send`` appends an encoded record to the open batch of its partition and gets a
+future. A single sender task drains every batch into one pipeline of EVALSHA calls
+(one per partition batch; on a cluster redis-py groups them per node), then resolves
+the futures. While a pipeline is in flight new records accumulate, so batches grow
+with load (Kafka's linger.ms / batch.size). One pipeline at a time keeps per-partition
+order, and the idempotent sequence makes a retried pipeline write each batch once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from . import scripts
+from .config import ProducerOptions, seconds_to_ms
+from .connection import Connection
+from .errors import AmbiguousWriteError, RedcurrentError, translate
+from .structs import RecordMetadata
+
+__all__ = ["Accumulator", "Waiter"]
+
+log = logging.getLogger(__name__)
+
+FIELDS_PER_RECORD = 7
+_CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+_PRODUCE = scripts.script("produce")
+
+
+@dataclass(slots=True)
+class Waiter:
+    """A future waiting for ``count`` records of a batch from ``start`` on."""
+
+    future: asyncio.Future[Any]
+    start: int
+    count: int
+    single: bool
+
+
+@dataclass(slots=True)
+class _Batch:
+    topic: str
+    partition: int
+    args: list[bytes | str] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+    waiters: list[Waiter] = field(default_factory=list)
+    size: int = 0
+    seq: int = 0
+    created: float = field(default_factory=time.monotonic)
+
+
+class Accumulator:
+    """Buffers encoded records per partition and sends them in batches (private)."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        options: ProducerOptions,
+        topic_config: Callable[[str], tuple[int | None, int | None]],
+    ) -> None:
+        self._conn = conn
+        self._opt = options
+        self._topic_config = topic_config  # topic -> (maxlen, retention_ms)
+        self._open: dict[tuple[str, int], _Batch] = {}
+        self._ready: list[_Batch] = []
+        self._seq: dict[tuple[str, int], int] = {}
+        self._producer_id = uuid.uuid4().hex if options.idempotent else ""
+        self._wakeup = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._outstanding = 0
+        self._flush_now = False
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def producer_id(self) -> str:
+        return self._producer_id
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="redcurrent-producer-sender")
+
+    def append(
+        self, topic: str, partition: int, record: tuple[bytes | str, ...], ts: int, nbytes: int
+    ) -> asyncio.Future[RecordMetadata]:
+        """Queue one encoded record (7 fields); the future resolves to its metadata."""
+        batch = self._batch_for(topic, partition, nbytes)
+        fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+        batch.waiters.append(Waiter(fut, len(batch.timestamps), 1, True))
+        batch.args.extend(record)
+        batch.timestamps.append(ts)
+        batch.size += nbytes
+        self._after_append(batch)
+        return fut
+
+    def append_many(
+        self, topic: str, partition: int, records: list[tuple[tuple[bytes | str, ...], int, int]]
+    ) -> list[asyncio.Future[list[RecordMetadata]]]:
+        """Queue records of one partition; one future per batch they land in."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[list[RecordMetadata]]] = []
+        waiter: Waiter | None = None
+        batch: _Batch | None = None
+        for record, ts, nbytes in records:
+            nxt = self._batch_for(topic, partition, nbytes)
+            if nxt is not batch or waiter is None:
+                batch = nxt
+                waiter = Waiter(loop.create_future(), len(batch.timestamps), 0, False)
+                batch.waiters.append(waiter)
+                futures.append(waiter.future)
+            batch.args.extend(record)
+            batch.timestamps.append(ts)
+            batch.size += nbytes
+            waiter.count += 1
+            self._after_append(batch)
+        self._flush_now = True
+        self._wakeup.set()
+        return futures
+
+    def _batch_for(self, topic: str, partition: int, nbytes: int) -> _Batch:
+        key = (topic, partition)
+        batch = self._open.get(key)
+        if batch is None:
+            batch = self._open[key] = _Batch(topic, partition)
+        elif batch.size + nbytes > self._opt.batch_bytes and batch.timestamps:
+            self._seal(key, batch)
+            batch = self._open[key] = _Batch(topic, partition)
+        return batch
+
+    def _after_append(self, batch: _Batch) -> None:
+        self._outstanding += 1
+        self._drained.clear()
+        if len(batch.timestamps) >= self._opt.batch_size:
+            self._seal((batch.topic, batch.partition), batch)
+            self._flush_now = True
+        self._wakeup.set()
+
+    def _seal(self, key: tuple[str, int], batch: _Batch) -> None:
+        del self._open[key]
+        self._ready.append(batch)
+
+    async def flush(self) -> None:
+        """Send everything buffered now and wait until it is stored (or failed)."""
+        if self._outstanding:
+            self._flush_now = True
+            self._wakeup.set()
+            await self._drained.wait()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self._fail_all(RedcurrentError("producer closed before the record was sent"))
+
+    # -- sender --
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if not self._flush_now:
+                # Linger from the first record of an idle producer (Kafka's linger.ms);
+                # while a pipeline is in flight records pile up without any wait.
+                await asyncio.sleep(self._opt.linger)
+            self._flush_now = False
+            batches = self._drain()
+            if batches:
+                try:
+                    await self._send(batches)
+                except Exception as exc:  # never leave a caller waiting on a dead sender
+                    log.exception("producer sender failed")
+                    self._fail(batches, translate(exc, "produce"))
+                self._flush_now = bool(self._open or self._ready)
+                if self._flush_now:
+                    self._wakeup.set()
+
+    def _drain(self) -> list[_Batch]:
+        batches = self._ready + list(self._open.values())
+        self._ready = []
+        self._open = {}
+        for b in batches:
+            key = (b.topic, b.partition)
+            b.seq = self._seq.get(key, 0) + 1
+            self._seq[key] = b.seq + len(b.timestamps) - 1
+        return batches
+
+    def _calls(self, batches: list[_Batch]) -> list[scripts.Call]:
+        keys = self._opt.keys
+        now_ms = int(time.time() * 1000)
+        window_ms = seconds_to_ms(self._opt.idempotence_window)
+        calls = []
+        pid = self._producer_id
+        for b in batches:
+            maxlen, retention_ms = self._topic_config(b.topic)
+            minid = f"{now_ms - retention_ms}-0" if retention_ms else ""
+            head: list[bytes | str | int] = [
+                str(maxlen) if maxlen else "", minid, pid, b.seq, window_ms
+            ]
+            stream_keys = [
+                keys.stream(b.topic, b.partition),
+                keys.producer_seq(b.topic, b.partition, pid or "-"),
+            ]
+            calls.append(scripts.Call(_PRODUCE, stream_keys, head + b.args))
+        return calls
+
+    async def _send(self, batches: list[_Batch]) -> None:
+        calls = self._calls(batches)
+        deadline = min(b.created for b in batches) + self._opt.request_timeout
+        attempt = 0
+        while True:
+            try:
+                async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                    results = await scripts.execute_calls(self._conn.client, calls)
+                break
+            except _CONNECTION_ERRORS as exc:
+                if not self._producer_id:
+                    self._fail(batches, AmbiguousWriteError(
+                        "connection lost while sending; the records may or may not be stored "
+                        f"({translate(exc, 'produce')})"
+                    ))
+                    return
+                if time.monotonic() >= deadline:
+                    self._fail(batches, translate(exc, "produce: gave up after request_timeout"))
+                    return
+                attempt += 1
+                delay = min(1.0, self._opt.retry_backoff * 2 ** min(attempt, 6))
+                log.warning("produce failed (%s); retry %d in %.2fs", type(exc).__name__, attempt, delay)
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+        for batch, result in zip(batches, results, strict=True):
+            self._resolve(batch, result)
+
+    def _resolve(self, batch: _Batch, result: Any) -> None:
+        if isinstance(result, Exception) or result[0] == b"STALE":
+            err = (
+                translate(result, "produce")
+                if isinstance(result, Exception)
+                else RedcurrentError("produce: stale producer sequence; nothing was written")
+            )
+            self._fail([batch], err)
+            return
+        ids = result[1]
+        topic, partition, ts = batch.topic, batch.partition, batch.timestamps
+        for w in batch.waiters:
+            if w.future.done():
+                continue
+            if w.single:
+                w.future.set_result(RecordMetadata(topic, partition, ids[w.start].decode(), ts[w.start]))
+            else:
+                w.future.set_result([
+                    RecordMetadata(topic, partition, ids[i].decode(), ts[i])
+                    for i in range(w.start, w.start + w.count)
+                ])
+        self._done(len(ts))
+
+    def _fail(self, batches: list[_Batch], exc: BaseException) -> None:
+        for b in batches:
+            for w in b.waiters:
+                if not w.future.done():
+                    w.future.set_exception(exc)
+            self._done(len(b.timestamps))
+
+    def _fail_all(self, exc: BaseException) -> None:
+        self._fail(self._ready + list(self._open.values()), exc)
+        self._ready, self._open = [], {}
+
+    def _done(self, n: int) -> None:
+        self._outstanding -= n
+        if self._outstanding <= 0:
+            self._outstanding = 0
+            self._drained.set()

@@ -1,0 +1,183 @@
+"""Admin: topics, groups, offsets and lag — what operators and the CLI use."""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import Any
+
+from . import topics
+from .config import DEFAULT_NAMESPACE
+from .connection import Client, Connection, connect
+from .errors import ConfigError, UnknownTopicError, translate
+from .keys import Keys, validate_name
+from .structs import PartitionInfo, TopicConfig, TopicInfo
+
+__all__ = ["Admin"]
+
+log = logging.getLogger(__name__)
+
+
+class Admin:
+    """Create, inspect, grow and delete topics; inspect groups.
+
+    Example::
+
+        async with Admin("redis://localhost:6379") as admin:
+            await admin.create_topic("orders", partitions=8)
+            info = await admin.describe_topic("orders")
+            print(info.partitions, [p.length for p in info.partition_info])
+    """
+
+    def __init__(
+        self, url: str | None = None, *, redis: Client | None = None, namespace: str = DEFAULT_NAMESPACE
+    ) -> None:
+        self._url = url
+        self._given = redis
+        self._keys = Keys(namespace)
+        self._conn: Connection | None = None
+
+    def __repr__(self) -> str:
+        return f"<Admin namespace={self._keys.namespace!r}>"
+
+    async def __aenter__(self) -> Admin:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Connect (``async with`` does it for you)."""
+        if self._conn is None:
+            self._conn = await connect(self._url, self._given)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def _client(self) -> Client:
+        if self._conn is None:
+            await self.start()
+        assert self._conn is not None
+        return self._conn.client
+
+    @property
+    def connection(self) -> Connection:
+        if self._conn is None:
+            raise ConfigError("the Admin is not started: use 'async with Admin(...)'")
+        return self._conn
+
+    # -- topics --
+    async def create_topic(
+        self,
+        name: str,
+        partitions: int = 1,
+        *,
+        maxlen: int | None = None,
+        retention_ms: int | None = None,
+        ttl: float | None = None,
+        dead_letter_expired: bool = False,
+        exist_ok: bool = False,
+    ) -> TopicInfo:
+        """Create a topic with ``partitions`` partitions.
+
+        ``maxlen`` caps each partition (approximate trimming by producers),
+        ``retention_ms`` drops entries older than that, ``ttl`` is the default
+        message TTL in seconds. Raises TopicExistsError unless ``exist_ok``.
+        """
+        client = await self._client()
+        ttl_ms = None if ttl is None else _ttl_ms(ttl)
+        await self._call(
+            topics.create_topic(
+                client, self._keys, name, partitions, maxlen=maxlen, retention_ms=retention_ms,
+                ttl_ms=ttl_ms, dead_letter_expired=dead_letter_expired, exist_ok=exist_ok,
+            ),
+            f"creating topic {name!r}",
+        )
+        return await self.describe_topic(name)
+
+    async def describe_topic(self, name: str) -> TopicInfo:
+        """Partition count, config, version and per-partition length and ids."""
+        validate_name(name)
+        client = await self._client()
+        meta = await self._call(topics.read_meta(client, self._keys, name), "describe_topic")
+        if meta is None:
+            raise UnknownTopicError(f"unknown topic {name!r}")
+        pipe = client.pipeline(transaction=False)
+        for p in range(meta.partitions):
+            stream = self._keys.stream(name, p)
+            pipe.xlen(stream)
+            pipe.xrevrange(stream, count=1)
+            pipe.xrange(stream, count=1)
+        raw = await self._call(pipe.execute(), "describe_topic")
+        parts = []
+        for p in range(meta.partitions):
+            length, last, first = raw[3 * p : 3 * p + 3]
+            parts.append(PartitionInfo(p, int(length), _first_id(last), _first_id(first)))
+        return TopicInfo(meta.name, meta.partitions, meta.version, meta.config, tuple(parts), meta.created_at)
+
+    async def list_topics(self) -> list[str]:
+        """Names of all topics in this namespace, sorted."""
+        client = await self._client()
+        names = sorted(n.decode() for n in await self._call(client.smembers(self._keys.topics()), "list_topics"))
+        if not names:
+            return []
+        pipe = client.pipeline(transaction=False)
+        for n in names:
+            pipe.exists(self._keys.meta(n))
+        exists = await self._call(pipe.execute(), "list_topics")
+        return [n for n, e in zip(names, exists, strict=True) if e]
+
+    async def alter_partitions(self, name: str, new_count: int) -> TopicInfo:
+        """Grow ``name`` to ``new_count`` partitions (never shrinks: InvalidPartitionsError)."""
+        client = await self._client()
+        await self._call(topics.alter_partitions(client, self._keys, name, new_count), "alter_partitions")
+        return await self.describe_topic(name)
+
+    async def delete_topic(self, name: str) -> None:
+        """Delete the topic: its metadata, partitions, groups and dead letters."""
+        validate_name(name)
+        client = await self._client()
+        meta = await self._call(topics.read_meta(client, self._keys, name), "delete_topic")
+        if meta is None:
+            raise UnknownTopicError(f"unknown topic {name!r}")
+        k = self._keys
+        groups = [g.decode() for g in await client.smembers(k.groups(name))]
+        topic_keys = [k.meta(name), k.groups(name)] + [x for g in groups for x in k.group_keys(name, g)]
+        await self._call(client.delete(*topic_keys), "delete_topic")  # one slot: {topic}
+        pipe = client.pipeline(transaction=False)
+        for p in range(meta.partitions):
+            pipe.delete(k.stream(name, p))
+            for g in groups:
+                pipe.delete(k.owner(name, p, g))
+        await self._call(pipe.execute(), "delete_topic")
+        await client.srem(k.topics(), name)
+        log.info("deleted topic %s", name)
+
+    async def _call(self, awaitable: Any, what: str) -> Any:
+        try:
+            return await awaitable
+        except (ValueError, TypeError, KeyError):
+            raise
+        except Exception as exc:
+            raise translate(exc, what) from None
+
+
+def _first_id(entries: list[Any]) -> str | None:
+    if not entries:
+        return None
+    eid = entries[0][0]
+    return eid.decode() if isinstance(eid, bytes) else str(eid)
+
+
+def _ttl_ms(ttl: float) -> int:
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0:
+        raise ConfigError(f"ttl must be a positive number of seconds, got {ttl!r}")
+    return max(1, int(ttl * 1000))
+
+
+_ = TopicConfig

@@ -1,0 +1,163 @@
+"""The redcurrent error tree.
+
+Every error the library raises on purpose derives from :class:`RedcurrentError`;
+redis-py exceptions are translated into it in exactly one place
+(:func:`translate`), so callers catch one family::
+
+    RedcurrentError
+     ├── ConfigError (also ValueError)         bad argument or option: fix the call
+     ├── SerializationError (also ValueError)  a value the serializer cannot encode
+     ├── MessageTooLargeError (also ValueError) raise max_message_bytes or shrink the value
+     ├── TopicError
+     │    ├── UnknownTopicError                create the topic or turn auto-create on
+     │    └── TopicExistsError                 pass exist_ok=True or pick another name
+     ├── InvalidPartitionsError (also ValueError)  partitions only grow
+     ├── GroupError
+     │    └── UnknownGroupError
+     ├── FencedError                           this consumer no longer owns the partition
+     ├── DecodeError                           a stream entry redcurrent cannot read (dead-lettered)
+     ├── ConsumerStoppedError                  the consumer was stopped
+     ├── ProducerClosedError                   the producer was closed
+     └── RedcurrentConnectionError (retriable) Redis is unreachable or timed out
+          └── AmbiguousWriteError              a non-idempotent write may or may not be stored
+
+``retriable`` tells whether retrying the same call later may succeed (aiokafka's
+convention). Messages never contain credentials: :func:`redact` scrubs URLs.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "AmbiguousWriteError",
+    "ConfigError",
+    "ConsumerStoppedError",
+    "DecodeError",
+    "FencedError",
+    "GroupError",
+    "InvalidPartitionsError",
+    "MessageTooLargeError",
+    "ProducerClosedError",
+    "RedcurrentConnectionError",
+    "RedcurrentError",
+    "SerializationError",
+    "TopicError",
+    "TopicExistsError",
+    "UnknownGroupError",
+    "UnknownTopicError",
+    "redact",
+    "translate",
+]
+
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^@/\s]*@")
+_PASSWORD_WORDS = re.compile(r"(?i)(password|passwd|pwd|auth)(['\"]?\s*[=:]\s*['\"]?)[^\s,'\")]+")
+
+
+def redact(text: str) -> str:
+    """Remove credentials from a URL or a message (``redis://u:p@h`` -> ``redis://***@h``)."""
+    text = _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+    return _PASSWORD_WORDS.sub(r"\1\2***", text)
+
+
+class RedcurrentError(Exception):
+    """Base of every error raised by redcurrent."""
+
+    retriable: bool = False
+
+
+class ConfigError(RedcurrentError, ValueError):
+    """An argument or option is invalid; the message says what to change."""
+
+
+class SerializationError(RedcurrentError, ValueError):
+    """The value could not be serialized; nothing was written."""
+
+
+class MessageTooLargeError(RedcurrentError, ValueError):
+    """The encoded message exceeds ``max_message_bytes``; nothing was written."""
+
+
+class TopicError(RedcurrentError):
+    """A problem with a topic."""
+
+
+class UnknownTopicError(TopicError, KeyError):
+    """The topic does not exist (and auto-create is off)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "unknown topic"
+
+
+class TopicExistsError(TopicError):
+    """The topic already exists."""
+
+
+class InvalidPartitionsError(TopicError, ValueError):
+    """A partition count or index is invalid (partitions can only grow)."""
+
+
+class GroupError(RedcurrentError):
+    """A problem with a consumer group."""
+
+
+class UnknownGroupError(GroupError, KeyError):
+    """The group does not exist on this topic."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown group"
+
+
+class FencedError(RedcurrentError):
+    """This consumer does not own the partition (any more): nothing was fetched or acked.
+
+    The partition moved to another member after a rebalance or after this consumer
+    lost its lease. Drop local state for it; the message will be redelivered to the
+    new owner if it was not acked.
+    """
+
+
+class DecodeError(RedcurrentError):
+    """A stream entry could not be decoded (corrupt, foreign, unknown format version).
+
+    Consumers never raise it to handlers: such an entry goes to the dead-letter stream.
+    """
+
+
+class ConsumerStoppedError(RedcurrentError):
+    """The consumer has been stopped."""
+
+
+class ProducerClosedError(RedcurrentError):
+    """The producer has been closed."""
+
+
+class RedcurrentConnectionError(RedcurrentError, ConnectionError):
+    """Redis could not be reached or did not answer in time. Retry later."""
+
+    retriable = True
+
+
+class AmbiguousWriteError(RedcurrentConnectionError):
+    """The connection failed after a non-idempotent write was sent: it may be stored.
+
+    Turn on the idempotent producer (the default) to make such sends safe to retry.
+    """
+
+    retriable = False
+
+
+def translate(exc: BaseException, what: str) -> RedcurrentError:
+    """Turn a redis-py or OS error into a redcurrent error, without credentials."""
+    from redis import exceptions as rex
+
+    if isinstance(exc, RedcurrentError):
+        return exc
+    detail = redact(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError):
+        return RedcurrentConnectionError(f"{what}: authentication failed ({detail}); check credentials")
+    if isinstance(exc, rex.ConnectionError | rex.TimeoutError | OSError | TimeoutError):
+        return RedcurrentConnectionError(f"{what}: Redis unreachable ({detail}); retry later")
+    if isinstance(exc, rex.ResponseError) and "NOPERM" in str(exc):
+        return RedcurrentError(f"{what}: the Redis ACL user lacks a permission ({detail})")
+    return RedcurrentError(f"{what}: {detail}")

@@ -1,0 +1,116 @@
+"""Every Redis key redcurrent uses is formed here, and nowhere else.
+
+Key map (``ns`` is the namespace, default ``rc``; ``{…}`` is a Redis Cluster hash tag)::
+
+    ns:topics                         set    names of topics (registry, no tag)
+    ns:{T}:meta                       hash   topic metadata: partitions, version, config
+    ns:{T}:groups                     set    groups that ever joined topic T
+    ns:{T}:g:G:members                hash   member id -> member info (json)
+    ns:{T}:g:G:deadlines              zset   member id -> deadline (ms, Redis clock)
+    ns:{T}:g:G:state                  hash   epoch, last_tick, assignment, ...
+    ns:{T}:dlq:G                      stream dead letters of group G on topic T
+    ns:{T:P}                          stream partition P of topic T
+    ns:{T:P}:owner:G                  string owner token of partition P for group G (fence)
+    ns:{T:P}:pseq:PID                 string idempotent-producer sequence for producer PID
+
+Topic-level and coordination keys share the tag ``{T}``; partition-level keys share the
+tag ``{T:P}``. No script and no MULTI touches two tags, so everything runs unchanged
+on Redis Cluster, where different partitions live on different nodes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["MAX_NAME_LENGTH", "Keys", "validate_name"]
+
+MAX_NAME_LENGTH = 200
+_NAME = re.compile(r"^[A-Za-z0-9._\-]+$")
+_NAMESPACE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+
+
+def validate_name(name: object, what: str = "topic") -> str:
+    """Return ``name`` if it is a valid topic or group name, else raise ``ValueError``.
+
+    Allowed: 1 to 200 characters from ``A-Z a-z 0-9 . _ -`` (Kafka's rule; no ``:``,
+    ``{`` or ``}``, which would break key hash tags).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"{what} name must be str, not {type(name).__name__}")
+    if not name or len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"{what} name must be 1 to {MAX_NAME_LENGTH} characters, got {len(name)}")
+    if not _NAME.match(name):
+        raise ValueError(
+            f"invalid {what} name {name!r}: use only letters, digits, '.', '_' and '-'"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Builds the keys of one namespace. ``Keys("rc").stream("orders", 3)``."""
+
+    namespace: str = "rc"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.namespace, str) or not _NAMESPACE.match(self.namespace):
+            raise ValueError(
+                f"invalid namespace {self.namespace!r}: 1 to 64 of letters, digits, '.', '_', '-'"
+            )
+
+    # -- registry (no tag: touched alone, never inside a script) --
+    def topics(self) -> str:
+        return f"{self.namespace}:topics"
+
+    # -- topic slot {T} --
+    def meta(self, topic: str) -> str:
+        return f"{self.namespace}:{{{topic}}}:meta"
+
+    def groups(self, topic: str) -> str:
+        return f"{self.namespace}:{{{topic}}}:groups"
+
+    def members(self, topic: str, group: str) -> str:
+        return f"{self.namespace}:{{{topic}}}:g:{group}:members"
+
+    def deadlines(self, topic: str, group: str) -> str:
+        return f"{self.namespace}:{{{topic}}}:g:{group}:deadlines"
+
+    def group_state(self, topic: str, group: str) -> str:
+        return f"{self.namespace}:{{{topic}}}:g:{group}:state"
+
+    def dead_letters(self, topic: str, group: str) -> str:
+        return f"{self.namespace}:{{{topic}}}:dlq:{group}"
+
+    def coordinator(self, topic: str, group: str) -> list[str]:
+        """KEYS of the coordinator scripts, in their documented order."""
+        return [
+            self.meta(topic),
+            self.groups(topic),
+            self.members(topic, group),
+            self.deadlines(topic, group),
+            self.group_state(topic, group),
+        ]
+
+    def group_keys(self, topic: str, group: str) -> list[str]:
+        """Every topic-slot key of one group."""
+        return [
+            self.members(topic, group),
+            self.deadlines(topic, group),
+            self.group_state(topic, group),
+            self.dead_letters(topic, group),
+        ]
+
+    # -- partition slot {T:P} --
+    def stream(self, topic: str, partition: int) -> str:
+        return f"{self.namespace}:{{{topic}:{partition}}}"
+
+    def owner(self, topic: str, partition: int, group: str) -> str:
+        return f"{self.namespace}:{{{topic}:{partition}}}:owner:{group}"
+
+    def producer_seq(self, topic: str, partition: int, producer_id: str) -> str:
+        return f"{self.namespace}:{{{topic}:{partition}}}:pseq:{producer_id}"
+
+    def partition_pattern(self, topic: str, partition: int) -> str:
+        """SCAN pattern of every key in one partition's slot (for delete_topic)."""
+        return f"{self.namespace}:{{{topic}:{partition}}}*"

@@ -1,0 +1,302 @@
+"""The Producer: keyed, batched, idempotent sends to partitioned topics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, Literal
+
+from . import topics
+from .accumulator import Accumulator
+from .config import DEFAULT_NAMESPACE, MiB, ProducerOptions
+from .connection import Client, Connection, connect
+from .errors import (
+    ConfigError,
+    InvalidPartitionsError,
+    MessageTooLargeError,
+    ProducerClosedError,
+    UnknownTopicError,
+    translate,
+)
+from .keys import Keys, validate_name
+from .partitioner import StickyPartitioner, partition_for_key
+from .serde import Serializer, encode_headers, encode_key, encode_value
+from .structs import Record, RecordMetadata
+
+__all__ = ["Producer"]
+
+log = logging.getLogger(__name__)
+
+
+class Producer:
+    """Sends keyed messages to topics; concurrent sends coalesce into few round trips.
+
+    Example::
+
+        async with Producer("redis://localhost:6379") as producer:
+            meta = await producer.send("orders", {"id": 42}, key="customer-7")
+            print(meta.partition, meta.id)
+
+    ``key`` picks the partition (``murmur3_32(key) % partitions``), so all messages of
+    one key keep their order. Idempotence is on by default: a batch retried after a
+    lost reply is stored once. ``acks="leader"`` (default) confirms once the Redis
+    primary has the write; with asynchronous replication a failover can still lose it.
+    ``acks="replica"`` also waits for one replica (WAIT) before confirming.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        redis: Client | None = None,
+        namespace: str = DEFAULT_NAMESPACE,
+        linger: float = 0.005,
+        batch_size: int = 500,
+        max_message_bytes: int = MiB,
+        idempotent: bool = True,
+        auto_create_topics: bool = True,
+        default_partitions: int = 1,
+        serializer: Serializer | None = None,
+        request_timeout: float = 30.0,
+        metadata_max_age: float = 0.5,
+        acks: Literal["leader", "replica"] = "leader",
+    ) -> None:
+        self._url = url
+        self._given = redis
+        self._opt = ProducerOptions(
+            keys=Keys(namespace),
+            linger=linger,
+            batch_size=batch_size,
+            max_message_bytes=max_message_bytes,
+            idempotent=idempotent,
+            auto_create_topics=auto_create_topics,
+            default_partitions=default_partitions,
+            request_timeout=request_timeout,
+            metadata_max_age=metadata_max_age,
+            acks=acks,
+        )
+        if serializer is not None and not callable(serializer):
+            raise ConfigError("serializer must be a callable taking a value and returning bytes")
+        self._serializer = serializer
+        self._conn: Connection | None = None
+        self._acc: Accumulator | None = None
+        self._meta: dict[str, topics.TopicMeta] = {}
+        self._partitions: dict[str, int] = {}
+        self._sticky = StickyPartitioner(batch_size)
+        self._refresher: asyncio.Task[None] | None = None
+        self._closed = False
+        self._start_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open" if self._acc else "new"
+        return f"<Producer namespace={self._opt.keys.namespace!r} {state}>"
+
+    async def __aenter__(self) -> Producer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Connect and start the sender. ``async with`` calls it; ``send`` does too if needed."""
+        async with self._start_lock:
+            if self._closed:
+                raise ProducerClosedError("the producer is closed")
+            if self._acc is not None:
+                return
+            self._conn = await connect(self._url, self._given)
+            self._acc = Accumulator(self._conn, self._opt, self._topic_config)
+            self._acc.start()
+            self._refresher = asyncio.create_task(self._refresh_loop(), name="redcurrent-metadata")
+
+    @property
+    def producer_id(self) -> str:
+        """This producer's idempotence id ("" when idempotence is off)."""
+        return self._acc.producer_id if self._acc else ""
+
+    async def send(
+        self,
+        topic: str,
+        value: Any,
+        *,
+        key: str | bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        partition: int | None = None,
+        ttl: float | None = None,
+    ) -> RecordMetadata:
+        """Send one message; returns where it was stored once Redis has it."""
+        acc = self._acc
+        if acc is None:
+            await self.start()
+            acc = self._acc
+            assert acc is not None
+        n = self._partitions.get(topic)
+        if n is None:
+            n = await self._resolve(topic)
+        record, ts, nbytes = self._encode(topic, value, key, headers, ttl)
+        return await acc.append(topic, self._choose(topic, n, key, partition), record, ts, nbytes)
+
+    async def send_batch(
+        self, topic: str, records: Iterable[Record | Any]
+    ) -> list[RecordMetadata]:
+        """Send many messages at once; results in input order.
+
+        A record is a :class:`Record` or a bare value (no key). Every record is
+        validated and encoded before anything is written.
+        """
+        if self._acc is None:
+            await self.start()
+        acc = self._acc
+        assert acc is not None
+        n = self._partitions.get(topic)
+        if n is None:
+            n = await self._resolve(topic)
+        by_partition: dict[int, list[tuple[tuple[bytes | str, ...], int, int]]] = {}
+        positions: dict[int, list[int]] = {}
+        for i, rec in enumerate(records):
+            if not isinstance(rec, Record):
+                rec = Record(rec)
+            encoded = self._encode(topic, rec.value, rec.key, rec.headers, rec.ttl)
+            p = self._choose(topic, n, rec.key, rec.partition)
+            by_partition.setdefault(p, []).append(encoded)
+            positions.setdefault(p, []).append(i)
+        total = sum(len(v) for v in positions.values())
+        out: list[RecordMetadata | None] = [None] * total
+        futures = [(p, acc.append_many(topic, p, recs)) for p, recs in by_partition.items()]
+        for p, futs in futures:
+            done = [m for chunk in await asyncio.gather(*futs) for m in chunk]
+            for i, meta in zip(positions[p], done, strict=True):
+                out[i] = meta
+        return out  # type: ignore[return-value]
+
+    async def flush(self) -> None:
+        """Wait until every message sent so far is stored (or has failed)."""
+        if self._acc is not None:
+            await self._acc.flush()
+
+    async def close(self) -> None:
+        """Flush, then release the connection. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._acc is not None:
+            try:
+                await asyncio.wait_for(self._acc.flush(), self._opt.request_timeout)
+            except TimeoutError:
+                log.warning("producer closed with unsent records after %ss", self._opt.request_timeout)
+            await self._acc.close()
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+        if self._conn is not None:
+            await self._conn.close()
+
+    async def partitions_for(self, topic: str) -> int:
+        """The partition count this producer uses for ``topic`` (auto-creating it if allowed)."""
+        if self._acc is None:
+            await self.start()
+        return self._partitions.get(topic) or await self._resolve(topic)
+
+    # -- internals --
+    def _encode(
+        self, topic: str, value: Any, key: object, headers: Mapping[str, str] | None, ttl: float | None
+    ) -> tuple[tuple[bytes | str, ...], int, int]:
+        codec, data = encode_value(value, self._serializer)
+        kt, kb = encode_key(key)
+        hb = encode_headers(headers)
+        nbytes = len(data) + len(kb) + len(hb)
+        if nbytes > self._opt.max_message_bytes:
+            raise MessageTooLargeError(
+                f"message of {nbytes} bytes exceeds max_message_bytes={self._opt.max_message_bytes}; "
+                "shrink it or raise max_message_bytes"
+            )
+        ts = int(time.time() * 1000)
+        expiry = b""
+        if ttl is not None:
+            if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0 or not math.isfinite(ttl):
+                raise ConfigError(f"ttl must be a positive number of seconds, got {ttl!r}")
+            expiry = str(ts + int(ttl * 1000)).encode()
+        else:
+            ttl_ms = self._meta[topic].config.ttl_ms if topic in self._meta else None
+            if ttl_ms:
+                expiry = str(ts + ttl_ms).encode()
+        return (kt, kb, codec, data, str(ts), hb, expiry), ts, nbytes
+
+    def _choose(self, topic: str, n: int, key: object, partition: int | None) -> int:
+        if partition is not None:
+            if isinstance(partition, bool) or not isinstance(partition, int):
+                raise TypeError(f"partition must be an int, not {type(partition).__name__}")
+            if not 0 <= partition < n:
+                raise InvalidPartitionsError(
+                    f"partition {partition} is out of range: topic {topic!r} has {n} partitions (0..{n - 1})"
+                )
+            return partition
+        if key is None:
+            return self._sticky.partition(topic, n)
+        return partition_for_key(key, n)  # type: ignore[arg-type]
+
+    async def _resolve(self, topic: str) -> int:
+        """First send to ``topic``: read (or auto-create) its metadata."""
+        validate_name(topic)
+        assert self._conn is not None
+        client, keys = self._conn.client, self._opt.keys
+        try:
+            meta = await topics.read_meta(client, keys, topic)
+            if meta is None:
+                if not self._opt.auto_create_topics:
+                    raise UnknownTopicError(
+                        f"unknown topic {topic!r}: create it with Admin.create_topic or "
+                        "turn auto_create_topics on"
+                    )
+                meta = await topics.create_topic(
+                    client, keys, topic, self._opt.default_partitions, exist_ok=True
+                )
+        except (UnknownTopicError, ValueError, TypeError):
+            raise
+        except Exception as exc:
+            raise translate(exc, f"reading metadata of topic {topic!r}") from None
+        self._remember(meta)
+        return meta.partitions
+
+    def _remember(self, meta: topics.TopicMeta) -> None:
+        old = self._partitions.get(meta.name)
+        if old is not None and old != meta.partitions:
+            log.info("topic %s now has %d partitions (was %d)", meta.name, meta.partitions, old)
+        self._meta[meta.name] = meta
+        self._partitions[meta.name] = meta.partitions
+
+    def _topic_config(self, topic: str) -> tuple[int | None, int | None]:
+        meta = self._meta.get(topic)
+        return (meta.config.maxlen, meta.config.retention_ms) if meta else (None, None)
+
+    async def _refresh_loop(self) -> None:
+        """Periodic metadata refresh: growth and config changes reach us within max age."""
+        while True:
+            await asyncio.sleep(self._opt.metadata_max_age)
+            if not self._meta or self._conn is None:
+                continue
+            try:
+                await self._refresh_once()
+            except Exception as exc:  # the next round tries again; sends do not depend on it
+                log.debug("metadata refresh failed: %s", translate(exc, "metadata refresh"))
+
+    async def _refresh_once(self) -> None:
+        assert self._conn is not None
+        names = list(self._meta)
+        pipe = self._conn.client.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(self._opt.keys.meta(name))
+        for name, raw in zip(names, await pipe.execute(), strict=True):
+            meta = topics.parse_meta(name, raw)
+            if meta is None:  # deleted: resolve again on the next send
+                self._meta.pop(name, None)
+                self._partitions.pop(name, None)
+            elif meta.version != self._meta[name].version:
+                self._remember(meta)

@@ -1,0 +1,148 @@
+"""Serialization and the versioned stream-entry format (format ``1``).
+
+A message is one stream entry with these fields (all values are bytes/strings)::
+
+    f    format version, "1"
+    t    create timestamp, ms since the epoch (decimal)
+    c    value codec: "json" (orjson), "bytes" (raw, untouched) or "custom"
+    v    the value bytes
+    kt   key type: "s" (UTF-8 str) or "b" (bytes); absent when there is no key
+    k    the key bytes; absent when there is no key
+    h    headers as a JSON object of str -> str; absent when there are none
+    x    expiry, ms since the epoch; absent when the message has no TTL
+    pid  idempotent producer id; absent for non-idempotent sends
+    seq  the producer's sequence number of this entry in this partition
+
+Other languages write and read the same fields; see ``docs/message-format.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from .errors import DecodeError, SerializationError
+from .structs import Message
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Deserializer",
+    "Serializer",
+    "decode_entry",
+    "encode_headers",
+    "encode_key",
+    "encode_value",
+]
+
+FORMAT_VERSION = b"1"
+TRIMMED = b"-"  # marker the fetch script puts in the format slot of a deleted entry
+
+Serializer = Callable[[Any], bytes]
+Deserializer = Callable[[bytes], Any]
+
+_CODEC_JSON = b"json"
+_CODEC_BYTES = b"bytes"
+_CODEC_CUSTOM = b"custom"
+
+
+def encode_value(value: Any, serializer: Serializer | None) -> tuple[bytes, bytes]:
+    """(codec, bytes) for a value; bytes pass through untouched."""
+    if type(value) is bytes:
+        return _CODEC_BYTES, value
+    if isinstance(value, bytearray | memoryview):
+        return _CODEC_BYTES, bytes(value)
+    try:
+        if serializer is None:
+            return _CODEC_JSON, orjson.dumps(value)
+        data = serializer(value)
+    except (TypeError, ValueError, orjson.JSONEncodeError) as exc:
+        raise SerializationError(
+            f"cannot serialize value of type {type(value).__name__}: {exc}; "
+            "send bytes or pass a serializer"
+        ) from exc
+    if not isinstance(data, bytes):
+        raise SerializationError(f"serializer returned {type(data).__name__}, expected bytes")
+    return _CODEC_CUSTOM, data
+
+
+def encode_key(key: object) -> tuple[bytes, bytes]:
+    """(key type, key bytes); (b"", b"") for no key."""
+    if key is None:
+        return b"", b""
+    if isinstance(key, str):
+        return b"s", key.encode()
+    if isinstance(key, bytes):
+        return b"b", key
+    raise TypeError(f"key must be str, bytes or None, not {type(key).__name__}")
+
+
+def encode_headers(headers: Mapping[str, str] | None) -> bytes:
+    """Headers as a JSON object; b"" for none. Keys and values must be str."""
+    if not headers:
+        return b""
+    if not isinstance(headers, Mapping):
+        raise TypeError(f"headers must be a mapping of str to str, not {type(headers).__name__}")
+    for name, val in headers.items():
+        if not isinstance(name, str) or not isinstance(val, str):
+            raise TypeError(
+                f"headers must map str to str; got {type(name).__name__} -> {type(val).__name__}"
+            )
+    return orjson.dumps(dict(headers))
+
+
+_EMPTY_HEADERS: Mapping[str, str] = {}
+
+
+def decode_entry(
+    topic: str,
+    partition: int,
+    slots: list[Any],
+    deserializer: Deserializer | None,
+) -> Message:
+    """Build a Message from one fetch-reply record: id, attempts, f, t, c, v, kt, k, h, x.
+
+    Raises DecodeError with a reason for anything that is not a valid format-1 entry.
+    """
+    entry_id, attempts, fmt, ts, codec, value, kt, key, headers, expiry = slots
+    eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    if fmt != FORMAT_VERSION:
+        raise DecodeError(_format_problem(fmt))
+    try:
+        timestamp = int(ts)
+        decoded_value = _decode_value(codec, value, deserializer)
+        decoded_key: str | bytes | None = (
+            None if not kt else key.decode() if kt == b"s" else bytes(key) if kt == b"b" else _bad_kt(kt)
+        )
+        hdrs = orjson.loads(headers) if headers else _EMPTY_HEADERS
+        if not isinstance(hdrs, dict):
+            raise DecodeError("headers field is not a JSON object")
+        exp = int(expiry) if expiry else None
+    except DecodeError:
+        raise
+    except Exception as exc:  # the deserializer is user code: any failure is poison
+        raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
+    return Message(topic, partition, eid, decoded_key, decoded_value, hdrs, timestamp, int(attempts), exp)
+
+
+def _decode_value(codec: bytes, value: bytes, deserializer: Deserializer | None) -> Any:
+    if codec == _CODEC_BYTES:
+        return value
+    if codec == _CODEC_JSON:
+        return deserializer(value) if deserializer is not None else orjson.loads(value)
+    if codec == _CODEC_CUSTOM:
+        return deserializer(value) if deserializer is not None else value
+    raise DecodeError(f"unknown value codec {codec!r}")
+
+
+def _bad_kt(kt: bytes) -> None:
+    raise DecodeError(f"unknown key type {kt!r}")
+
+
+def _format_problem(fmt: bytes) -> str:
+    if fmt == TRIMMED:
+        return "trimmed"
+    if not fmt:
+        return "missing format field: not a redcurrent entry"
+    return f"unknown format version {fmt!r}"

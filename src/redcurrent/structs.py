@@ -1,0 +1,159 @@
+"""Values users see: frozen, slotted dataclasses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "GroupInfo",
+    "MemberInfo",
+    "Message",
+    "PartitionGroupInfo",
+    "PartitionInfo",
+    "Record",
+    "RecordMetadata",
+    "TopicConfig",
+    "TopicInfo",
+    "TopicPartition",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicPartition:
+    """A partition of a topic: ``TopicPartition("orders", 3)``."""
+
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record for :meth:`Producer.send_batch`.
+
+    ``Record({"id": 1}, key="user-1", headers={"source": "web"}, ttl=60.0)``
+    """
+
+    value: Any
+    key: str | bytes | None = None
+    headers: Mapping[str, str] | None = None
+    partition: int | None = None
+    ttl: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordMetadata:
+    """Where a record was stored: its partition and entry id (the offset).
+
+    ``timestamp`` is the record's create time in milliseconds since the epoch.
+    """
+
+    topic: str
+    partition: int
+    id: str
+    timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message handed to a consumer.
+
+    ``key`` comes back as it was sent (``str`` or ``bytes``), ``value`` decoded
+    (JSON -> object, bytes untouched), ``timestamp`` in ms since the epoch, and
+    ``attempts`` is the delivery count of the pending entry (1 on first delivery).
+    """
+
+    topic: str
+    partition: int
+    id: str
+    key: str | bytes | None
+    value: Any
+    headers: Mapping[str, str]
+    timestamp: int
+    attempts: int = 1
+    expires_at: int | None = None
+
+    @property
+    def topic_partition(self) -> TopicPartition:
+        return TopicPartition(self.topic, self.partition)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicConfig:
+    """Per-topic settings kept in the topic's metadata."""
+
+    maxlen: int | None = None
+    retention_ms: int | None = None
+    ttl_ms: int | None = None
+    dead_letter_expired: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionInfo:
+    """One partition of a topic: its length and last entry id (None when empty)."""
+
+    partition: int
+    length: int
+    last_id: str | None
+    first_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    """What :meth:`Admin.describe_topic` returns."""
+
+    name: str
+    partitions: int
+    version: int
+    config: TopicConfig
+    partition_info: tuple[PartitionInfo, ...] = field(default_factory=tuple)
+    created_at: int = 0
+
+    @property
+    def length(self) -> int:
+        """Entries over all partitions."""
+        return sum(p.length for p in self.partition_info)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    """A live member of a consumer group."""
+
+    member_id: str
+    instance_id: str
+    host: str
+    pid: int
+    last_heartbeat: int
+    partitions: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionGroupInfo:
+    """A partition as one group sees it: owner, pending and lag (None when unknown)."""
+
+    partition: int
+    owner: str | None
+    pending: int
+    lag: int | None
+    last_delivered_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """What :meth:`Admin.describe_group` returns."""
+
+    topic: str
+    group: str
+    epoch: int
+    members: tuple[MemberInfo, ...]
+    assignment: Mapping[str, tuple[int, ...]]
+    partitions: tuple[PartitionGroupInfo, ...]
+
+    @property
+    def lag(self) -> int:
+        return sum(p.lag or 0 for p in self.partitions)
+
+    @property
+    def pending(self) -> int:
+        return sum(p.pending for p in self.partitions)

@@ -1,0 +1,158 @@
+"""Topic metadata in Redis: create, read, grow, configure, delete (used by Admin and Producer)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from . import scripts
+from .connection import Client
+from .errors import (
+    ConfigError,
+    InvalidPartitionsError,
+    TopicExistsError,
+    UnknownTopicError,
+)
+from .keys import Keys, validate_name
+from .structs import TopicConfig
+
+__all__ = ["TopicMeta", "alter_partitions", "create_topic", "ensure_groups", "read_meta"]
+
+log = logging.getLogger(__name__)
+
+MAX_PARTITIONS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class TopicMeta:
+    """A topic's metadata as stored in its meta hash."""
+
+    name: str
+    partitions: int
+    version: int
+    config: TopicConfig
+    created_at: int = 0
+
+
+def check_partitions(partitions: object) -> int:
+    if isinstance(partitions, bool) or not isinstance(partitions, int):
+        raise TypeError(f"partitions must be an int, not {type(partitions).__name__}")
+    if not 1 <= partitions <= MAX_PARTITIONS:
+        raise InvalidPartitionsError(f"partitions must be 1 to {MAX_PARTITIONS}, got {partitions}")
+    return partitions
+
+
+def _opt_int(value: object, what: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{what} must be a positive int or None, got {value!r}")
+    return str(value)
+
+
+def parse_meta(name: str, raw: Mapping[bytes, bytes]) -> TopicMeta | None:
+    if not raw or b"partitions" not in raw:
+        return None
+
+    def num(field: bytes) -> int | None:
+        v = raw.get(field)
+        return int(v) if v else None
+
+    config = TopicConfig(
+        maxlen=num(b"maxlen"),
+        retention_ms=num(b"retention_ms"),
+        ttl_ms=num(b"ttl_ms"),
+        dead_letter_expired=raw.get(b"dead_letter_expired") == b"1",
+    )
+    return TopicMeta(name, int(raw[b"partitions"]), int(raw.get(b"version", 0)), config,
+                     num(b"created_ms") or 0)
+
+
+async def read_meta(client: Client, keys: Keys, topic: str) -> TopicMeta | None:
+    """The topic's metadata, or None if the topic does not exist."""
+    raw = await client.hgetall(keys.meta(topic))
+    return parse_meta(topic, raw)
+
+
+async def create_topic(
+    client: Client,
+    keys: Keys,
+    name: str,
+    partitions: int,
+    *,
+    maxlen: int | None = None,
+    retention_ms: int | None = None,
+    ttl_ms: int | None = None,
+    dead_letter_expired: bool = False,
+    exist_ok: bool = False,
+) -> TopicMeta:
+    """Create the topic; TopicExistsError if it exists (unless ``exist_ok``)."""
+    validate_name(name)
+    check_partitions(partitions)
+    args = [
+        str(partitions),
+        _opt_int(maxlen, "maxlen"),
+        _opt_int(retention_ms, "retention_ms"),
+        _opt_int(ttl_ms, "ttl_ms"),
+        "1" if dead_letter_expired else "0",
+    ]
+    # The registry has no hash tag, so it is written outside the script; list_topics
+    # checks every name against its meta hash, so a crash between the two is harmless.
+    await client.sadd(keys.topics(), name)
+    reply = await scripts.run(client, scripts.script("create_topic"), [keys.meta(name)], args)
+    status = reply[0]
+    if status == b"EXISTS" and not exist_ok:
+        raise TopicExistsError(f"topic {name!r} already exists with {reply[1]} partitions")
+    meta = await read_meta(client, keys, name)
+    if meta is None:  # deleted between the two calls
+        raise UnknownTopicError(f"topic {name!r} was deleted while being created")
+    if status == b"CREATED":
+        log.info("created topic %s with %d partitions", name, partitions)
+    return meta
+
+
+async def alter_partitions(client: Client, keys: Keys, name: str, new_count: int) -> TopicMeta:
+    """Grow the topic to ``new_count`` partitions and create every known group on the new ones."""
+    validate_name(name)
+    check_partitions(new_count)
+    reply = await scripts.run(client, scripts.script("alter_partitions"), [keys.meta(name)], [new_count])
+    status = reply[0]
+    if status == b"UNKNOWN":
+        raise UnknownTopicError(f"unknown topic {name!r}")
+    if status == b"SHRINK":
+        raise InvalidPartitionsError(
+            f"topic {name!r} has {reply[1]} partitions; partitions can only grow, not shrink to "
+            f"{new_count} (create a new topic to have fewer)"
+        )
+    if status == b"OK":
+        old = int(reply[1])
+        groups = [g.decode() for g in await client.smembers(keys.groups(name))]
+        # Design §9 "growth": groups on new partitions start at 0, so nothing written
+        # before consumers noticed the growth is skipped.
+        await ensure_groups(client, keys, name, range(old, new_count), groups, "0")
+        log.info("grew topic %s from %d to %d partitions", name, old, new_count)
+    meta = await read_meta(client, keys, name)
+    if meta is None:
+        raise UnknownTopicError(f"unknown topic {name!r}")
+    return meta
+
+
+async def ensure_groups(
+    client: Client, keys: Keys, topic: str, partitions: Any, groups: list[str], start: str
+) -> None:
+    """XGROUP CREATE ... MKSTREAM for each (partition, group); existing groups are kept."""
+    pairs = [(p, g) for p in partitions for g in groups]
+    if not pairs:
+        return
+    pipe = client.pipeline(transaction=False)
+    for p, g in pairs:
+        pipe.execute_command("XGROUP", "CREATE", keys.stream(topic, p), g, start, "MKSTREAM")
+    for result in await pipe.execute(raise_on_error=False):
+        if isinstance(result, ResponseError) and "BUSYGROUP" not in str(result):
+            raise result
+        if isinstance(result, Exception) and not isinstance(result, ResponseError):
+            raise result

@@ -1,0 +1,137 @@
+"""Shared fixtures: real servers only (design.md section 7), never mocks or fakeredis.
+
+Server choice: ``--server auto|valkey|redis62|system`` (default: $REDCURRENT_TEST_SERVER,
+else ``auto``). When $REDIS_URL is set the single-node fixtures use it and start nothing;
+the cluster fixture always starts its own 3-master cluster from the chosen binary.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+import redis.asyncio
+from support.servers import (
+    SERVER_KINDS,
+    AsyncClient,
+    Cluster,
+    ServerProcess,
+    Target,
+    Version,
+    env_redis_url,
+    find_server_binary,
+    sync_server_version,
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--server",
+        choices=SERVER_KINDS,
+        default=os.environ.get("REDCURRENT_TEST_SERVER", "auto"),
+        help="server binary for the test servers (env REDCURRENT_TEST_SERVER)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "min_server(major, minor): skip when the single-node server is older"
+    )
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@pytest.fixture(scope="session")
+def server_binary(request: pytest.FixtureRequest) -> str:
+    return find_server_binary(str(request.config.getoption("--server")))
+
+
+@pytest.fixture(scope="session")
+def redis_server(request: pytest.FixtureRequest) -> Iterator[ServerProcess | None]:
+    if env_redis_url() is not None:
+        yield None
+        return
+    binary: str = request.getfixturevalue("server_binary")
+    with ServerProcess(binary, appendonly=False) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: ServerProcess | None) -> str:
+    if redis_server is None:
+        url = env_redis_url()
+        assert url is not None
+        return url
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def cluster(server_binary: str) -> Iterator[Cluster]:
+    with Cluster(server_binary) as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def server_version_info(redis_url: str) -> Version:
+    """Redis-compatible version of the single-node server (Valkey 9.1 -> (7, 2, 4))."""
+    return sync_server_version(redis_url)
+
+
+@pytest.fixture(autouse=True)
+def _min_server_gate(request: pytest.FixtureRequest) -> None:
+    marker = request.node.get_closest_marker("min_server")
+    if marker is None:
+        return
+    needed = tuple(int(part) for part in marker.args)
+    have: Version = request.getfixturevalue("server_version_info")
+    if have[: len(needed)] < needed:
+        want = ".".join(map(str, needed))
+        pytest.skip(f"needs server >= {want}, have {'.'.join(map(str, have))}")
+
+
+# --------------------------------------------------------------------------- per test
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A unique key prefix per test (the library's ``namespace=``); never FLUSHALL."""
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest_asyncio.fixture
+async def r(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest_asyncio.fixture
+async def rc(cluster: Cluster) -> AsyncIterator[redis.asyncio.RedisCluster]:
+    client = redis.asyncio.RedisCluster.from_url(cluster.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("single", id="single"),
+        pytest.param("cluster", id="cluster", marks=pytest.mark.cluster),
+    ]
+)
+def target(request: pytest.FixtureRequest) -> Target:
+    if request.param == "cluster":
+        started: Cluster = request.getfixturevalue("cluster")
+        return Target(kind="cluster", url=started.url, is_cluster=True)
+    url: str = request.getfixturevalue("redis_url")
+    return Target(kind="single", url=url, is_cluster=False)
+
+
+@pytest_asyncio.fixture
+async def target_client(target: Target) -> AsyncIterator[AsyncClient]:
+    client = target.client()
+    yield client
+    await client.aclose()
