@@ -9,6 +9,7 @@ Producing::
 from __future__ import annotations
 
 from .admin import Admin
+from .consumer import Consumer
 from .errors import (
     AmbiguousWriteError,
     ConfigError,
@@ -29,6 +30,7 @@ from .errors import (
 )
 from .partitioner import StickyPartitioner, murmur3_32, partition_for_key
 from .producer import Producer
+from .retry import Backoff, BatchError, DeadLetter, Retry
 from .serde import Deserializer, Serializer
 from .structs import (
     GroupInfo,
@@ -48,7 +50,13 @@ __version__ = "0.1.0"
 __all__ = (
     # clients
     "Admin",
+    "Consumer",
     "Producer",
+    # failure handling
+    "Backoff",
+    "BatchError",
+    "DeadLetter",
+    "Retry",
     # values
     "GroupInfo",
     "MemberInfo",

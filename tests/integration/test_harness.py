@@ -34,8 +34,10 @@ async def _keys_on_every_node(
     for i in range(64):
         key = f"{prefix}:k{i}"
         await client.set(key, i)
-        assert int(await client.get(key)) == i
-        owners.setdefault(client.get_node_from_key(key).port, key)
+        assert await client.get(key) == str(i).encode()
+        owner = client.get_node_from_key(key)
+        assert owner is not None
+        owners.setdefault(int(owner.port), key)
     assert sorted(owners) == sorted(node.port for node in cluster.nodes)
     for node in cluster.nodes:  # the key really lives on the node that owns its slot
         with node.client() as direct:

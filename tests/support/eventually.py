@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, cast, overload
 
 T = TypeVar("T")
 
@@ -24,12 +24,30 @@ def _timeout_error(message: str, timeout: float, value: Any, exc: BaseException 
     return f"{head} (after {timeout:.2f}s; {last})"
 
 
+@overload
 async def eventually(
-    predicate: Callable[[], T | Awaitable[T]],
+    predicate: Callable[[], Awaitable[T]],
+    timeout: float = ...,
+    interval: float = ...,
+    message: str = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    predicate: Callable[[], T],
+    timeout: float = ...,
+    interval: float = ...,
+    message: str = ...,
+) -> T: ...
+
+
+async def eventually(
+    predicate: Callable[[], Any],
     timeout: float = 5.0,
     interval: float = 0.02,
     message: str = "",
-) -> T:
+) -> Any:
     """Poll ``predicate`` (sync or async) until it returns a truthy value, and return it.
 
     Exceptions from the predicate count as "not yet"; on timeout an AssertionError carries
@@ -44,7 +62,7 @@ async def eventually(
             value = await result if inspect.isawaitable(result) else result
             error = None
             if value:
-                return cast(T, value)
+                return value
         except Exception as exc:  # noqa: BLE001 - "not yet", reported on timeout
             error = exc
         if time.monotonic() >= deadline:
@@ -67,7 +85,7 @@ def wait_until(
             value = predicate()
             error = None
             if value:
-                return value
+                return cast(T, value)
         except Exception as exc:  # noqa: BLE001 - "not yet", reported on timeout
             error = exc
         if time.monotonic() >= deadline:

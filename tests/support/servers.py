@@ -278,6 +278,7 @@ class ServerProcess:
     def _spawn_and_wait(self) -> None:
         self._info = None
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._removed = False
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 self.command_line(),
@@ -411,7 +412,7 @@ def _raw_reply(value: Any, **_: Any) -> Any:
 def _raw_text(client: redis.Redis, command: str) -> str:
     """Reply of ``command`` as text, bypassing redis-py's reply parsing."""
     client.set_response_callback(command, _raw_reply)
-    raw = client.execute_command(command)
+    raw: Any = client.execute_command(command)  # type: ignore[no-untyped-call]
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 

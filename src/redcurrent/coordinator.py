@@ -1,0 +1,365 @@
+"""Group membership from the consumer's side: join, heartbeat, lease, handoff.
+
+The coordinator itself is the ``heartbeat`` Lua script (topic slot): it keeps the
+member registry and deadlines by Redis's clock, bumps the epoch on any change and
+computes the assignment, in one place. This module runs it every heartbeat interval,
+keeps a local lease by the monotonic clock (design §3), and reconciles what this
+consumer owns with its target: lost partitions are revoked cooperatively (finish
+in-flight, ack, on_revoke, release), gained ones claimed with the fenced claim script.
+Heartbeats run on their own task and never wait on handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from . import scripts
+from .config import ConsumerOptions
+from .errors import translate
+from .fetcher import CONNECTION_ERRORS, FetchContext, PartitionFetcher
+from .structs import TopicPartition
+
+if TYPE_CHECKING:
+    from .connection import Client
+
+__all__ = ["Coordinator", "Listener"]
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[list[TopicPartition]], Any]
+_HEARTBEAT = scripts.script("heartbeat")
+_CLAIM = scripts.script("claim")
+_REFRESH = scripts.script("refresh")
+LEASE_FRACTION = 0.9  # the local lease ends a little before the owner key expires
+
+
+@dataclass(slots=True)
+class _TopicState:
+    epoch: int = 0
+    partitions: int = 0
+    created: int = 0
+    target: frozenset[int] = frozenset()
+    op: str = "join"
+
+
+class Coordinator:
+    """Keeps one consumer's membership and partition ownership (private)."""
+
+    def __init__(
+        self,
+        client: Client,
+        options: ConsumerOptions,
+        topics: Sequence[str],
+        member_id: str,
+        instance_id: str,
+        ctx: FetchContext,
+        listeners: dict[str, Listener | None],
+    ) -> None:
+        self._client = client
+        self._opt = options
+        self._keys = options.keys
+        self.topics = tuple(topics)
+        self.member_id = member_id
+        self.instance_id = instance_id
+        self.token = f"{member_id}|{instance_id}"
+        self._ctx = ctx
+        self._listeners = listeners
+        self.state = {t: _TopicState() for t in topics}
+        self.fetchers: dict[TopicPartition, PartitionFetcher] = {}
+        self.paused: set[TopicPartition] = set()
+        self.lease_deadline = 0.0
+        self._wake_reconcile = asyncio.Event()
+        self._wake_heartbeat = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._retry_at = 0.0
+        self.errors: list[BaseException] = []
+
+    # -- lifecycle --
+    async def start(self) -> None:
+        """Join every topic's group (the first heartbeat), then run in the background."""
+        await self._heartbeat_once()
+        await self._reconcile()
+        self._tasks = [
+            asyncio.create_task(self._heartbeat_loop(), name="redcurrent-heartbeat"),
+            asyncio.create_task(self._reconcile_loop(), name="redcurrent-rebalance"),
+        ]
+
+    async def stop(self) -> None:
+        """Graceful: finish in-flight, ack, release every partition, then leave."""
+        self._stopping = True
+        await self._revoke(list(self.fetchers))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        try:
+            await self._leave()
+        except Exception as exc:  # the session timeout will expire us instead
+            log.warning("leaving the group failed (%s); members take over after the session timeout",
+                        translate(exc, "leave"))
+
+    async def abort(self) -> None:
+        """Forced stop: drop everything without acking; unacked entries stay pending."""
+        self._stopping = True
+        for f in self.fetchers.values():
+            f.abort()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.fetchers.clear()
+
+    def lease_valid(self) -> bool:
+        return time.monotonic() < self.lease_deadline
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.fetchers)
+
+    def epoch(self, topic: str) -> int:
+        return self.state[topic].epoch
+
+    # -- heartbeat --
+    async def _heartbeat_loop(self) -> None:
+        interval = self._opt.heartbeat_interval
+        while True:
+            started = time.monotonic()
+            try:
+                await self._heartbeat_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._ctx.stats["heartbeat_errors"] = self._ctx.stats.get("heartbeat_errors", 0) + 1
+                log.warning("heartbeat failed: %s", translate(exc, "heartbeat"))
+            delay = max(0.0, interval - (time.monotonic() - started))
+            try:
+                async with asyncio.timeout(delay):
+                    await self._wake_heartbeat.wait()
+            except TimeoutError:
+                pass
+            self._wake_heartbeat.clear()
+
+    async def _heartbeat_once(self) -> None:
+        sent = time.monotonic()
+        opt = self._opt
+        calls = [
+            scripts.Call(
+                _HEARTBEAT,
+                self._keys.coordinator(t, opt.group),
+                [opt.group, self.member_id, self.instance_id, opt.session_ms, opt.heartbeat_ms,
+                 self.state[t].op, self._info(), opt.assignor],
+            )
+            for t in self.topics
+        ]
+        async with asyncio.timeout(opt.session_timeout / 3):
+            replies = await scripts.execute_calls(self._client, calls)
+        changed = False
+        for topic, reply in zip(self.topics, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            changed |= self._apply(topic, reply)
+        async with asyncio.timeout(opt.session_timeout / 3):
+            ok = await self._refresh()
+        if ok and all(s.op == "beat" for s in self.state.values()):
+            self.lease_deadline = sent + opt.session_timeout * LEASE_FRACTION
+        if changed or time.monotonic() >= self._retry_at > 0:
+            self._wake_reconcile.set()
+
+    def _apply(self, topic: str, reply: list[Any]) -> bool:
+        st = self.state[topic]
+        status = reply[0]
+        if status == b"OK":
+            epoch, parts, created, mine = int(reply[1]), int(reply[2]), int(reply[3]), reply[4]
+            target = frozenset(int(p) for p in mine.split(b",")) if mine else frozenset()
+            if int(reply[5]):
+                log.warning("coordinator gap detected on %s: Redis was away; deadlines re-armed", topic)
+            changed = epoch != st.epoch or target != st.target
+            if epoch != st.epoch:
+                self._ctx.stats["rebalances"] = self._ctx.stats.get("rebalances", 0) + 1
+                log.info("%s: epoch %d, assigned %s", topic, epoch, sorted(target))
+            st.epoch, st.partitions, st.created, st.target, st.op = epoch, parts, created, target, "beat"
+            return changed
+        if status == b"FENCED":
+            log.error("%s: %s; dropping its partitions and rejoining", topic, reply[1].decode())
+            self._lose([tp for tp in self.fetchers if tp.topic == topic])
+            st.op, st.target = "join", frozenset()
+            self._wake_heartbeat.set()
+            return True
+        log.error("%s: unknown topic; nothing assigned", topic)
+        st.target = frozenset()
+        return True
+
+    async def _refresh(self) -> bool:
+        """Extend the owner key of every owned partition; False if any could not be."""
+        owned = list(self.fetchers.items())
+        if not owned:
+            return True
+        args = [self.token, self._opt.session_ms]
+        calls = [scripts.Call(_REFRESH, [f.owner], args) for _, f in owned]
+        replies = await scripts.execute_calls(self._client, calls)
+        ok = True
+        for (tp, f), reply in zip(owned, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            if reply == b"FENCED":
+                self._lose([tp])
+                ok = False
+            elif reply == b"ABSENT":
+                # Our key expired while Redis was away (restart, pause): nobody else
+                # holds it and the coordinator still assigns it to us. Claim it back.
+                ok = await self._reclaim(tp, f) and ok
+        return ok
+
+    async def _reclaim(self, tp: TopicPartition, f: PartitionFetcher) -> bool:
+        reply = await scripts.run(self._client, _CLAIM, [f.stream, f.owner], self._claim_args(tp))
+        if reply[0] == b"OK":
+            log.warning("%s[%d]: owner key had expired; reclaimed it", tp.topic, tp.partition)
+            return True
+        self._lose([tp])
+        return False
+
+    def _info(self) -> str:
+        return orjson.dumps({
+            "host": socket.gethostname(), "pid": os.getpid(), "instance": self.instance_id,
+            "session_ms": self._opt.session_ms, "client": "redcurrent",
+        }).decode()
+
+    # -- reconciliation --
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await self._wake_reconcile.wait()
+            self._wake_reconcile.clear()
+            try:
+                await self._reconcile()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("rebalance step failed (%s); retrying next heartbeat", translate(exc, "rebalance"))
+                self._retry_at = time.monotonic()
+
+    async def _reconcile(self) -> None:
+        if self._stopping:
+            return
+        lost = [tp for tp in self.fetchers if tp.partition not in self.state[tp.topic].target]
+        if lost:
+            await self._revoke(lost)
+        gained = [
+            TopicPartition(t, p)
+            for t, st in self.state.items()
+            for p in sorted(st.target)
+            if TopicPartition(t, p) not in self.fetchers
+        ]
+        if gained:
+            await self._claim(gained)
+
+    def _claim_args(self, tp: TopicPartition) -> list[str | int]:
+        st = self.state[tp.topic]
+        start = "$" if self._opt.start == "latest" and tp.partition < st.created else "0"
+        return [self.token, self.member_id + "|", self._opt.session_ms, self._opt.group,
+                self.member_id, start]
+
+    async def _claim(self, gained: list[TopicPartition]) -> None:
+        k, g = self._keys, self._opt.group
+        calls = [
+            scripts.Call(_CLAIM, [k.stream(tp.topic, tp.partition), k.owner(tp.topic, tp.partition, g)],
+                         self._claim_args(tp))
+            for tp in gained
+        ]
+        replies = await scripts.execute_calls(self._client, calls)
+        claimed: list[TopicPartition] = []
+        busy_ms: list[int] = []
+        for tp, reply in zip(gained, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            if reply[0] == b"BUSY":
+                busy_ms.append(max(1, int(reply[1])))
+                continue
+            f = PartitionFetcher(self._ctx, tp, k.stream(tp.topic, tp.partition),
+                                 k.owner(tp.topic, tp.partition, g))
+            if tp in self.paused:
+                f.pause()
+            self.fetchers[tp] = f
+            await self._dead_letter_trimmed(f, reply[2])
+            f.start()
+            claimed.append(tp)
+        self._retry_at = time.monotonic() + min(busy_ms) / 1000 if busy_ms else 0.0
+        if busy_ms:
+            asyncio.get_running_loop().call_later(
+                min(min(busy_ms) / 1000, self._opt.heartbeat_interval) + 0.01, self._wake_reconcile.set
+            )
+        if claimed:
+            log.info("claimed %s", [f"{tp.topic}[{tp.partition}]" for tp in claimed])
+            await self._notify("on_assign", claimed)
+
+    async def _dead_letter_trimmed(self, f: PartitionFetcher, deleted: list[bytes]) -> None:
+        # XAUTOCLAIM (Redis 7+) reports pending entries that were trimmed away and
+        # drops them from the pending list: dead-letter them, never drop silently.
+        for raw_id in deleted:
+            entry_id = raw_id.decode()
+            self._ctx.stats["trimmed"] = self._ctx.stats.get("trimmed", 0) + 1
+            slots: list[Any] = [raw_id, 0, b"-", b"", b"", b"", b"", b"", b"", b""]
+            await self._ctx.dead_letters.write_raw(f.tp, f.stream, entry_id, slots, "trimmed", 0)
+
+    async def _revoke(self, lost: list[TopicPartition]) -> None:
+        fetchers = [self.fetchers[tp] for tp in lost if tp in self.fetchers]
+        if not fetchers:
+            return
+        timeout = self._opt.rebalance_timeout
+        await asyncio.gather(*(f.stop(timeout) for f in fetchers))
+        await self._notify("on_revoke", lost, timeout)
+        results = await asyncio.gather(*(f.release() for f in fetchers), return_exceptions=True)
+        for f, r in zip(fetchers, results, strict=True):
+            self.fetchers.pop(f.tp, None)
+            if isinstance(r, BaseException):
+                log.warning("%r: release failed (%s); its owner key expires after the session timeout",
+                            f, translate(r, "release"))
+        log.info("released %s", [f"{tp.topic}[{tp.partition}]" for tp in lost])
+
+    def _lose(self, lost: list[TopicPartition]) -> None:
+        """Partitions taken from us (fenced / lease lost): drop them without acking."""
+        gone = [tp for tp in lost if tp in self.fetchers]
+        for tp in gone:
+            self.fetchers.pop(tp).abort()
+        if gone:
+            self._ctx.stats["partitions_lost"] = self._ctx.stats.get("partitions_lost", 0) + len(gone)
+            log.warning("lost %s", [f"{tp.topic}[{tp.partition}]" for tp in gone])
+            task = asyncio.get_running_loop().create_task(self._notify("on_lost", gone))
+            self._tasks.append(task)
+
+    def on_fenced(self, tp: TopicPartition) -> None:
+        """A fetcher's script said FENCED: forget the partition, check membership now."""
+        self._lose([tp])
+        self._wake_heartbeat.set()
+
+    async def _notify(self, name: str, partitions: list[TopicPartition], timeout: float | None = None) -> None:
+        listener = self._listeners.get(name)
+        if listener is None:
+            return
+        try:
+            async with asyncio.timeout(timeout or self._opt.rebalance_timeout):
+                result = listener(sorted(partitions, key=lambda tp: (tp.topic, tp.partition)))
+                if inspect.isawaitable(result):
+                    await result
+        except Exception as exc:
+            self.errors.append(exc)
+            log.exception("%s listener failed", name)
+
+    async def _leave(self) -> None:
+        opt = self._opt
+        calls = [
+            scripts.Call(_HEARTBEAT, self._keys.coordinator(t, opt.group),
+                         [opt.group, self.member_id, self.instance_id, opt.session_ms, opt.heartbeat_ms,
+                          "leave", "", opt.assignor])
+            for t in self.topics
+        ]
+        async with asyncio.timeout(opt.session_timeout / 3):
+            await scripts.execute_calls(self._client, calls)

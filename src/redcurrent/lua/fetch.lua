@@ -1,0 +1,61 @@
+-- fetch: the fenced read. Check the owner token, ack what the caller handled, then
+-- read the next entries for the group, all atomically, so a consumer that does not
+-- own the partition can neither ack nor move an entry into its pending list.
+-- Slot:   {topic:partition}
+-- KEYS:   [1] partition stream  [2] owner key
+-- ARGV:   [1] token  [2] group  [3] consumer  [4] count (0 = ack only)
+--         [5] read id: ">" for new entries, or an id to re-read my own pending list after it
+--         [6...] entry ids to ack first
+-- Reply:  {"OK", last_id, id, attempts, f, t, c, v, kt, k, h, x, id, ...}   flat, 10 per entry
+--           last_id is the newest entry id of the stream ("0-0" if empty) when a ">" read
+--           found nothing (what an idle wait blocks on), else "".
+--           f is "-" for an entry deleted while pending (trimmed).
+--         {"FENCED"} | {"NOGROUP"}
+local stream, owner = KEYS[1], KEYS[2]
+local token, group, consumer, count, read_id = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+if redis.call('GET', owner) ~= token then return {'FENCED'} end
+if #ARGV > 5 then
+  local ok = pcall(redis.call, 'XACK', stream, group, unpack(ARGV, 6))
+  if not ok then return {'NOGROUP'} end
+end
+if count == 0 then return {'OK', ''} end
+local ok, r = pcall(redis.call, 'XREADGROUP', 'GROUP', group, consumer, 'COUNT', count,
+  'STREAMS', stream, read_id)
+if not ok then
+  if string.find(tostring(r and r.err or r), 'NOGROUP') then return {'NOGROUP'} end
+  return redis.error_reply(tostring(r and r.err or r))
+end
+local entries = (r and r[1] and r[1][2]) or {}
+local out = {'OK', ''}
+if #entries == 0 then
+  if read_id == '>' then
+    local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+    out[2] = (last[1] and last[1][1]) or '0-0'
+  end
+  return out
+end
+local attempts = {}
+if read_id ~= '>' then
+  local pend = redis.call('XPENDING', stream, group, entries[1][1], entries[#entries][1],
+    #entries, consumer)
+  for _, p in ipairs(pend) do attempts[p[1]] = p[4] end
+end
+local slot = {f = 1, t = 2, c = 3, v = 4, kt = 5, k = 6, h = 7, x = 8}
+local n = 2
+for _, e in ipairs(entries) do
+  local vals = {'', '', '', '', '', '', '', ''}
+  local fields = e[2]
+  if fields then
+    for i = 1, #fields, 2 do
+      local s = slot[fields[i]]
+      if s then vals[s] = fields[i + 1] end
+    end
+  else
+    vals[1] = '-'
+  end
+  out[n + 1] = e[1]
+  out[n + 2] = attempts[e[1]] or 1
+  for i = 1, 8 do out[n + 2 + i] = vals[i] end
+  n = n + 10
+end
+return out

@@ -1,0 +1,180 @@
+"""keys.py: every key carries the hash tag of its slot, and names cannot break the tags.
+
+Design §2: topic-level and group coordination keys share ``{topic}``; partition-level
+keys share ``{topic:partition}``. A slot is computed here exactly as Redis Cluster does
+(``redis.crc.key_slot`` on the key bytes), not by re-parsing the key in the test.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.crc import key_slot
+
+from redcurrent.keys import MAX_NAME_LENGTH, Keys, validate_name
+
+NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
+names = st.text(alphabet=NAME_CHARS, min_size=1, max_size=MAX_NAME_LENGTH)
+namespaces = st.text(alphabet=NAME_CHARS, min_size=1, max_size=64)
+
+
+def slot(key: str) -> int:
+    return key_slot(key.encode())
+
+
+def topic_level_keys(k: Keys, topic: str, group: str) -> list[str]:
+    return [
+        k.meta(topic),
+        k.groups(topic),
+        k.members(topic, group),
+        k.deadlines(topic, group),
+        k.group_state(topic, group),
+        k.dead_letters(topic, group),
+        *k.coordinator(topic, group),
+        *k.group_keys(topic, group),
+    ]
+
+
+def partition_level_keys(k: Keys, topic: str, partition: int, group: str) -> list[str]:
+    return [
+        k.stream(topic, partition),
+        k.owner(topic, partition, group),
+        k.producer_seq(topic, partition, "0123456789abcdef0123456789abcdef"),
+        k.producer_seq(topic, partition, "-"),
+    ]
+
+
+@given(namespaces, names, names)
+def test_topic_keys_share_the_topic_tag(ns: str, topic: str, group: str) -> None:
+    k = Keys(ns)
+    expected = key_slot(topic.encode())
+    for key in topic_level_keys(k, topic, group):
+        assert f"{{{topic}}}" in key
+        assert slot(key) == expected, key
+
+
+@given(namespaces, names, names, st.integers(0, 9999))
+def test_partition_keys_share_the_topic_partition_tag(
+    ns: str, topic: str, group: str, partition: int
+) -> None:
+    k = Keys(ns)
+    expected = key_slot(f"{topic}:{partition}".encode())
+    for key in partition_level_keys(k, topic, partition, group):
+        assert f"{{{topic}:{partition}}}" in key
+        assert slot(key) == expected, key
+
+
+def test_partition_pattern_matches_every_partition_key() -> None:
+    import fnmatch
+
+    k = Keys("rc")
+    pattern = k.partition_pattern("orders", 3)
+    for key in partition_level_keys(k, "orders", 3, "billing"):
+        assert fnmatch.fnmatchcase(key, pattern)
+    # and none of another partition's or of the topic's keys
+    assert not fnmatch.fnmatchcase(k.stream("orders", 30), pattern)
+    assert not fnmatch.fnmatchcase(k.meta("orders"), pattern)
+
+
+def test_known_key_layout() -> None:
+    k = Keys("app")
+    assert k.topics() == "app:topics"
+    assert k.meta("orders") == "app:{orders}:meta"
+    assert k.stream("orders", 3) == "app:{orders:3}"
+    assert k.owner("orders", 3, "billing") == "app:{orders:3}:owner:billing"
+    assert k.producer_seq("orders", 3, "p1") == "app:{orders:3}:pseq:p1"
+    assert Keys().namespace == "rc"
+    assert Keys().stream("t", 0).startswith("rc:")
+
+
+def test_partitions_of_one_topic_spread_over_slots() -> None:
+    """Different partitions are different slots (hence can live on different nodes)."""
+    k = Keys("rc")
+    slots = {slot(k.stream("orders", p)) for p in range(64)}
+    assert len(slots) > 60
+
+
+def test_namespaces_do_not_share_keys() -> None:
+    a, b = Keys("app1"), Keys("app2")
+    assert a.stream("t", 0) != b.stream("t", 0)
+    assert a.meta("t") != b.meta("t")
+    assert a.topics() != b.topics()
+    # but the slot is the same: the namespace is outside the tag
+    assert slot(a.stream("t", 0)) == slot(b.stream("t", 0))
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@given(names)
+def test_valid_names_pass_unchanged(name: str) -> None:
+    assert validate_name(name) == name
+    assert validate_name(name, "group") == name
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "a:b",  # would split the {topic:partition} tag
+        "{orders}",
+        "or{ders",
+        "orders}",
+        "with space",
+        "tab\t",
+        "new\nline",
+        "slash/",
+        "star*",  # would be a SCAN pattern
+        "q?",
+        "br[a]ck",
+        "é",
+        "ключ",
+        "emoji🙂",
+    ],
+)
+def test_invalid_characters_raise_value_error_naming_allowed_chars(bad: str) -> None:
+    with pytest.raises(ValueError, match=r"use only letters, digits, '\.', '_' and '-'") as err:
+        validate_name(bad)
+    assert repr(bad) in str(err.value)
+    assert "topic" in str(err.value)
+
+
+def test_error_names_what_was_validated() -> None:
+    with pytest.raises(ValueError, match="invalid group name"):
+        validate_name("a:b", "group")
+
+
+def test_empty_name_raises_value_error() -> None:
+    with pytest.raises(ValueError, match=f"1 to {MAX_NAME_LENGTH} characters, got 0"):
+        validate_name("")
+
+
+def test_name_length_limit() -> None:
+    assert validate_name("x" * MAX_NAME_LENGTH) == "x" * MAX_NAME_LENGTH
+    with pytest.raises(ValueError, match=f"1 to {MAX_NAME_LENGTH} characters, got {MAX_NAME_LENGTH + 1}"):
+        validate_name("x" * (MAX_NAME_LENGTH + 1))
+
+
+@pytest.mark.parametrize("bad", [None, 1, b"orders", ["orders"], 1.5])
+def test_non_str_name_raises_type_error(bad: object) -> None:
+    with pytest.raises(TypeError, match=f"topic name must be str, not {type(bad).__name__}"):
+        validate_name(bad)
+
+
+@given(namespaces)
+def test_valid_namespaces(ns: str) -> None:
+    assert Keys(ns).namespace == ns
+
+
+@pytest.mark.parametrize("bad", ["", "a:b", "{x}", "a b", "x" * 65, "é", "a*", None, 3, b"rc"])
+def test_invalid_namespace_raises_value_error(bad: object) -> None:
+    with pytest.raises(ValueError, match="invalid namespace .*1 to 64 of letters, digits"):
+        Keys(bad)  # type: ignore[arg-type]
+
+
+def test_keys_is_frozen() -> None:
+    import dataclasses
+
+    k = Keys("rc")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        k.namespace = "other"  # type: ignore[misc]
