@@ -214,7 +214,7 @@ class Accumulator:
                 keys.stream(b.topic, b.partition),
                 keys.producer_seq(b.topic, b.partition, pid or "-"),
             ]
-            calls.append(scripts.Call(_PRODUCE, stream_keys, head + b.args))
+            calls.append(scripts.Call(_PRODUCE, stream_keys, [*head, *b.args]))
         return calls
 
     async def _send(self, batches: list[_Batch]) -> None:

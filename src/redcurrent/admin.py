@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
+from . import groups as groups_mod
 from . import topics
 from .config import DEFAULT_NAMESPACE
 from .connection import Client, Connection, connect
-from .errors import ConfigError, UnknownTopicError, translate
+from .errors import ConfigError, UnknownGroupError, UnknownTopicError, translate
 from .keys import Keys, validate_name
-from .structs import PartitionInfo, TopicConfig, TopicInfo
+from .structs import GroupInfo, PartitionInfo, TopicConfig, TopicInfo
 
 __all__ = ["Admin"]
 
@@ -40,7 +41,7 @@ class Admin:
     def __repr__(self) -> str:
         return f"<Admin namespace={self._keys.namespace!r}>"
 
-    async def __aenter__(self) -> Admin:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -146,7 +147,7 @@ class Admin:
         if meta is None:
             raise UnknownTopicError(f"unknown topic {name!r}")
         k = self._keys
-        groups = [g.decode() for g in await client.smembers(k.groups(name))]
+        groups = [g.decode() if isinstance(g, bytes) else g for g in await client.smembers(k.groups(name))]
         topic_keys = [k.meta(name), k.groups(name)] + [x for g in groups for x in k.group_keys(name, g)]
         await self._call(client.delete(*topic_keys), "delete_topic")  # one slot: {topic}
         pipe = client.pipeline(transaction=False)
@@ -157,6 +158,35 @@ class Admin:
         await self._call(pipe.execute(), "delete_topic")
         await client.srem(k.topics(), name)
         log.info("deleted topic %s", name)
+
+    # -- groups --
+    async def list_groups(self, topic: str) -> list[str]:
+        """Groups that ever joined ``topic``, sorted."""
+        validate_name(topic)
+        client = await self._client()
+        raw = await self._call(client.smembers(self._keys.groups(topic)), "list_groups")
+        return sorted(g.decode() for g in raw)
+
+    async def describe_group(self, topic: str, group: str) -> GroupInfo:
+        """Epoch, members (id, instance, host, pid, last heartbeat), assignment, and
+        per-partition owner, pending count and lag (entries not yet delivered)."""
+        validate_name(topic)
+        validate_name(group, "group")
+        client = await self._client()
+        meta = await self._call(topics.read_meta(client, self._keys, topic), "describe_group")
+        if meta is None:
+            raise UnknownTopicError(f"unknown topic {topic!r}")
+        if not await groups_mod.group_exists(client, self._keys, topic, group):
+            raise UnknownGroupError(f"unknown group {group!r} on topic {topic!r}")
+        info: GroupInfo = await self._call(
+            groups_mod.describe_group(client, self._keys, topic, group, meta.partitions), "describe_group"
+        )
+        return info
+
+    async def lag(self, topic: str, group: str) -> dict[int, int]:
+        """Per partition, entries not yet delivered to ``group`` (exact on Redis 7+, counted on 6.2)."""
+        info = await self.describe_group(topic, group)
+        return {p.partition: p.lag or 0 for p in info.partitions}
 
     async def _call(self, awaitable: Any, what: str) -> Any:
         try:

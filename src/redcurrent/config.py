@@ -34,7 +34,7 @@ def positive_int(value: object, what: str) -> int:
 
 
 def seconds_to_ms(seconds: float) -> int:
-    return max(1, int(round(seconds * 1000)))
+    return max(1, round(seconds * 1000))
 
 
 @dataclass(frozen=True, slots=True)

@@ -111,7 +111,7 @@ async def connect(url: str | None, client: Client | None) -> Connection:
     await plain.aclose()
     options = _client_options()
     options.pop("health_check_interval")
-    cluster = RedisCluster.from_url(target, **options)  # type: ignore[arg-type]
+    cluster = RedisCluster.from_url(target, **options)
     try:
         await cluster.initialize()
     except Exception as exc:
@@ -145,7 +145,7 @@ async def _probe(client: Client) -> Capabilities:
 
 def _version(info: dict[str, object]) -> tuple[int, int, int]:
     raw = str(info.get("redis_version", "0.0.0"))
-    parts = (raw.split(".") + ["0", "0"])[:3]
+    parts = ([*raw.split("."), "0", "0"])[:3]
     return (int(parts[0]), int(parts[1]), int("".join(ch for ch in parts[2] if ch.isdigit()) or 0))
 
 

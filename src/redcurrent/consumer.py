@@ -9,7 +9,7 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from . import topics as topics_mod
 from .config import DEFAULT_NAMESPACE, ConsumerOptions
@@ -115,7 +115,7 @@ class Consumer:
     def __repr__(self) -> str:
         return f"<Consumer group={self.group!r} topics={list(self.topics)} member={self.member_id!r} {self._state}>"
 
-    async def __aenter__(self) -> Consumer:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

@@ -26,7 +26,7 @@ import orjson
 from . import scripts
 from .config import ConsumerOptions
 from .errors import translate
-from .fetcher import CONNECTION_ERRORS, FetchContext, PartitionFetcher
+from .fetcher import FetchContext, PartitionFetcher
 from .structs import TopicPartition
 
 if TYPE_CHECKING:
@@ -203,7 +203,7 @@ class Coordinator:
         owned = list(self.fetchers.items())
         if not owned:
             return True
-        args = [self.token, self._opt.session_ms]
+        args: list[str | int] = [self.token, self._opt.session_ms]
         calls = [scripts.Call(_REFRESH, [f.owner], args) for _, f in owned]
         replies = await scripts.execute_calls(self._client, calls)
         ok = True

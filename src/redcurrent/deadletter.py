@@ -23,7 +23,7 @@ from .structs import TopicPartition
 if TYPE_CHECKING:
     from .connection import Client
 
-__all__ = ["DeadLetterWriter", "ORIGINAL_FIELDS"]
+__all__ = ["ORIGINAL_FIELDS", "DeadLetterWriter"]
 
 log = logging.getLogger(__name__)
 

@@ -161,15 +161,15 @@ class PartitionFetcher:
 
     async def release(self) -> bool:
         """Ack what was handled and give the partition up. False if we were fenced."""
-        args = [self.ctx.token, self.ctx.group, self.ctx.consumer, *self.acks]
+        args: list[str] = [self.ctx.token, self.ctx.group, self.ctx.consumer, *self.acks]
         reply = await scripts.run(self.ctx.client, _RELEASE, [self.stream, self.owner], args)
-        released = reply[0] == b"OK"
+        released = bool(reply[0] == b"OK")
         self.acks.clear()
         return released
 
     async def note_attempt(self, entry_id: str, attempts: int) -> None:
         """Persist a failed attempt in the pending entry's delivery count (fenced)."""
-        args = [self.ctx.token, self.ctx.group, self.ctx.consumer, entry_id, attempts]
+        args: list[str | int] = [self.ctx.token, self.ctx.group, self.ctx.consumer, entry_id, attempts]
         reply = await scripts.run(self.ctx.client, _NACK, [self.stream, self.owner], args)
         if reply == b"FENCED":
             raise FencedError(f"partition {self.tp.topic}[{self.tp.partition}] is no longer owned")

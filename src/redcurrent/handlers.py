@@ -125,7 +125,7 @@ class EachDispatcher:
                 await _call(policy, self.handler, msg)
                 policy.count("processed")
                 return True
-            except (Exception, asyncio.TimeoutError) as exc:
+            except (TimeoutError, Exception) as exc:
                 policy.count("failed")
                 try:
                     delay = await _failed(policy, fetcher, [msg], exc)
@@ -157,7 +157,7 @@ class BatchDispatcher:
                 await _call(policy, self.handler, pending)
                 policy.count("processed", len(pending))
                 return done + [m.id for m in pending]
-            except (Exception, asyncio.TimeoutError) as exc:
+            except (TimeoutError, Exception) as exc:
                 failed = exc.failed if isinstance(exc, BatchError) else pending
                 failed_ids = {m.id for m in failed}
                 ok = [m for m in pending if m.id not in failed_ids]
@@ -207,9 +207,10 @@ class IteratorDispatcher:
                 break
             slot = Slot(msg, fetcher, loop.create_future())
             self.queue.put_nowait(slot)
-            stop = asyncio.ensure_future(fetcher.stop_event.wait())
+            stop: asyncio.Future[Any] = asyncio.ensure_future(fetcher.stop_event.wait())
             try:
-                await asyncio.wait({slot.done, stop}, return_when=asyncio.FIRST_COMPLETED)
+                waiting: set[asyncio.Future[Any]] = {slot.done, stop}
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if not slot.done.done() and slot.yielded:
                     await slot.done  # in the user's hands: let it finish (stop() bounds this)
             finally:

@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from . import topics
 from .accumulator import Accumulator
@@ -95,7 +95,7 @@ class Producer:
         state = "closed" if self._closed else "open" if self._acc else "new"
         return f"<Producer namespace={self._opt.keys.namespace!r} {state}>"
 
-    async def __aenter__(self) -> Producer:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

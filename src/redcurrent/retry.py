@@ -47,7 +47,7 @@ class Backoff:
         return base * (1 - self.jitter * random.random())
 
 
-class Retry(Exception):  # noqa: N818 - a control-flow signal named for what it asks
+class Retry(Exception):
     """Raise from a handler to retry the message after ``after`` seconds.
 
     ``raise redcurrent.Retry(after=5.0)`` — counts as a failed attempt.
@@ -58,7 +58,7 @@ class Retry(Exception):  # noqa: N818 - a control-flow signal named for what it 
         self.after = None if after is None else positive(after, "Retry.after", allow_zero=True)
 
 
-class DeadLetter(Exception):  # noqa: N818
+class DeadLetter(Exception):
     """Raise from a handler to send the message to the dead-letter stream at once.
 
     ``raise redcurrent.DeadLetter("customer does not exist")``
@@ -69,7 +69,7 @@ class DeadLetter(Exception):  # noqa: N818
         self.reason = reason
 
 
-class BatchError(Exception):  # noqa: N818
+class BatchError(Exception):
     """Raise from a ``process_batch`` handler to say which messages failed.
 
     The others are acked; only ``failed`` are retried (and dead-lettered after the

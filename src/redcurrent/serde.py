@@ -112,9 +112,7 @@ def decode_entry(
     try:
         timestamp = int(ts)
         decoded_value = _decode_value(codec, value, deserializer)
-        decoded_key: str | bytes | None = (
-            None if not kt else key.decode() if kt == b"s" else bytes(key) if kt == b"b" else _bad_kt(kt)
-        )
+        decoded_key: str | bytes | None = _decode_key(kt, key)
         hdrs = orjson.loads(headers) if headers else _EMPTY_HEADERS
         if not isinstance(hdrs, dict):
             raise DecodeError("headers field is not a JSON object")
@@ -136,7 +134,13 @@ def _decode_value(codec: bytes, value: bytes, deserializer: Deserializer | None)
     raise DecodeError(f"unknown value codec {codec!r}")
 
 
-def _bad_kt(kt: bytes) -> None:
+def _decode_key(kt: bytes, key: bytes) -> str | bytes | None:
+    if not kt:
+        return None
+    if kt == b"s":
+        return key.decode()
+    if kt == b"b":
+        return bytes(key)
     raise DecodeError(f"unknown key type {kt!r}")
 
 

@@ -54,7 +54,7 @@ def _opt_int(value: object, what: str) -> str:
     return str(value)
 
 
-def parse_meta(name: str, raw: Mapping[bytes, bytes]) -> TopicMeta | None:
+def parse_meta(name: str, raw: Mapping[Any, Any]) -> TopicMeta | None:
     if not raw or b"partitions" not in raw:
         return None
 
@@ -130,7 +130,7 @@ async def alter_partitions(client: Client, keys: Keys, name: str, new_count: int
         )
     if status == b"OK":
         old = int(reply[1])
-        groups = [g.decode() for g in await client.smembers(keys.groups(name))]
+        groups = [_text(g) for g in await client.smembers(keys.groups(name))]
         # Design §9 "growth": groups on new partitions start at 0, so nothing written
         # before consumers noticed the growth is skipped.
         await ensure_groups(client, keys, name, range(old, new_count), groups, "0")
@@ -156,3 +156,7 @@ async def ensure_groups(
             raise result
         if isinstance(result, Exception) and not isinstance(result, ResponseError):
             raise result
+
+
+def _text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
