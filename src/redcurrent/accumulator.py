@@ -32,7 +32,6 @@ __all__ = ["Accumulator", "Waiter"]
 
 log = logging.getLogger(__name__)
 
-FIELDS_PER_RECORD = 7
 _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 _PRODUCE = scripts.script("produce")
 
@@ -44,16 +43,15 @@ class Waiter:
     future: asyncio.Future[Any]
     start: int
     count: int
-    single: bool
 
 
 @dataclass(slots=True)
 class _Batch:
     topic: str
     partition: int
-    args: list[bytes | str] = field(default_factory=list)
-    timestamps: list[int] = field(default_factory=list)
-    waiters: list[Waiter] = field(default_factory=list)
+    args: list[bytes] = field(default_factory=list)  # framed records, joined at send
+    futures: list[asyncio.Future[RecordMetadata] | None] = field(default_factory=list)  # per record (send)
+    waiters: list[Waiter] = field(default_factory=list)  # ranges of records (send_batch)
     size: int = 0
     seq: int = 0
     created: float = field(default_factory=time.monotonic)
@@ -88,41 +86,65 @@ class Accumulator:
         return self._producer_id
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="redcurrent-producer-sender")
 
     def append(
-        self, topic: str, partition: int, record: tuple[bytes | str, ...], ts: int, nbytes: int
+        self, topic: str, partition: int, record: tuple[bytes, ...], nbytes: int
     ) -> asyncio.Future[RecordMetadata]:
-        """Queue one encoded record (7 fields); the future resolves to its metadata."""
-        batch = self._batch_for(topic, partition, nbytes)
-        fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
-        batch.waiters.append(Waiter(fut, len(batch.timestamps), 1, True))
+        """Queue one framed record; the future resolves to its metadata."""
+        batch = self._open.get((topic, partition))
+        if batch is None or batch.size + nbytes > self._opt.batch_bytes:
+            batch = self._batch_for(topic, partition, nbytes)
+        fut: asyncio.Future[RecordMetadata] = self._loop.create_future()
+        batch.futures.append(fut)
         batch.args.extend(record)
-        batch.timestamps.append(ts)
         batch.size += nbytes
-        self._after_append(batch)
+        if self._outstanding == 0:
+            self._drained.clear()
+        self._outstanding += 1
+        if len(batch.futures) >= self._opt.batch_size:
+            self._seal((topic, partition), batch)
+            self._flush_now = True
+            self._wakeup.set()
+        elif not self._wakeup.is_set():
+            self._wakeup.set()
         return fut
 
     def append_many(
-        self, topic: str, partition: int, records: list[tuple[tuple[bytes | str, ...], int, int]]
+        self, topic: str, partition: int, records: list[tuple[tuple[bytes, ...], int]]
     ) -> list[asyncio.Future[list[RecordMetadata]]]:
         """Queue records of one partition; one future per batch they land in."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         futures: list[asyncio.Future[list[RecordMetadata]]] = []
-        waiter: Waiter | None = None
-        batch: _Batch | None = None
-        for record, ts, nbytes in records:
-            nxt = self._batch_for(topic, partition, nbytes)
-            if nxt is not batch or waiter is None:
-                batch = nxt
-                waiter = Waiter(loop.create_future(), len(batch.timestamps), 0, False)
-                batch.waiters.append(waiter)
-                futures.append(waiter.future)
-            batch.args.extend(record)
-            batch.timestamps.append(ts)
-            batch.size += nbytes
-            waiter.count += 1
-            self._after_append(batch)
+        key = (topic, partition)
+        max_count, max_bytes = self._opt.batch_size, self._opt.batch_bytes
+        i, n = 0, len(records)
+        if self._outstanding == 0:
+            self._drained.clear()
+        self._outstanding += n
+        while i < n:
+            batch = self._open.get(key)
+            if batch is None:
+                batch = self._open[key] = _Batch(topic, partition)
+            waiter = Waiter(loop.create_future(), len(batch.futures), 0)
+            batch.waiters.append(waiter)
+            futures.append(waiter.future)
+            room = max_count - len(batch.futures)
+            size, args = batch.size, batch.args
+            start = i
+            while i < n and i - start < room:
+                record, nbytes = records[i]
+                if size + nbytes > max_bytes and (i > start or batch.futures):
+                    break
+                args.extend(record)
+                size += nbytes
+                i += 1
+            batch.size = size
+            batch.futures.extend([None] * (i - start))
+            waiter.count = i - start
+            if i < n or len(batch.futures) >= max_count:
+                self._seal(key, batch)
         self._flush_now = True
         self._wakeup.set()
         return futures
@@ -132,18 +154,10 @@ class Accumulator:
         batch = self._open.get(key)
         if batch is None:
             batch = self._open[key] = _Batch(topic, partition)
-        elif batch.size + nbytes > self._opt.batch_bytes and batch.timestamps:
+        elif batch.size + nbytes > self._opt.batch_bytes and batch.futures:
             self._seal(key, batch)
             batch = self._open[key] = _Batch(topic, partition)
         return batch
-
-    def _after_append(self, batch: _Batch) -> None:
-        self._outstanding += 1
-        self._drained.clear()
-        if len(batch.timestamps) >= self._opt.batch_size:
-            self._seal((batch.topic, batch.partition), batch)
-            self._flush_now = True
-        self._wakeup.set()
 
     def _seal(self, key: tuple[str, int], batch: _Batch) -> None:
         del self._open[key]
@@ -173,9 +187,7 @@ class Accumulator:
             await self._wakeup.wait()
             self._wakeup.clear()
             if not self._flush_now:
-                # Linger from the first record of an idle producer (Kafka's linger.ms);
-                # while a pipeline is in flight records pile up without any wait.
-                await asyncio.sleep(self._opt.linger)
+                await self._linger()
             self._flush_now = False
             batches = self._drain()
             if batches:
@@ -188,6 +200,18 @@ class Accumulator:
                 if self._flush_now:
                     self._wakeup.set()
 
+    async def _linger(self) -> None:
+        """Wait for more records, at most ``linger`` from the first one (Kafka's linger.ms),
+        and no longer once a loop iteration passes without a new record: every task
+        that was ready to send has then sent, and waiting more only adds latency."""
+        deadline = time.monotonic() + self._opt.linger
+        seen = -1
+        while self._outstanding != seen and not self._flush_now:
+            seen = self._outstanding
+            await asyncio.sleep(0)
+            if time.monotonic() >= deadline:
+                return
+
     def _drain(self) -> list[_Batch]:
         batches = self._ready + list(self._open.values())
         self._ready = []
@@ -195,7 +219,7 @@ class Accumulator:
         for b in batches:
             key = (b.topic, b.partition)
             b.seq = self._seq.get(key, 0) + 1
-            self._seq[key] = b.seq + len(b.timestamps) - 1
+            self._seq[key] = b.seq + len(b.futures) - 1
         return batches
 
     def _calls(self, batches: list[_Batch]) -> list[scripts.Call]:
@@ -214,7 +238,7 @@ class Accumulator:
                 keys.stream(b.topic, b.partition),
                 keys.producer_seq(b.topic, b.partition, pid or "-"),
             ]
-            calls.append(scripts.Call(_PRODUCE, stream_keys, [*head, *b.args]))
+            calls.append(scripts.Call(_PRODUCE, stream_keys, [*head, b"".join(b.args)]))
         return calls
 
     async def _send(self, batches: list[_Batch]) -> None:
@@ -252,26 +276,31 @@ class Accumulator:
             )
             self._fail([batch], err)
             return
-        ids = result[1]
-        topic, partition, ts = batch.topic, batch.partition, batch.timestamps
+        ids = [i.decode() for i in result[1]]
+        topic, partition = batch.topic, batch.partition
+        # The record's timestamp is its entry id's time: Redis's clock at append.
+        for i, fut in enumerate(batch.futures):
+            if fut is not None and not fut.done():
+                eid = ids[i]
+                fut.set_result(RecordMetadata(topic, partition, eid, int(eid[: eid.index("-")])))
         for w in batch.waiters:
             if w.future.done():
                 continue
-            if w.single:
-                w.future.set_result(RecordMetadata(topic, partition, ids[w.start].decode(), ts[w.start]))
-            else:
-                w.future.set_result([
-                    RecordMetadata(topic, partition, ids[i].decode(), ts[i])
-                    for i in range(w.start, w.start + w.count)
-                ])
-        self._done(len(ts))
+            w.future.set_result([
+                RecordMetadata(topic, partition, ids[i], int(ids[i][: ids[i].index("-")]))
+                for i in range(w.start, w.start + w.count)
+            ])
+        self._done(len(batch.futures))
 
     def _fail(self, batches: list[_Batch], exc: BaseException) -> None:
         for b in batches:
+            for fut in b.futures:
+                if fut is not None and not fut.done():
+                    fut.set_exception(exc)
             for w in b.waiters:
                 if not w.future.done():
                     w.future.set_exception(exc)
-            self._done(len(b.timestamps))
+            self._done(len(b.futures))
 
     def _fail_all(self, exc: BaseException) -> None:
         self._fail(self._ready + list(self._open.values()), exc)

@@ -1,6 +1,6 @@
 """Writing dead letters: the group's dead-letter stream on the topic slot.
 
-A dead letter keeps the original entry's fields untouched (``f t c v kt k h x``, or
+A dead letter keeps the original entry's fields untouched (``f v k h x t``, or
 ``raw.<field>`` for a foreign entry) next to where it came from and why::
 
     topic partition id group consumer reason attempts time error_type error traceback
@@ -27,7 +27,7 @@ __all__ = ["ORIGINAL_FIELDS", "DeadLetterWriter"]
 
 log = logging.getLogger(__name__)
 
-ORIGINAL_FIELDS = (b"f", b"t", b"c", b"v", b"kt", b"k", b"h", b"x")
+ORIGINAL_FIELDS = (b"f", b"v", b"k", b"h", b"x", b"t")
 
 
 class DeadLetterWriter:
@@ -74,8 +74,8 @@ class DeadLetterWriter:
             fields["error_type"] = type(error).__name__
             fields["error"] = str(error)[:4096]
             fields["traceback"] = "".join(tb.format_exception(error))[-16384:]
-        if slots[2] in (b"1",):
-            for name, value in zip(ORIGINAL_FIELDS, slots[2:10], strict=True):
+        if len(slots[2]) == 3 and slots[2][:1] == b"1":
+            for name, value in zip(ORIGINAL_FIELDS, slots[2:8], strict=True):
                 if value != b"":
                     fields[name] = value
         elif reason != "trimmed":

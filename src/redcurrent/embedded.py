@@ -61,7 +61,7 @@ class EmbeddedServer:
     def start(self, timeout: float = 10.0) -> EmbeddedServer:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", self._dir, "--protected-mode", "no"]
-        log = open(f"{self._dir}/server.log", "wb")  # noqa: SIM115 - lives as long as the process
+        log = open(f"{self._dir}/server.log", "wb")
         self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         atexit.register(self.stop)
         deadline = time.monotonic() + timeout

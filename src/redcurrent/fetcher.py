@@ -38,7 +38,7 @@ __all__ = ["Credits", "FetchContext", "PartitionFetcher"]
 
 log = logging.getLogger(__name__)
 
-STRIDE = 10
+STRIDE = 8
 CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 _FETCH = scripts.script("fetch")
 _RELEASE = scripts.script("release")

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import FencedError
@@ -85,7 +85,7 @@ async def _dead_letter(policy: Policy, fetcher: PartitionFetcher, msg: Message, 
     reason = exc.reason if isinstance(exc, DeadLetter) else "max_attempts"
     if isinstance(exc, TimeoutError) and policy.handler_timeout is not None and reason == "max_attempts":
         reason = "handler_timeout"
-    slots = fetcher.raw.get(msg.id) or [msg.id.encode(), msg.attempts, b"", b"", b"", b"", b"", b"", b"", b""]
+    slots = fetcher.raw.get(msg.id) or [msg.id.encode(), msg.attempts, b"", b"", b"", b"", b"", b""]
     await fetcher.ctx.dead_letters.write_raw(
         fetcher.tp, fetcher.stream, msg.id, slots, reason, msg.attempts, exc
     )
@@ -136,7 +136,7 @@ class EachDispatcher:
                     return True
                 if not await _sleep_unless_stopped(fetcher, delay):
                     return False
-                msg = replace(msg, attempts=msg.attempts + 1)
+                msg = msg._replace(attempts=msg.attempts + 1)
 
 
 class BatchDispatcher:
@@ -177,7 +177,7 @@ class BatchDispatcher:
                     return done + [m.id for m in pending]
                 if not await _sleep_unless_stopped(fetcher, delay):
                     return done
-                pending = [replace(m, attempts=m.attempts + 1) for m in pending]
+                pending = [m._replace(attempts=m.attempts + 1) for m in pending]
         return done
 
 

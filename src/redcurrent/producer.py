@@ -24,7 +24,15 @@ from .errors import (
 )
 from .keys import Keys, validate_name
 from .partitioner import StickyPartitioner, partition_for_key
-from .serde import Serializer, encode_headers, encode_key, encode_value
+from .serde import (
+    CODEC_CODES,
+    KEY_TYPE_CODES,
+    RECORD_HEADER,
+    Serializer,
+    encode_headers,
+    encode_key,
+    encode_value,
+)
 from .structs import Record, RecordMetadata
 
 __all__ = ["Producer"]
@@ -140,8 +148,8 @@ class Producer:
         n = self._partitions.get(topic)
         if n is None:
             n = await self._resolve(topic)
-        record, ts, nbytes = self._encode(topic, value, key, headers, ttl)
-        return await acc.append(topic, self._choose(topic, n, key, partition), record, ts, nbytes)
+        record, nbytes = self._encode(topic, value, key, headers, ttl)
+        return await acc.append(topic, self._choose(topic, n, key, partition), record, nbytes)
 
     async def send_batch(
         self, topic: str, records: Iterable[Record | Any]
@@ -158,21 +166,26 @@ class Producer:
         n = self._partitions.get(topic)
         if n is None:
             n = await self._resolve(topic)
-        by_partition: dict[int, list[tuple[tuple[bytes | str, ...], int, int]]] = {}
-        positions: dict[int, list[int]] = {}
+        by_partition: dict[int, tuple[list[tuple[tuple[bytes, ...], int]], list[int]]] = {}
+        encode, choose = self._encode, self._choose
+        total = 0
         for i, rec in enumerate(records):
             if not isinstance(rec, Record):
                 rec = Record(rec)
-            encoded = self._encode(topic, rec.value, rec.key, rec.headers, rec.ttl)
-            p = self._choose(topic, n, rec.key, rec.partition)
-            by_partition.setdefault(p, []).append(encoded)
-            positions.setdefault(p, []).append(i)
-        total = sum(len(v) for v in positions.values())
+            encoded = encode(topic, rec.value, rec.key, rec.headers, rec.ttl)
+            p = choose(topic, n, rec.key, rec.partition)
+            slot = by_partition.get(p)
+            if slot is None:
+                slot = by_partition[p] = ([], [])
+            slot[0].append(encoded)
+            slot[1].append(i)
+            total = i + 1
+        # Everything is validated and encoded: only now is anything queued.
         out: list[RecordMetadata | None] = [None] * total
-        futures = [(p, acc.append_many(topic, p, recs)) for p, recs in by_partition.items()]
-        for p, futs in futures:
+        futures = [(pos, acc.append_many(topic, p, recs)) for p, (recs, pos) in by_partition.items()]
+        for positions, futs in futures:
             done = [m for chunk in await asyncio.gather(*futs) for m in chunk]
-            for i, meta in zip(positions[p], done, strict=True):
+            for i, meta in zip(positions, done, strict=True):
                 out[i] = meta
         return out  # type: ignore[return-value]
 
@@ -207,27 +220,39 @@ class Producer:
     # -- internals --
     def _encode(
         self, topic: str, value: Any, key: object, headers: Mapping[str, str] | None, ttl: float | None
-    ) -> tuple[tuple[bytes | str, ...], int, int]:
-        codec, data = encode_value(value, self._serializer)
-        kt, kb = encode_key(key)
-        hb = encode_headers(headers)
+    ) -> tuple[tuple[bytes, ...], int]:
+        """Validate and frame one record for the produce script (hot path: keep it lean)."""
+        if type(value) is bytes:
+            codec, data = 1, value
+        else:
+            name, data = encode_value(value, self._serializer)
+            codec = CODEC_CODES[name]
+        if key is None:
+            kt, kb = 0, b""
+        elif type(key) is str:
+            kt, kb = 1, key.encode()
+        else:
+            name, kb = encode_key(key)  # bytes, or TypeError for anything else
+            kt = KEY_TYPE_CODES[name]
+        hb = encode_headers(headers) if headers else b""
         nbytes = len(data) + len(kb) + len(hb)
         if nbytes > self._opt.max_message_bytes:
             raise MessageTooLargeError(
                 f"message of {nbytes} bytes exceeds max_message_bytes={self._opt.max_message_bytes}; "
                 "shrink it or raise max_message_bytes"
             )
-        ts = int(time.time() * 1000)
         expiry = b""
         if ttl is not None:
+            ts = int(time.time() * 1000)
             if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0 or not math.isfinite(ttl):
                 raise ConfigError(f"ttl must be a positive number of seconds, got {ttl!r}")
-            expiry = str(ts + int(ttl * 1000)).encode()
+            expiry = b"%d" % (ts + int(ttl * 1000))
         else:
-            ttl_ms = self._meta[topic].config.ttl_ms if topic in self._meta else None
-            if ttl_ms:
-                expiry = str(ts + ttl_ms).encode()
-        return (kt, kb, codec, data, str(ts), hb, expiry), ts, nbytes
+            meta = self._meta.get(topic)
+            if meta is not None and meta.config.ttl_ms:
+                expiry = b"%d" % (int(time.time() * 1000) + meta.config.ttl_ms)
+        header = RECORD_HEADER.pack(kt, codec, len(kb), len(data), len(hb), len(expiry))
+        return (header, kb, data, hb, expiry), nbytes
 
     def _choose(self, topic: str, n: int, key: object, partition: int | None) -> int:
         if partition is not None:

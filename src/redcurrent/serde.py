@@ -1,23 +1,25 @@
 """Serialization and the versioned stream-entry format (format ``1``).
 
-A message is one stream entry with these fields (all values are bytes/strings)::
+A message is one stream entry with these fields::
 
-    f    format version, "1"
-    t    create timestamp, ms since the epoch (decimal)
-    c    value codec: "json" (orjson), "bytes" (raw, untouched) or "custom"
+    f    format: "1" (the version), then the value codec, then the key type:
+           codec    j = JSON (orjson), b = raw bytes (untouched), c = custom serializer
+           key      n = no key, s = UTF-8 str, b = bytes
+         e.g. "1js" is a JSON value with a str key, "1bn" raw bytes without a key
     v    the value bytes
-    kt   key type: "s" (UTF-8 str) or "b" (bytes); absent when there is no key
     k    the key bytes; absent when there is no key
     h    headers as a JSON object of str -> str; absent when there are none
     x    expiry, ms since the epoch; absent when the message has no TTL
-    pid  idempotent producer id; absent for non-idempotent sends
-    seq  the producer's sequence number of this entry in this partition
+    t    create timestamp, ms since the epoch; optional. redcurrent's producer leaves
+         it out: the entry id's time (Redis's clock at append) is the timestamp.
 
 Other languages write and read the same fields; see ``docs/message-format.md``.
+Fewer fields is a measured choice: the produce script's cost is per field.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -36,7 +38,7 @@ __all__ = [
     "encode_value",
 ]
 
-FORMAT_VERSION = b"1"
+FORMAT_VERSION = 49  # ord("1"): the first byte of the format field
 TRIMMED = b"-"  # marker the fetch script puts in the format slot of a deleted entry
 
 Serializer = Callable[[Any], bytes]
@@ -45,6 +47,11 @@ Deserializer = Callable[[bytes], Any]
 _CODEC_JSON = b"json"
 _CODEC_BYTES = b"bytes"
 _CODEC_CUSTOM = b"custom"
+# Codes the produce script's framing uses for key types and codecs.
+KEY_TYPE_CODES = {b"": 0, b"s": 1, b"b": 2}
+CODEC_CODES = {_CODEC_JSON: 0, _CODEC_BYTES: 1, _CODEC_CUSTOM: 2}
+RECORD_HEADER = struct.Struct(">BBIIIB")
+_CODEC_LETTER = {ord("j"): _CODEC_JSON, ord("b"): _CODEC_BYTES, ord("c"): _CODEC_CUSTOM}
 
 
 def encode_value(value: Any, serializer: Serializer | None) -> tuple[bytes, bytes]:
@@ -101,22 +108,22 @@ def decode_entry(
     slots: list[Any],
     deserializer: Deserializer | None,
 ) -> Message:
-    """Build a Message from one fetch-reply record: id, attempts, f, t, c, v, kt, k, h, x.
+    """Build a Message from one fetch-reply record: id, attempts, f, v, k, h, x, t.
 
     Raises DecodeError with a reason for anything that is not a valid format-1 entry.
     """
-    entry_id, attempts, fmt, ts, codec, value, kt, key, headers, expiry = slots
+    entry_id, attempts, fmt, value, key, headers, expiry, ts = slots
     eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-    if fmt != FORMAT_VERSION:
+    if len(fmt) != 3 or fmt[0] != FORMAT_VERSION:
         raise DecodeError(_format_problem(fmt))
     try:
-        timestamp = int(ts)
-        decoded_value = _decode_value(codec, value, deserializer)
-        decoded_key: str | bytes | None = _decode_key(kt, key)
+        decoded_value = _decode_value(fmt[1], value, deserializer)
+        decoded_key = _decode_key(fmt[2], key)
         hdrs = orjson.loads(headers) if headers else _EMPTY_HEADERS
         if not isinstance(hdrs, dict):
             raise DecodeError("headers field is not a JSON object")
         exp = int(expiry) if expiry else None
+        timestamp = int(ts) if ts else int(eid.partition("-")[0])
     except DecodeError:
         raise
     except Exception as exc:  # the deserializer is user code: any failure is poison
@@ -124,24 +131,25 @@ def decode_entry(
     return Message(topic, partition, eid, decoded_key, decoded_value, hdrs, timestamp, int(attempts), exp)
 
 
-def _decode_value(codec: bytes, value: bytes, deserializer: Deserializer | None) -> Any:
+def _decode_value(letter: int, value: bytes, deserializer: Deserializer | None) -> Any:
+    codec = _CODEC_LETTER.get(letter)
     if codec == _CODEC_BYTES:
         return value
     if codec == _CODEC_JSON:
         return deserializer(value) if deserializer is not None else orjson.loads(value)
     if codec == _CODEC_CUSTOM:
         return deserializer(value) if deserializer is not None else value
-    raise DecodeError(f"unknown value codec {codec!r}")
+    raise DecodeError(f"unknown value codec {chr(letter)!r}")
 
 
-def _decode_key(kt: bytes, key: bytes) -> str | bytes | None:
-    if not kt:
+def _decode_key(letter: int, key: bytes) -> str | bytes | None:
+    if letter == 110:  # n
         return None
-    if kt == b"s":
+    if letter == 115:  # s
         return key.decode()
-    if kt == b"b":
+    if letter == 98:  # b
         return bytes(key)
-    raise DecodeError(f"unknown key type {kt!r}")
+    raise DecodeError(f"unknown key type {chr(letter)!r}")
 
 
 def _format_problem(fmt: bytes) -> str:
@@ -149,4 +157,4 @@ def _format_problem(fmt: bytes) -> str:
         return "trimmed"
     if not fmt:
         return "missing format field: not a redcurrent entry"
-    return f"unknown format version {fmt!r}"
+    return f"unknown format {fmt!r}"

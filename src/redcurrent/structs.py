@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "GroupInfo",
@@ -42,11 +42,12 @@ class Record:
     ttl: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RecordMetadata:
+class RecordMetadata(NamedTuple):
     """Where a record was stored: its partition and entry id (the offset).
 
-    ``timestamp`` is the record's create time in milliseconds since the epoch.
+    ``timestamp`` is the record's time in ms since the epoch: the entry id's time,
+    Redis's clock when it appended the record (Kafka's LogAppendTime). A named tuple,
+    as in aiokafka, because one is made per record on the hot path.
     """
 
     topic: str
@@ -55,13 +56,14 @@ class RecordMetadata:
     timestamp: int
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
     """A message handed to a consumer.
 
     ``key`` comes back as it was sent (``str`` or ``bytes``), ``value`` decoded
     (JSON -> object, bytes untouched), ``timestamp`` in ms since the epoch, and
     ``attempts`` is the delivery count of the pending entry (1 on first delivery).
+    ``expires_at`` (ms) is set for messages sent with a TTL. Immutable (a named
+    tuple: one is made per message on the hot path).
     """
 
     topic: str

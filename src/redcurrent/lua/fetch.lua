@@ -6,7 +6,7 @@
 -- ARGV:   [1] token  [2] group  [3] consumer  [4] count (0 = ack only)
 --         [5] read id: ">" for new entries, or an id to re-read my own pending list after it
 --         [6...] entry ids to ack first
--- Reply:  {"OK", last_id, id, attempts, f, t, c, v, kt, k, h, x, id, ...}   flat, 10 per entry
+-- Reply:  {"OK", last_id, id, attempts, f, v, k, h, x, t, id, ...}   flat, 8 per entry
 --           last_id is the newest entry id of the stream ("0-0" if empty) when a ">" read
 --           found nothing (what an idle wait blocks on), else "".
 --           f is "-" for an entry deleted while pending (trimmed).
@@ -40,10 +40,10 @@ if read_id ~= '>' then
     #entries, consumer)
   for _, p in ipairs(pend) do attempts[p[1]] = p[4] end
 end
-local slot = {f = 1, t = 2, c = 3, v = 4, kt = 5, k = 6, h = 7, x = 8}
+local slot = {f = 1, v = 2, k = 3, h = 4, x = 5, t = 6}
 local n = 2
 for _, e in ipairs(entries) do
-  local vals = {'', '', '', '', '', '', '', ''}
+  local vals = {'', '', '', '', '', ''}
   local fields = e[2]
   if fields then
     for i = 1, #fields, 2 do
@@ -55,7 +55,7 @@ for _, e in ipairs(entries) do
   end
   out[n + 1] = e[1]
   out[n + 2] = attempts[e[1]] or 1
-  for i = 1, 8 do out[n + 2 + i] = vals[i] end
-  n = n + 10
+  for i = 1, 6 do out[n + 2 + i] = vals[i] end
+  n = n + 8
 end
 return out

@@ -1,0 +1,224 @@
+"""Design §2 on a real 3-master cluster: no script and no MULTI ever touches two slots.
+
+The proof is taken from the servers themselves: every node logs every command it runs
+(SLOWLOG with a threshold of 0 µs), so after a full topic life cycle we check the keys of
+every EVALSHA and every multi-key command, that no MULTI was sent, and that INFO
+errorstats counted no CROSSSLOT error. Then we look at where the keys really live.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+from redis.crc import key_slot
+from support.servers import Cluster, ServerProcess
+
+from redcurrent import Admin, Producer, Record
+from redcurrent.keys import Keys
+
+pytestmark = pytest.mark.cluster
+
+PARTITIONS = 8
+GROWN = 12
+MULTI_KEY = {b"DEL", b"UNLINK", b"EXISTS", b"MGET", b"MSET", b"TOUCH"}
+SCRIPT_CALLS = {b"EVALSHA", b"EVAL", b"EVALSHA_RO", b"EVAL_RO", b"FCALL", b"FCALL_RO"}
+
+
+def _raw(value: Any, **_: Any) -> Any:
+    return value
+
+
+def served_slots(client: redis.Redis) -> set[int]:
+    """Slots this node serves, from CLUSTER NODES (the 'myself' line)."""
+    client.set_response_callback("CLUSTER NODES", _raw)
+    text = client.execute_command("CLUSTER NODES").decode()
+    mine = next(line for line in text.splitlines() if "myself" in line.split()[2])
+    slots: set[int] = set()
+    for part in mine.split()[8:]:
+        if part.startswith("["):
+            continue  # a slot being migrated
+        lo, _, hi = part.partition("-")
+        slots.update(range(int(lo), int(hi or lo) + 1))
+    return slots
+
+
+def errorstats(client: redis.Redis) -> dict[str, int]:
+    return {k: int(v["count"]) for k, v in client.info("errorstats").items()}
+
+
+class CommandLog:
+    """Every command each node executes, via SLOWLOG with a 0 µs threshold."""
+
+    def __init__(self, nodes: list[ServerProcess]) -> None:
+        self.nodes = nodes
+        self._saved: list[tuple[str, str]] = []
+
+    def __enter__(self) -> CommandLog:
+        for node in self.nodes:
+            with node.client() as c:
+                self._saved.append(
+                    (
+                        c.config_get("slowlog-log-slower-than")["slowlog-log-slower-than"],
+                        c.config_get("slowlog-max-len")["slowlog-max-len"],
+                    )
+                )
+                c.config_set("slowlog-max-len", 100_000)
+                c.config_set("slowlog-log-slower-than", 0)
+                c.slowlog_reset()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for node, (threshold, max_len) in zip(self.nodes, self._saved, strict=True):
+            with node.client() as c:
+                c.config_set("slowlog-log-slower-than", threshold)
+                c.config_set("slowlog-max-len", max_len)
+                c.slowlog_reset()
+
+    def commands(self) -> Iterator[tuple[ServerProcess, list[bytes]]]:
+        """(node, argv) of every logged command (slowlog keeps up to 32 args each)."""
+        for node in self.nodes:
+            with node.client() as c:
+                c.set_response_callback("SLOWLOG GET", _raw)
+                for entry in c.execute_command("SLOWLOG GET", 100_000):
+                    argv = entry[3] if isinstance(entry[3], list) else entry[4]
+                    yield node, list(argv)
+
+
+def keys_of(argv: list[bytes]) -> list[bytes]:
+    name = argv[0].upper()
+    if name in SCRIPT_CALLS:
+        return argv[3 : 3 + int(argv[2])]
+    if name in MULTI_KEY:
+        return argv[1:]
+    return []
+
+
+async def test_no_command_touches_two_slots_over_a_topic_life_cycle(
+    cluster: Cluster, rc: redis.asyncio.RedisCluster, namespace: str
+) -> None:
+    k = Keys(namespace)
+    before = []
+    for node in cluster.nodes:
+        with node.client() as c:
+            before.append(errorstats(c))
+    with CommandLog(cluster.nodes) as log:
+        async with Admin(cluster.url, namespace=namespace) as admin, Producer(
+            cluster.url, namespace=namespace, metadata_max_age=60
+        ) as producer:
+            await admin.create_topic("life", partitions=PARTITIONS, maxlen=1000)
+            metas = await producer.send_batch(
+                "life", [Record({"i": i}, partition=i % PARTITIONS) for i in range(10 * PARTITIONS)]
+            )
+            assert {m.partition for m in metas} == set(range(PARTITIONS))
+            await producer.send_batch("life", [Record(i, key=f"key-{i}") for i in range(200)])
+            await producer.send_batch("life", list(range(50)))  # keyless, sticky
+            await admin.alter_partitions("life", GROWN)
+            await admin.create_topic("life", partitions=3, exist_ok=True)
+            info = await admin.describe_topic("life")
+            assert info.partitions == GROWN and info.length == 10 * PARTITIONS + 250
+            await admin.list_topics()
+            await admin.delete_topic("life")
+        commands = list(log.commands())
+
+    served = {}
+    for node in cluster.nodes:
+        with node.client() as c:
+            served[node.port] = served_slots(c)
+    scripts_per_node: dict[int, int] = {}
+    for node, argv in commands:
+        name = argv[0].upper()
+        assert name not in (b"MULTI", b"EXEC"), f"a MULTI was sent to {node!r}"
+        keys = keys_of(argv)
+        if not keys:
+            continue
+        slots = {key_slot(key) for key in keys}
+        assert len(slots) == 1, f"{name!r} touched slots {slots}: {keys}"
+        assert slots <= served[node.port], f"{name!r} ran on a node that does not own {slots}"
+        if name in SCRIPT_CALLS:
+            scripts_per_node[node.port] = scripts_per_node.get(node.port, 0) + 1
+    # partitions spread over slots, so scripts ran on every node
+    assert sorted(scripts_per_node) == sorted(node.port for node in cluster.nodes)
+    for node, stats in zip(cluster.nodes, before, strict=True):
+        with node.client() as c:
+            after = errorstats(c)
+        assert after.get("errorstat_CROSSSLOT", 0) == stats.get("errorstat_CROSSSLOT", 0)
+    # the topic is gone, and with it its streams and metadata
+    assert await rc.exists(k.meta("life")) == 0
+    for p in range(GROWN):
+        assert await rc.exists(k.stream("life", p)) == 0
+
+
+async def test_partition_keys_live_on_the_node_that_owns_their_slot(
+    cluster: Cluster, rc: redis.asyncio.RedisCluster, namespace: str
+) -> None:
+    k = Keys(namespace)
+    async with Admin(cluster.url, namespace=namespace) as admin, Producer(
+        cluster.url, namespace=namespace
+    ) as producer:
+        await admin.create_topic("placed", partitions=PARTITIONS)
+        await producer.send_batch("placed", [Record(p, partition=p) for p in range(PARTITIONS)])
+        pid = producer.producer_id
+        expected: dict[int, set[bytes]] = {}  # slot -> keys that must be there
+        for p in range(PARTITIONS):
+            partition_keys = {k.stream("placed", p).encode(), k.producer_seq("placed", p, pid).encode()}
+            expected[key_slot(k.stream("placed", p).encode())] = partition_keys
+        expected.setdefault(key_slot(k.meta("placed").encode()), set()).add(k.meta("placed").encode())
+
+        served = {}
+        for node in cluster.nodes:
+            with node.client() as c:
+                served[node.port] = served_slots(c)
+        await rc.initialize()
+        owners = set()
+        for slot, wanted in expected.items():
+            [owner] = [port for port, slots in served.items() if slot in slots]
+            client_view = rc.get_node_from_key(next(iter(wanted)))
+            assert client_view is not None and int(client_view.port) == owner
+            owners.add(owner)
+            for node in cluster.nodes:
+                with node.client() as c:
+                    found = c.execute_command("CLUSTER GETKEYSINSLOT", slot, 1000)
+                present = {x.encode() if isinstance(x, str) else x for x in found}
+                if node.port == owner:
+                    assert wanted <= present, f"slot {slot} on {node!r}: {present}"
+                else:
+                    assert not present & wanted
+        assert len(owners) >= 2  # partitions really are spread over nodes
+        await admin.delete_topic("placed")
+
+
+def test_every_key_family_maps_to_the_slot_of_its_tag(cluster: Cluster) -> None:
+    """Statically, and as the server computes it (CLUSTER KEYSLOT)."""
+    k = Keys("rc")
+    topic, partition, group, pid = "orders.v2", 7, "billing", "0123abcd"
+    topic_keys = [
+        k.meta(topic),
+        k.groups(topic),
+        k.members(topic, group),
+        k.deadlines(topic, group),
+        k.group_state(topic, group),
+        k.dead_letters(topic, group),
+        *k.coordinator(topic, group),
+        *k.group_keys(topic, group),
+    ]
+    partition_keys = [
+        k.stream(topic, partition),
+        k.owner(topic, partition, group),
+        k.producer_seq(topic, partition, pid),
+    ]
+    with cluster.nodes[1].client() as c:
+        def server_slot(key: str) -> int:
+            return int(c.execute_command("CLUSTER KEYSLOT", key))
+
+        topic_slot = server_slot(topic)
+        partition_slot = server_slot(f"{topic}:{partition}")
+        for key in topic_keys:
+            assert key_slot(key.encode()) == server_slot(key) == topic_slot, key
+        for key in partition_keys:
+            assert key_slot(key.encode()) == server_slot(key) == partition_slot, key
+    # the only key without a tag is the registry, which no script touches
+    assert "{" not in k.topics()
