@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .admin import Admin
 from .consumer import Consumer
+from .dlq import DeadLetterRecord
 from .errors import (
     AmbiguousWriteError,
     ConfigError,
@@ -32,6 +33,7 @@ from .partitioner import StickyPartitioner, murmur3_32, partition_for_key
 from .producer import Producer
 from .retry import Backoff, BatchError, DeadLetter, Retry
 from .serde import Deserializer, Serializer
+from .signals import run_consumer
 from .structs import (
     GroupInfo,
     MemberInfo,
@@ -65,6 +67,7 @@ __all__ = (
     "FencedError",
     "GroupError",
     # values
+    "DeadLetterRecord",
     "GroupInfo",
     "InvalidPartitionsError",
     "MemberInfo",
@@ -79,6 +82,7 @@ __all__ = (
     "RedcurrentConnectionError",
     "RedcurrentError",
     "Retry",
+    "run_consumer",
     "SerializationError",
     "Serializer",
     "StickyPartitioner",

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import time
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Self
 
+from . import dlq, offsets, topics
 from . import groups as groups_mod
-from . import topics
 from .config import DEFAULT_NAMESPACE
 from .connection import Client, Connection, connect
-from .errors import ConfigError, UnknownGroupError, UnknownTopicError, translate
+from .errors import ConfigError, GroupError, UnknownGroupError, UnknownTopicError, translate
 from .keys import Keys, validate_name
 from .structs import GroupInfo, PartitionInfo, TopicConfig, TopicInfo
 
@@ -187,6 +190,128 @@ class Admin:
         """Per partition, entries not yet delivered to ``group`` (exact on Redis 7+, counted on 6.2)."""
         info = await self.describe_group(topic, group)
         return {p.partition: p.lag or 0 for p in info.partitions}
+
+    # -- offsets and retention --
+    async def reset_offsets(
+        self,
+        topic: str,
+        group: str,
+        to: str | dt.datetime = "earliest",
+        *,
+        partition: int | None = None,
+        force: bool = False,
+        dry_run: bool = False,
+    ) -> dict[int, str]:
+        """Move ``group``'s position on ``topic`` (all partitions, or one).
+
+        ``to``: ``"earliest"``, ``"latest"``, a ``datetime`` (first entry at or after
+        it) or an entry id (that entry is the next one delivered). Pending entries of
+        the group are acked first: a reset discards in-flight state, as in Kafka.
+        Refuses while the group has live members unless ``force``. Returns, per
+        partition, the id the group was set to.
+        """
+        info = await self.describe_group(topic, group)
+        if info.members and not force:
+            raise GroupError(
+                f"group {group!r} has {len(info.members)} live member(s); stop them first or pass force=True"
+            )
+        start = offsets.to_start_id(to)
+        parts = range(len(info.partitions)) if partition is None else [partition]
+        if partition is not None and not 0 <= partition < len(info.partitions):
+            raise ConfigError(f"partition {partition} out of range 0..{len(info.partitions) - 1}")
+        client = await self._client()
+        result = {}
+        for p in parts:
+            if not dry_run:
+                await self._call(
+                    offsets.reset_partition(client, self._keys.stream(topic, p), group, start), "reset_offsets"
+                )
+            result[p] = start
+        return result
+
+    async def trim(
+        self, topic: str, *, safe: bool = True, maxlen: int | None = None, retention_ms: int | None = None
+    ) -> int:
+        """Trim the topic's partitions; returns how many entries were removed.
+
+        Targets ``maxlen`` / ``retention_ms`` (default: the topic's config). With
+        ``safe=True`` (default) nothing a group still needs is removed: no pending
+        entry and nothing not yet delivered to every group; with no retention
+        configured it removes exactly what every group has acked. ``safe=False``
+        applies the retention regardless of groups (unread messages are lost).
+        """
+        validate_name(topic)
+        client = await self._client()
+        meta = await self._call(topics.read_meta(client, self._keys, topic), "trim")
+        if meta is None:
+            raise UnknownTopicError(f"unknown topic {topic!r}")
+        maxlen = maxlen if maxlen is not None else meta.config.maxlen
+        retention = retention_ms if retention_ms is not None else meta.config.retention_ms
+        min_id = f"{int(time.time() * 1000) - retention}-0" if retention else None
+        removed = 0
+        for p in range(meta.partitions):
+            stream = self._keys.stream(topic, p)
+            floor = await self._call(offsets.safe_floor(client, stream), "trim") if safe else None
+            removed += await self._call(
+                offsets.trim_partition(client, stream, min_id, maxlen, floor, safe), "trim"
+            )
+        return removed
+
+    # -- dead letters --
+    async def dead_letters(
+        self, topic: str, group: str, *, count: int = 100, after: str | None = None
+    ) -> list[dlq.DeadLetterRecord]:
+        """A page of ``group``'s dead letters on ``topic``, oldest first, after the id ``after``."""
+        client = await self._client()
+        start = f"({after}" if after else "-"
+        raw = await self._call(client.xrange(self._dlq(topic, group), start, "+", count=count), "dead_letters")
+        return [dlq.parse(i, f) for i, f in raw]
+
+    async def count_dead_letters(self, topic: str, group: str) -> int:
+        client = await self._client()
+        return int(await self._call(client.xlen(self._dlq(topic, group)), "count_dead_letters"))
+
+    async def requeue_dead_letters(
+        self, topic: str, group: str, ids: Iterable[str] | None = None
+    ) -> int:
+        """Move dead letters (all, or ``ids``) back to their original partitions, with
+        their key and headers; attempts start again. Idempotent. Returns how many moved."""
+        client = await self._client()
+        key = self._dlq(topic, group)
+        if ids is None:
+            entries = await self._call(client.xrange(key), "requeue_dead_letters")
+        else:
+            entries = []
+            for i in ids:
+                entries += await self._call(client.xrange(key, i, i), "requeue_dead_letters")
+        moved = 0
+        for dlq_id, fields in entries:
+            eid = dlq_id.decode() if isinstance(dlq_id, bytes) else str(dlq_id)
+            if await self._call(dlq.requeue_one(client, self._keys, group, eid, fields), "requeue"):
+                moved += 1
+            await client.xdel(key, eid)
+        return moved
+
+    async def delete_dead_letters(self, topic: str, group: str, ids: Iterable[str]) -> int:
+        """Delete dead letters by id (idempotent). Returns how many were deleted now."""
+        ids = list(ids)
+        if not ids:
+            return 0
+        client = await self._client()
+        return int(await self._call(client.xdel(self._dlq(topic, group), *ids), "delete_dead_letters"))
+
+    async def purge_dead_letters(self, topic: str, group: str) -> int:
+        """Delete every dead letter of ``group`` on ``topic``. Returns how many there were."""
+        client = await self._client()
+        key = self._dlq(topic, group)
+        n = int(await client.xlen(key))
+        await self._call(client.delete(key), "purge_dead_letters")
+        return n
+
+    def _dlq(self, topic: str, group: str) -> str:
+        validate_name(topic)
+        validate_name(group, "group")
+        return self._keys.dead_letters(topic, group)
 
     async def _call(self, awaitable: Any, what: str) -> Any:
         try:

@@ -194,17 +194,16 @@ class Consumer:
         await self.stop()
 
     async def abort(self) -> None:
-        """Forced stop: nothing more is acked; unacked messages stay pending for the next owner."""
-        async with self._lock:
-            if self._state == "stopped":
-                return
-            self._state = "stopped"
-            if self._coord is not None:
-                await self._coord.abort()
-            self._queue.put_nowait(None)
-            self._stopped.set()
-            if self._conn is not None:
-                await self._conn.close()
+        """Forced stop: nothing more is acked; unacked messages stay pending for the next owner.
+
+        Safe to call while a graceful :meth:`stop` is running (it cuts it short)."""
+        self._state = "stopped"
+        if self._coord is not None:
+            await self._coord.abort()
+        self._queue.put_nowait(None)
+        self._stopped.set()
+        if not self._lock.locked() and self._conn is not None:
+            await self._conn.close()  # no graceful stop running that would close it
 
     # -- consuming --
     def _use(self, mode: str, dispatcher: Any) -> None:

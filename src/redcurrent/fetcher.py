@@ -27,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import scripts
 from .errors import DecodeError, FencedError, translate
-from .serde import Deserializer, decode_entry
+from .serde import REQUEUE_HEADER, Deserializer, decode_entry
 from .structs import Message, TopicPartition
 
 if TYPE_CHECKING:
@@ -298,6 +298,12 @@ class PartitionFetcher:
                 continue
             if msg.expires_at is not None and msg.expires_at <= now_ms:
                 await self._expired(slots, msg)
+                continue
+            if msg.headers and msg.headers.get(REQUEUE_HEADER, c.group) != c.group:
+                # A dead letter requeued for another group: ack it, never handle it.
+                c.stats["requeue_skipped"] = c.stats.get("requeue_skipped", 0) + 1
+                self.acks.append(msg.id)
+                c.credits.give(1)
                 continue
             messages.append(msg)
             raw[msg.id] = slots

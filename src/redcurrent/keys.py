@@ -12,6 +12,7 @@ Key map (``ns`` is the namespace, default ``rc``; ``{…}`` is a Redis Cluster h
     ns:{T:P}                          stream partition P of topic T
     ns:{T:P}:owner:G                  string owner token of partition P for group G (fence)
     ns:{T:P}:pseq:PID                 string idempotent-producer sequence for producer PID
+    ns:{T:P}:requeued:G               set    dead-letter ids of G already requeued here
 
 Topic-level and coordination keys share the tag ``{T}``; partition-level keys share the
 tag ``{T:P}``. No script and no MULTI touches two tags, so everything runs unchanged
@@ -110,6 +111,9 @@ class Keys:
 
     def producer_seq(self, topic: str, partition: int, producer_id: str) -> str:
         return f"{self.namespace}:{{{topic}:{partition}}}:pseq:{producer_id}"
+
+    def requeued(self, topic: str, partition: int, group: str) -> str:
+        return f"{self.namespace}:{{{topic}:{partition}}}:requeued:{group}"
 
     def partition_pattern(self, topic: str, partition: int) -> str:
         """SCAN pattern of every key in one partition's slot (for delete_topic)."""

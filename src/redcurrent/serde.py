@@ -38,6 +38,8 @@ __all__ = [
     "encode_value",
 ]
 
+# Header of a dead letter requeued for one group: other groups ack and skip it.
+REQUEUE_HEADER = "rc-requeue-group"
 FORMAT_VERSION = 49  # ord("1"): the first byte of the format field
 TRIMMED = b"-"  # marker the fetch script puts in the format slot of a deleted entry
 
