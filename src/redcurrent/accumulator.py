@@ -80,6 +80,7 @@ class Accumulator:
         self._flush_now = False
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self.stats: dict[str, int] = {"sent": 0, "bytes": 0, "errors": 0, "batches": 0, "retries": 0}
 
     @property
     def producer_id(self) -> str:
@@ -261,6 +262,7 @@ class Accumulator:
                     self._fail(batches, translate(exc, "produce: gave up after request_timeout"))
                     return
                 attempt += 1
+                self.stats["retries"] += 1
                 delay = min(1.0, self._opt.retry_backoff * 2 ** min(attempt, 6))
                 log.warning("produce failed (%s); retry %d in %.2fs", type(exc).__name__, attempt, delay)
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
@@ -279,6 +281,9 @@ class Accumulator:
         ids = [i.decode() for i in result[1]]
         topic, partition = batch.topic, batch.partition
         # The record's timestamp is its entry id's time: Redis's clock at append.
+        self.stats["sent"] += len(batch.futures)
+        self.stats["bytes"] += batch.size
+        self.stats["batches"] += 1
         for i, fut in enumerate(batch.futures):
             if fut is not None and not fut.done():
                 eid = ids[i]
@@ -294,6 +299,7 @@ class Accumulator:
 
     def _fail(self, batches: list[_Batch], exc: BaseException) -> None:
         for b in batches:
+            self.stats["errors"] += len(b.futures)
             for fut in b.futures:
                 if fut is not None and not fut.done():
                     fut.set_exception(exc)

@@ -18,7 +18,7 @@ from .coordinator import Coordinator, Listener
 from .deadletter import DeadLetterWriter
 from .errors import ConfigError, ConsumerStoppedError, FencedError, translate
 from .fetcher import Credits, FetchContext
-from .handlers import BatchDispatcher, EachDispatcher, IteratorDispatcher, Policy, Slot
+from .handlers import BatchDispatcher, EachDispatcher, Histogram, IteratorDispatcher, Policy, Slot
 from .keys import Keys, validate_name
 from .retry import Backoff
 from .serde import Deserializer
@@ -100,7 +100,9 @@ class Consumer:
         }
         self._deserializer = deserializer
         self._stats: dict[str, int] = {}
-        self._policy = Policy(max_attempts, backoff or Backoff(), self._opt.processing_timeout, self._stats)
+        self._latency = Histogram()
+        self._policy = Policy(max_attempts, backoff or Backoff(), self._opt.processing_timeout,
+                              self._stats, self._latency)
         self._conn: Connection | None = None
         self._coord: Coordinator | None = None
         self._ctx: FetchContext | None = None
@@ -335,6 +337,10 @@ class Consumer:
         """Counters: processed, failed, retried, dead_lettered, expired, decode_failures,
         trimmed, rebalances, partitions_lost, heartbeat_errors, fetch_errors, …"""
         return dict(self._stats)
+
+    def handler_latency(self) -> Histogram:
+        """Handler latency histogram (seconds; ``cumulative()``, ``count``, ``sum``)."""
+        return self._latency
 
 
 def _flatten(items: tuple[TopicPartition | Iterable[TopicPartition], ...]) -> list[TopicPartition]:

@@ -31,6 +31,36 @@ Handler = Callable[[Message], Awaitable[Any]]
 BatchHandler = Callable[[list[Message]], Awaitable[Any]]
 
 
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Histogram:
+    """Cumulative-bucket histogram of handler latency in seconds (Prometheus-shaped)."""
+
+    __slots__ = ("buckets", "count", "counts", "sum")
+
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.buckets = buckets
+        self.counts = [0] * len(buckets)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.count += 1
+        self.sum += seconds
+        for i, bound in enumerate(self.buckets):
+            if seconds <= bound:
+                self.counts[i] += 1
+                break
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        out, total = [], 0
+        for bound, n in zip(self.buckets, self.counts, strict=True):
+            total += n
+            out.append((bound, total))
+        return out
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """Retry policy of one consumer."""
@@ -39,6 +69,7 @@ class Policy:
     backoff: Backoff
     handler_timeout: float | None
     stats: dict[str, int]
+    latency: Histogram
 
     def count(self, name: str, n: int = 1) -> None:
         self.stats[name] = self.stats.get(name, 0) + n
@@ -50,14 +81,14 @@ def _handing_out(fetcher: PartitionFetcher) -> bool:
 
 async def _call(policy: Policy, fn: Callable[[Any], Awaitable[Any]], arg: Any) -> None:
     started = time.perf_counter()
-    if policy.handler_timeout is None:
-        await fn(arg)
-    else:
-        async with asyncio.timeout(policy.handler_timeout):
+    try:
+        if policy.handler_timeout is None:
             await fn(arg)
-    policy.stats["handler_us_total"] = policy.stats.get("handler_us_total", 0) + int(
-        (time.perf_counter() - started) * 1e6
-    )
+        else:
+            async with asyncio.timeout(policy.handler_timeout):
+                await fn(arg)
+    finally:
+        policy.latency.observe(time.perf_counter() - started)
 
 
 async def _failed(

@@ -211,6 +211,10 @@ class Producer:
         if self._conn is not None:
             await self._conn.close()
 
+    def stats(self) -> dict[str, int]:
+        """Counters: sent (records stored), bytes, errors (records failed), batches, retries."""
+        return dict(self._acc.stats) if self._acc else {"sent": 0, "bytes": 0, "errors": 0, "batches": 0, "retries": 0}
+
     async def partitions_for(self, topic: str) -> int:
         """The partition count this producer uses for ``topic`` (auto-creating it if allowed)."""
         if self._acc is None:
