@@ -31,7 +31,7 @@ from .errors import (
 )
 from .partitioner import StickyPartitioner, murmur3_32, partition_for_key
 from .producer import Producer
-from .retry import Backoff, BatchError, DeadLetter, Retry
+from .retry import Backoff, BatchError, DeadLetter, Retry, RetryPolicy
 from .serde import Deserializer, Serializer
 from .signals import run_consumer
 from .structs import (
@@ -82,6 +82,7 @@ __all__ = (
     "RedcurrentConnectionError",
     "RedcurrentError",
     "Retry",
+    "RetryPolicy",
     "run_consumer",
     "SerializationError",
     "Serializer",

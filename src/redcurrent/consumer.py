@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Literal, Self
 
@@ -20,7 +20,7 @@ from .errors import ConfigError, ConsumerStoppedError, FencedError, translate
 from .fetcher import Credits, FetchContext
 from .handlers import BatchDispatcher, EachDispatcher, Histogram, IteratorDispatcher, Policy, Slot
 from .keys import Keys, validate_name
-from .retry import Backoff
+from .retry import Backoff, RetryPolicy
 from .serde import Deserializer
 from .structs import Message, TopicPartition
 
@@ -66,6 +66,7 @@ class Consumer:
         auto_ack: bool = True,
         max_attempts: int = 5,
         backoff: Backoff | None = None,
+        topic_retry: Mapping[str, RetryPolicy] | None = None,
         handler_timeout: float | None = None,
         processing_timeout: float | None = None,
         block: float = 2.0,
@@ -101,8 +102,13 @@ class Consumer:
         self._deserializer = deserializer
         self._stats: dict[str, int] = {}
         self._latency = Histogram()
+        if backoff is not None and not isinstance(backoff, Backoff):
+            raise ConfigError("backoff must be a redcurrent.Backoff")
+        for t, rp in (topic_retry or {}).items():
+            if t not in topics or not isinstance(rp, RetryPolicy):
+                raise ConfigError(f"topic_retry maps subscribed topics to RetryPolicy; bad entry {t!r}")
         self._policy = Policy(max_attempts, backoff or Backoff(), self._opt.processing_timeout,
-                              self._stats, self._latency)
+                              self._stats, self._latency, dict(topic_retry or {}))
         self._conn: Connection | None = None
         self._coord: Coordinator | None = None
         self._ctx: FetchContext | None = None

@@ -83,6 +83,7 @@ class Coordinator:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._retry_at = 0.0
+        self._rejoining = False
         self.errors: list[BaseException] = []
 
     # -- lifecycle --
@@ -163,13 +164,14 @@ class Coordinator:
         async with asyncio.timeout(opt.session_timeout / 3):
             replies = await scripts.execute_calls(self._client, calls)
         changed = False
+        self._rejoining = False
         for topic, reply in zip(self.topics, replies, strict=True):
             if isinstance(reply, Exception):
                 raise reply
             changed |= self._apply(topic, reply)
         async with asyncio.timeout(opt.session_timeout / 3):
             ok = await self._refresh()
-        if ok and all(s.op == "beat" for s in self.state.values()):
+        if ok and not any(s.op == "join" and s.target for s in self.state.values()) and not self._rejoining:
             self.lease_deadline = sent + opt.session_timeout * LEASE_FRACTION
         if changed or time.monotonic() >= self._retry_at > 0:
             self._wake_reconcile.set()
@@ -192,6 +194,7 @@ class Coordinator:
             log.error("%s: %s; dropping its partitions and rejoining", topic, reply[1].decode())
             self._lose([tp for tp in self.fetchers if tp.topic == topic])
             st.op, st.target = "join", frozenset()
+            self._rejoining = True
             self._wake_heartbeat.set()
             return True
         log.error("%s: unknown topic; nothing assigned", topic)

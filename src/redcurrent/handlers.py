@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import FencedError
 from .fetcher import PartitionFetcher
-from .retry import Backoff, BatchError, DeadLetter, Retry
+from .retry import Backoff, BatchError, DeadLetter, Retry, RetryPolicy
 from .structs import Message
 
 __all__ = ["BatchDispatcher", "EachDispatcher", "IteratorDispatcher", "Policy"]
@@ -70,6 +70,11 @@ class Policy:
     handler_timeout: float | None
     stats: dict[str, int]
     latency: Histogram
+    overrides: Mapping[str, RetryPolicy] = field(default_factory=dict)
+
+    def for_topic(self, topic: str) -> tuple[int, Backoff]:
+        o = self.overrides.get(topic)
+        return (o.max_attempts, o.backoff) if o is not None else (self.max_attempts, self.backoff)
 
     def count(self, name: str, n: int = 1) -> None:
         self.stats[name] = self.stats.get(name, 0) + n
@@ -96,13 +101,14 @@ async def _failed(
 ) -> float | None:
     """Record a failed attempt; the delay before the next one, or None to dead-letter."""
     attempts = max(m.attempts for m in msgs)
-    if isinstance(exc, DeadLetter) or attempts >= policy.max_attempts:
+    max_attempts, backoff = policy.for_topic(fetcher.tp.topic)
+    if isinstance(exc, DeadLetter) or attempts >= max_attempts:
         return None
-    delay = exc.after if isinstance(exc, Retry) and exc.after is not None else policy.backoff.delay(attempts)
+    delay = exc.after if isinstance(exc, Retry) and exc.after is not None else backoff.delay(attempts)
     policy.count("retried", len(msgs))
     log.warning(
         "handler failed on %s[%d] %s (attempt %d of %d): %s: %s; retrying in %.2fs",
-        fetcher.tp.topic, fetcher.tp.partition, msgs[0].id, attempts, policy.max_attempts,
+        fetcher.tp.topic, fetcher.tp.partition, msgs[0].id, attempts, max_attempts,
         type(exc).__name__, exc, delay,
         extra={"topic": fetcher.tp.topic, "partition": fetcher.tp.partition,
                "entry_id": msgs[0].id, "attempts": attempts},

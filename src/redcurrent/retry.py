@@ -17,7 +17,7 @@ from .config import positive
 from .errors import ConfigError
 from .structs import Message
 
-__all__ = ["Backoff", "BatchError", "DeadLetter", "Retry"]
+__all__ = ["Backoff", "BatchError", "DeadLetter", "Retry", "RetryPolicy"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +45,23 @@ class Backoff:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         base = min(self.max, self.initial * self.multiplier ** max(0, attempt - 1))
         return base * (1 - self.jitter * random.random())
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Attempts and backoff for one topic, overriding the consumer's defaults.
+
+    ``Consumer("orders", "audit", group="g", topic_retry={"audit": RetryPolicy(max_attempts=20)})``
+    """
+
+    max_attempts: int = 5
+    backoff: Backoff = Backoff()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be an int >= 1, got {self.max_attempts!r}")
+        if not isinstance(self.backoff, Backoff):
+            raise ConfigError("backoff must be a redcurrent.Backoff")
 
 
 class Retry(Exception):
