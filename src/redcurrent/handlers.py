@@ -90,8 +90,13 @@ async def _call(policy: Policy, fn: Callable[[Any], Awaitable[Any]], arg: Any) -
         if policy.handler_timeout is None:
             await fn(arg)
         else:
-            async with asyncio.timeout(policy.handler_timeout):
-                await fn(arg)
+            try:
+                async with asyncio.timeout(policy.handler_timeout) as cm:
+                    await fn(arg)
+            except TimeoutError as exc:
+                if cm.expired():
+                    raise TimeoutError(f"handler exceeded handler_timeout={policy.handler_timeout}s") from exc
+                raise
     finally:
         policy.latency.observe(time.perf_counter() - started)
 

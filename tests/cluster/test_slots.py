@@ -8,6 +8,7 @@ errorstats counted no CROSSSLOT error. Then we look at where the keys really liv
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -195,21 +196,18 @@ def test_every_key_family_maps_to_the_slot_of_its_tag(cluster: Cluster) -> None:
     """Statically, and as the server computes it (CLUSTER KEYSLOT)."""
     k = Keys("rc")
     topic, partition, group, pid = "orders.v2", 7, "billing", "0123abcd"
-    topic_keys = [
-        k.meta(topic),
-        k.groups(topic),
-        k.members(topic, group),
-        k.deadlines(topic, group),
-        k.group_state(topic, group),
-        k.dead_letters(topic, group),
-        *k.coordinator(topic, group),
-        *k.group_keys(topic, group),
-    ]
-    partition_keys = [
-        k.stream(topic, partition),
-        k.owner(topic, partition, group),
-        k.producer_seq(topic, partition, pid),
-    ]
+    values = {"topic": topic, "partition": partition, "group": group, "producer_id": pid}
+    topic_keys: list[str] = []
+    partition_keys: list[str] = []
+    for name, method in inspect.getmembers(Keys, inspect.isfunction):
+        params = [p for p in inspect.signature(method).parameters if p != "self"]
+        if name.startswith("_") or name == "partition_pattern" or not params:
+            continue
+        built = method(k, **{p: values[p] for p in params})
+        (partition_keys if "partition" in params else topic_keys).extend(
+            built if isinstance(built, list) else [built]
+        )
+    assert len(topic_keys) >= 6 and len(partition_keys) >= 3
     with cluster.nodes[1].client() as c:
         def server_slot(key: str) -> int:
             return int(c.execute_command("CLUSTER KEYSLOT", key))

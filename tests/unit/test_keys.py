@@ -7,6 +7,8 @@ keys share ``{topic:partition}``. A slot is computed here exactly as Redis Clust
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,26 +25,41 @@ def slot(key: str) -> int:
     return key_slot(key.encode())
 
 
+def key_families(k: Keys, topic: str, partition: int, group: str, pid: str) -> dict[str, list[str]]:
+    """Every key-building method of Keys, called by its parameter names, sorted by level.
+
+    Found by introspection, so a key family added later is checked without editing here.
+    """
+    values = {"topic": topic, "partition": partition, "group": group, "producer_id": pid}
+    levels: dict[str, list[str]] = {"registry": [], "topic": [], "partition": []}
+    for name, method in inspect.getmembers(Keys, inspect.isfunction):
+        if name.startswith("_") or name == "partition_pattern":  # a SCAN pattern, not a key
+            continue
+        params = [p for p in inspect.signature(method).parameters if p != "self"]
+        unknown = set(params) - set(values)
+        assert not unknown, f"Keys.{name} takes {unknown}: teach this test about it"
+        built = method(k, **{p: values[p] for p in params})
+        keys = built if isinstance(built, list) else [built]
+        level = "partition" if "partition" in params else "topic" if "topic" in params else "registry"
+        levels[level].extend(keys)
+    return levels
+
+
 def topic_level_keys(k: Keys, topic: str, group: str) -> list[str]:
-    return [
-        k.meta(topic),
-        k.groups(topic),
-        k.members(topic, group),
-        k.deadlines(topic, group),
-        k.group_state(topic, group),
-        k.dead_letters(topic, group),
-        *k.coordinator(topic, group),
-        *k.group_keys(topic, group),
-    ]
+    return key_families(k, topic, 0, group, "p")["topic"]
 
 
 def partition_level_keys(k: Keys, topic: str, partition: int, group: str) -> list[str]:
-    return [
-        k.stream(topic, partition),
-        k.owner(topic, partition, group),
-        k.producer_seq(topic, partition, "0123456789abcdef0123456789abcdef"),
-        k.producer_seq(topic, partition, "-"),
-    ]
+    families = key_families(k, topic, partition, group, "0123456789abcdef0123456789abcdef")
+    return families["partition"] + [k.producer_seq(topic, partition, "-")]
+
+
+def test_every_key_family_is_classified() -> None:
+    families = key_families(Keys("rc"), "orders", 3, "billing", "p1")
+    assert families["registry"] == ["rc:topics"]  # the one key without a tag
+    assert "rc:{orders}:meta" in families["topic"]
+    assert "rc:{orders:3}" in families["partition"]
+    assert len(families["topic"]) >= 6 and len(families["partition"]) >= 3
 
 
 @given(namespaces, names, names)
