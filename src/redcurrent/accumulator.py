@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import scripts
 from .config import ProducerOptions, seconds_to_ms
 from .connection import Connection
-from .errors import AmbiguousWriteError, RedcurrentError, translate
+from .errors import AmbiguousWriteError, ProducerClosedError, RedcurrentError, translate
 from .structs import RecordMetadata
 
 __all__ = ["Accumulator", "Waiter"]
@@ -94,6 +94,8 @@ class Accumulator:
         self, topic: str, partition: int, record: tuple[bytes, ...], nbytes: int
     ) -> asyncio.Future[RecordMetadata]:
         """Queue one framed record; the future resolves to its metadata."""
+        if self._closed:
+            raise ProducerClosedError("the producer is closed")
         batch = self._open.get((topic, partition))
         if batch is None or batch.size + nbytes > self._opt.batch_bytes:
             batch = self._batch_for(topic, partition, nbytes)
@@ -116,6 +118,8 @@ class Accumulator:
         self, topic: str, partition: int, records: list[tuple[tuple[bytes, ...], int]]
     ) -> list[asyncio.Future[list[RecordMetadata]]]:
         """Queue records of one partition; one future per batch they land in."""
+        if self._closed:
+            raise ProducerClosedError("the producer is closed")
         loop = self._loop
         futures: list[asyncio.Future[list[RecordMetadata]]] = []
         key = (topic, partition)
@@ -214,9 +218,21 @@ class Accumulator:
                 return
 
     def _drain(self) -> list[_Batch]:
-        batches = self._ready + list(self._open.values())
-        self._ready = []
-        self._open = {}
+        # At most one batch per partition per pipeline: the sequence key remembers the
+        # last batch only, so a retried pipeline must not carry two for one partition.
+        batches: list[_Batch] = []
+        later: list[_Batch] = []
+        taken: set[tuple[str, int]] = set()
+        for b in self._ready:
+            key = (b.topic, b.partition)
+            (later if key in taken else batches).append(b)
+            taken.add(key)
+        for key, b in list(self._open.items()):
+            if key in taken:
+                continue  # stays open behind the sealed batch of its partition
+            batches.append(b)
+            del self._open[key]
+        self._ready = later
         for b in batches:
             key = (b.topic, b.partition)
             b.seq = self._seq.get(key, 0) + 1

@@ -159,6 +159,10 @@ class Admin:
             for g in groups:
                 pipe.delete(k.owner(name, p, g))
         await self._call(pipe.execute(), "delete_topic")
+        # Producer sequences and requeue marks have names we cannot list: scan for them.
+        leftovers = [key async for key in client.scan_iter(match=k.partition_keys_pattern(name), count=1000)]
+        for key in leftovers:
+            await client.delete(key)
         await client.srem(k.topics(), name)
         log.info("deleted topic %s", name)
 

@@ -115,6 +115,7 @@ class Keys:
     def requeued(self, topic: str, partition: int, group: str) -> str:
         return f"{self.namespace}:{{{topic}:{partition}}}:requeued:{group}"
 
-    def partition_pattern(self, topic: str, partition: int) -> str:
-        """SCAN pattern of every key in one partition's slot (for delete_topic)."""
-        return f"{self.namespace}:{{{topic}:{partition}}}*"
+    def partition_keys_pattern(self, topic: str) -> str:
+        """SCAN pattern of every partition-slot key of a topic (for delete_topic)."""
+        escaped = "".join(f"\\{ch}" if ch in "*?[]\\" else ch for ch in topic)
+        return f"{self.namespace}:{{{escaped}:*}}*"

@@ -47,7 +47,7 @@ class StickyPartitioner:
         current = self._current.get(topic)
         count = self._count.get(topic, 0)
         if current is None or current >= partitions or count >= self._batch_size:
-            current = self._next(current, partitions)
+            current = self._next(current if current is not None and current < partitions else None, partitions)
             self._current[topic] = current
             count = 0
         self._count[topic] = count + 1

@@ -98,6 +98,7 @@ class Producer:
         self._refresher: asyncio.Task[None] | None = None
         self._closed = False
         self._start_lock = asyncio.Lock()
+        self._resolving: dict[str, asyncio.Future[int]] = {}
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._acc else "new"
@@ -141,12 +142,13 @@ class Producer:
     ) -> RecordMetadata:
         """Send one message; returns where it was stored once Redis has it."""
         acc = self._acc
-        if acc is None:
+        if acc is None or self._closed:
             await self.start()
             acc = self._acc
             assert acc is not None
         n = self._partitions.get(topic)
         if n is None:
+            self._encode(topic, value, key, headers, ttl)  # bad input fails before auto-create
             n = await self._resolve(topic)
         record, nbytes = self._encode(topic, value, key, headers, ttl)
         return await acc.append(topic, self._choose(topic, n, key, partition), record, nbytes)
@@ -159,12 +161,16 @@ class Producer:
         A record is a :class:`Record` or a bare value (no key). Every record is
         validated and encoded before anything is written.
         """
-        if self._acc is None:
+        if self._acc is None or self._closed:
             await self.start()
         acc = self._acc
         assert acc is not None
+        records = records if isinstance(records, list) else list(records)
         n = self._partitions.get(topic)
         if n is None:
+            for rec in records:  # bad input fails before auto-create
+                rec = rec if isinstance(rec, Record) else Record(rec)
+                self._encode(topic, rec.value, rec.key, rec.headers, rec.ttl)
             n = await self._resolve(topic)
         by_partition: dict[int, tuple[list[tuple[tuple[bytes, ...], int]], list[int]]] = {}
         encode, choose = self._encode, self._choose
@@ -272,8 +278,15 @@ class Producer:
         return partition_for_key(key, n)  # type: ignore[arg-type]
 
     async def _resolve(self, topic: str) -> int:
-        """First send to ``topic``: read (or auto-create) its metadata."""
+        """First send to ``topic``: read (or auto-create) its metadata, once for all callers."""
         validate_name(topic)
+        pending = self._resolving.get(topic)
+        if pending is None:
+            pending = self._resolving[topic] = asyncio.ensure_future(self._lookup(topic))
+            pending.add_done_callback(lambda _f: self._resolving.pop(topic, None))
+        return await asyncio.shield(pending)
+
+    async def _lookup(self, topic: str) -> int:
         assert self._conn is not None
         client, keys = self._conn.client, self._opt.keys
         try:

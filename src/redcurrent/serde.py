@@ -122,8 +122,8 @@ def decode_entry(
         decoded_value = _decode_value(fmt[1], value, deserializer)
         decoded_key = _decode_key(fmt[2], key)
         hdrs = orjson.loads(headers) if headers else _EMPTY_HEADERS
-        if not isinstance(hdrs, dict):
-            raise DecodeError("headers field is not a JSON object")
+        if not isinstance(hdrs, dict) or not all(type(v) is str for v in hdrs.values()):
+            raise DecodeError("headers field is not a JSON object of str to str")
         exp = int(expiry) if expiry else None
         timestamp = int(ts) if ts else int(eid.partition("-")[0])
     except DecodeError:

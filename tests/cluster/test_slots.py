@@ -107,9 +107,10 @@ async def test_no_command_touches_two_slots_over_a_topic_life_cycle(
         with node.client() as c:
             before.append(errorstats(c))
     with CommandLog(cluster.nodes) as log:
-        async with Admin(cluster.url, namespace=namespace) as admin, Producer(
-            cluster.url, namespace=namespace, metadata_max_age=60
-        ) as producer:
+        async with (
+            Admin(cluster.url, namespace=namespace) as admin,
+            Producer(cluster.url, namespace=namespace, metadata_max_age=60) as producer,
+        ):
             await admin.create_topic("life", partitions=PARTITIONS, maxlen=1000)
             metas = await producer.send_batch(
                 "life", [Record({"i": i}, partition=i % PARTITIONS) for i in range(10 * PARTITIONS)]
@@ -157,17 +158,23 @@ async def test_partition_keys_live_on_the_node_that_owns_their_slot(
     cluster: Cluster, rc: redis.asyncio.RedisCluster, namespace: str
 ) -> None:
     k = Keys(namespace)
-    async with Admin(cluster.url, namespace=namespace) as admin, Producer(
-        cluster.url, namespace=namespace
-    ) as producer:
+    async with (
+        Admin(cluster.url, namespace=namespace) as admin,
+        Producer(cluster.url, namespace=namespace) as producer,
+    ):
         await admin.create_topic("placed", partitions=PARTITIONS)
         await producer.send_batch("placed", [Record(p, partition=p) for p in range(PARTITIONS)])
         pid = producer.producer_id
         expected: dict[int, set[bytes]] = {}  # slot -> keys that must be there
         for p in range(PARTITIONS):
-            partition_keys = {k.stream("placed", p).encode(), k.producer_seq("placed", p, pid).encode()}
+            partition_keys = {
+                k.stream("placed", p).encode(),
+                k.producer_seq("placed", p, pid).encode(),
+            }
             expected[key_slot(k.stream("placed", p).encode())] = partition_keys
-        expected.setdefault(key_slot(k.meta("placed").encode()), set()).add(k.meta("placed").encode())
+        expected.setdefault(key_slot(k.meta("placed").encode()), set()).add(
+            k.meta("placed").encode()
+        )
 
         served = {}
         for node in cluster.nodes:
@@ -201,7 +208,7 @@ def test_every_key_family_maps_to_the_slot_of_its_tag(cluster: Cluster) -> None:
     partition_keys: list[str] = []
     for name, method in inspect.getmembers(Keys, inspect.isfunction):
         params = [p for p in inspect.signature(method).parameters if p != "self"]
-        if name.startswith("_") or name == "partition_pattern" or not params:
+        if name.startswith("_") or name == "partition_keys_pattern" or not params:
             continue
         built = method(k, **{p: values[p] for p in params})
         (partition_keys if "partition" in params else topic_keys).extend(
@@ -209,6 +216,7 @@ def test_every_key_family_maps_to_the_slot_of_its_tag(cluster: Cluster) -> None:
         )
     assert len(topic_keys) >= 6 and len(partition_keys) >= 3
     with cluster.nodes[1].client() as c:
+
         def server_slot(key: str) -> int:
             return int(c.execute_command("CLUSTER KEYSLOT", key))
 
@@ -228,7 +236,11 @@ def test_the_command_log_would_catch_a_cross_slot_script(cluster: Cluster) -> No
     with node.client() as c:
         mine = served_slots(c)
         a = next(f"a{i}" for i in range(10_000) if key_slot(f"a{i}".encode()) in mine)
-        b = next(f"b{i}" for i in range(10_000) if key_slot(f"b{i}".encode()) in mine - {key_slot(a.encode())})
+        b = next(
+            f"b{i}"
+            for i in range(10_000)
+            if key_slot(f"b{i}".encode()) in mine - {key_slot(a.encode())}
+        )
         before = errorstats(c).get("errorstat_CROSSSLOT", 0)
         with CommandLog([node]) as log:
             with pytest.raises(redis.exceptions.ResponseError, match="hash to the same slot"):

@@ -9,6 +9,7 @@ partition stream (key from ``Keys(namespace).stream``), round trips are counted 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -33,7 +34,6 @@ from redcurrent import (
     Record,
     RecordMetadata,
     RedcurrentConnectionError,
-    RedcurrentError,
     SerializationError,
     UnknownTopicError,
     murmur3_32,
@@ -68,7 +68,9 @@ async def admin(target: Target, namespace: str) -> AsyncIterator[Admin]:
         yield a
 
 
-async def entries(client: AsyncClient, namespace: str, topic: str, partition: int) -> list[tuple[str, dict[bytes, bytes]]]:
+async def entries(
+    client: AsyncClient, namespace: str, topic: str, partition: int
+) -> list[tuple[str, dict[bytes, bytes]]]:
     raw = await client.xrange(Keys(namespace).stream(topic, partition))
     return [(eid.decode(), fields) for eid, fields in raw]
 
@@ -146,7 +148,9 @@ async def test_same_key_same_partition_murmur3_mod_n(
     used = {m.partition for m in first}
     assert len(used) >= 6  # keys spread
     for m in first:  # really there, with its key
-        [(eid, fields)] = await target_client.xrange(Keys(namespace).stream("keyed", m.partition), m.id, m.id)
+        [(_eid, fields)] = await target_client.xrange(
+            Keys(namespace).stream("keyed", m.partition), m.id, m.id
+        )
         assert fields[b"k"] == keys[orjson.loads(fields[b"v"])].encode()
 
 
@@ -166,10 +170,15 @@ async def test_out_of_range_partition_fails_before_anything_is_written(
 ) -> None:
     await admin.create_topic("range", partitions=4)
     producer = make_producer()
-    with pytest.raises(InvalidPartitionsError, match=r"partition .* is out of range: topic 'range' has 4 partitions \(0\.\.3\)"):
+    with pytest.raises(
+        InvalidPartitionsError,
+        match=r"partition .* is out of range: topic 'range' has 4 partitions \(0\.\.3\)",
+    ):
         await producer.send("range", "x", partition=bad)
     with pytest.raises(InvalidPartitionsError):
-        await producer.send_batch("range", [Record("ok", partition=0), Record("bad", partition=bad)])
+        await producer.send_batch(
+            "range", [Record("ok", partition=0), Record("bad", partition=bad)]
+        )
     await producer.flush()
     assert await lengths(target_client, namespace, "range", 4) == [0, 0, 0, 0]
 
@@ -192,13 +201,15 @@ async def test_keyless_messages_are_sticky_not_spread_per_message(
     assert sum(await lengths(target_client, namespace, "sticky", 8)) == 200
 
 
-async def test_keyless_messages_move_on_after_a_full_batch(make_producer: Factory, admin: Admin) -> None:
+async def test_keyless_messages_move_on_after_a_full_batch(
+    make_producer: Factory, admin: Admin
+) -> None:
     await admin.create_topic("sticky", partitions=8)
     producer = make_producer(batch_size=10)
     parts = [(await producer.send("sticky", i)).partition for i in range(60)]
     runs = [parts[i : i + 10] for i in range(0, 60, 10)]
     assert all(len(set(run)) == 1 for run in runs)  # each batch sticks to one partition
-    assert all(a[0] != b[0] for a, b in zip(runs, runs[1:]))  # then moves to another
+    assert all(a[0] != b[0] for a, b in itertools.pairwise(runs))  # then moves to another
     assert 2 <= len(set(parts)) <= 6
 
 
@@ -227,7 +238,9 @@ async def test_send_batch_returns_metadata_in_input_order(
             assert meta.partition == murmur3_32(rec.key.encode()) % 4  # type: ignore[union-attr]
         if isinstance(rec, Record) and rec.partition is not None:
             assert meta.partition == rec.partition
-        [(_, fields)] = await target_client.xrange(stream("batch", meta.partition), meta.id, meta.id)
+        [(_, fields)] = await target_client.xrange(
+            stream("batch", meta.partition), meta.id, meta.id
+        )
         assert orjson.loads(fields[b"v"]) == {"i": i}
     # per partition, input order is stream order
     for p in range(4):
@@ -255,8 +268,12 @@ async def test_send_batch_validates_every_record_before_writing(
 
 
 async def test_thousand_concurrent_sends_cost_few_script_calls(
-    make_producer: Factory, admin: Admin, target: Target, request: pytest.FixtureRequest,
-    target_client: AsyncClient, namespace: str,
+    make_producer: Factory,
+    admin: Admin,
+    target: Target,
+    request: pytest.FixtureRequest,
+    target_client: AsyncClient,
+    namespace: str,
 ) -> None:
     await admin.create_topic("busy", partitions=4)
     producer = make_producer()
@@ -393,7 +410,7 @@ async def test_unknown_topic_is_auto_created_with_default_partitions(
 
 async def test_auto_create_off_raises_unknown_topic(make_producer: Factory, admin: Admin) -> None:
     producer = make_producer(auto_create_topics=False)
-    with pytest.raises(UnknownTopicError, match="unknown topic 'nope'.*Admin.create_topic"):
+    with pytest.raises(UnknownTopicError, match=r"unknown topic 'nope'.*Admin\.create_topic"):
         await producer.send("nope", "x")
     with pytest.raises(UnknownTopicError):
         await producer.send_batch("nope", ["x"])
@@ -430,7 +447,9 @@ async def test_producer_uses_new_partitions_within_a_second(
     producer = make_producer()
     assert await producer.partitions_for("growing") == 2
     key = key_for_partition(6, 8)
-    assert (await producer.send("growing", "before", key=key)).partition == murmur3_32(key.encode()) % 2
+    assert (await producer.send("growing", "before", key=key)).partition == murmur3_32(
+        key.encode()
+    ) % 2
     await admin.alter_partitions("growing", 8)
     grown = time.monotonic()
 
@@ -489,12 +508,6 @@ async def test_close_flushes(target: Target, target_client: AsyncClient, namespa
     await producer.close()  # idempotent
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Producer.send after close() appends to the closed Accumulator, whose sender "
-    "task is gone, so the future never resolves and send hangs instead of raising "
-    "ProducerClosedError",
-)
 async def test_send_after_close_raises_producer_closed(make_producer: Factory) -> None:
     producer = make_producer()
     await producer.send("closed", 1)
@@ -517,8 +530,12 @@ async def test_produce_script_stores_a_retried_sequence_once(
     def args(pid: str, first_seq: int, values: list[bytes]) -> list[bytes | str | int]:
         return ["", "", pid, first_seq, 60_000, frame(values)]
 
-    first = await scripts.run(target_client, produce, [stream, seq_key], args("p1", 1, [b"a", b"b"]))
-    retry = await scripts.run(target_client, produce, [stream, seq_key], args("p1", 1, [b"a", b"b"]))
+    first = await scripts.run(
+        target_client, produce, [stream, seq_key], args("p1", 1, [b"a", b"b"])
+    )
+    retry = await scripts.run(
+        target_client, produce, [stream, seq_key], args("p1", 1, [b"a", b"b"])
+    )
     assert first[0] == b"OK" and retry[0] == b"DUP"
     assert retry[1] == first[1]  # the same ids as the first write
     assert [eid for eid, _ in await target_client.xrange(stream)] == first[1]
@@ -530,7 +547,9 @@ async def test_produce_script_stores_a_retried_sequence_once(
     assert [f[b"v"] for _, f in await target_client.xrange(stream)] == [b"a", b"b", b"c"]
     # another producer id has its own sequence
     other = keys.producer_seq("idem", 0, "p2")
-    assert (await scripts.run(target_client, produce, [stream, other], args("p2", 1, [b"d"])))[0] == b"OK"
+    assert (await scripts.run(target_client, produce, [stream, other], args("p2", 1, [b"d"])))[
+        0
+    ] == b"OK"
     assert await target_client.xlen(stream) == 4
 
 
@@ -541,7 +560,9 @@ async def test_produce_script_without_producer_id_always_writes(
     stream, seq_key = keys.stream("plain", 0), keys.producer_seq("plain", 0, "-")
     produce = scripts.script("produce")
     for _ in range(2):
-        reply = await scripts.run(target_client, produce, [stream, seq_key], ["", "", "", 1, 60_000, frame([b"a"])])
+        reply = await scripts.run(
+            target_client, produce, [stream, seq_key], ["", "", "", 1, 60_000, frame([b"a"])]
+        )
         assert reply[0] == b"OK"
     assert await target_client.xlen(stream) == 2
     assert await target_client.exists(seq_key) == 0
@@ -587,7 +608,9 @@ async def test_batch_whose_reply_was_lost_is_stored_once(
 async def test_lost_replies_are_retried_until_request_timeout(
     proxy: FaultProxy, r: redis.asyncio.Redis, namespace: str
 ) -> None:
-    async with Producer(proxy.url, namespace=namespace, metadata_max_age=60, request_timeout=1.0) as producer:
+    async with Producer(
+        proxy.url, namespace=namespace, metadata_max_age=60, request_timeout=1.0
+    ) as producer:
         await producer.send("down", "warm-up")
         proxy.drop_every_reply(b"EVALSHA")
         started = time.monotonic()
@@ -606,7 +629,9 @@ async def test_lost_replies_are_retried_until_request_timeout(
 async def test_non_idempotent_send_with_lost_reply_is_ambiguous(
     proxy: FaultProxy, r: redis.asyncio.Redis, namespace: str
 ) -> None:
-    async with Producer(proxy.url, namespace=namespace, metadata_max_age=60, idempotent=False) as producer:
+    async with Producer(
+        proxy.url, namespace=namespace, metadata_max_age=60, idempotent=False
+    ) as producer:
         assert producer.producer_id == ""
         await producer.send("amb", "warm-up")
         proxy.drop_next_reply(b"EVALSHA")
@@ -616,16 +641,12 @@ async def test_non_idempotent_send_with_lost_reply_is_ambiguous(
     assert await r.xlen(Keys(namespace).stream("amb", 0)) == 2  # it was stored; not resent
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the produce script remembers only the last batch per producer and partition, "
-    "so when a pipeline carrying two batches of one partition is retried after both were "
-    "written, the first gets STALE and its records fail although they are stored",
-)
 async def test_retried_pipeline_with_two_batches_of_one_partition_succeeds_once(
     proxy: FaultProxy, r: redis.asyncio.Redis, namespace: str
 ) -> None:
-    async with Producer(proxy.url, namespace=namespace, metadata_max_age=60, batch_size=2) as producer:
+    async with Producer(
+        proxy.url, namespace=namespace, metadata_max_age=60, batch_size=2
+    ) as producer:
         await producer.send("two", "warm-up")
         proxy.drop_next_reply(b"EVALSHA")
         try:
@@ -636,12 +657,6 @@ async def test_retried_pipeline_with_two_batches_of_one_partition_succeeds_once(
         assert [m.id for m in metas] == [eid for eid, _ in stored[1:]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Producer._resolve is not single-flight: 1,000 concurrent first sends to a "
-    "topic each read (and try to create) its metadata on their own connection, exhausting "
-    "redis-py's pool (MaxConnectionsError, 100 connections)",
-)
 async def test_thousand_concurrent_first_sends_to_a_new_topic(
     redis_url: str, r: redis.asyncio.Redis, namespace: str
 ) -> None:
@@ -660,12 +675,15 @@ def test_producer_repr_never_shows_the_url() -> None:
 
 
 def test_bad_options_fail_fast() -> None:
-    for options in ({"linger": -1}, {"batch_size": 0}, {"max_message_bytes": 0}, {"default_partitions": 0},
-                    {"request_timeout": 0}, {"acks": "all"}):
+    for options in (
+        {"linger": -1},
+        {"batch_size": 0},
+        {"max_message_bytes": 0},
+        {"default_partitions": 0},
+        {"request_timeout": 0},
+        {"acks": "all"},
+    ):
         with pytest.raises(ConfigError):
             Producer("redis://localhost:1", **options)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="serializer must be a callable"):
         Producer("redis://localhost:1", serializer=b"nope")  # type: ignore[arg-type]
-
-
-_ = RedcurrentError

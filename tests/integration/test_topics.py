@@ -66,8 +66,16 @@ async def test_describe_reports_length_and_last_id_per_partition(
     info = await admin.describe_topic("events")
     assert info.partitions == 3
     assert [p.length for p in info.partition_info] == [3, 0, 5]
-    assert [p.last_id for p in info.partition_info] == [ids[0][-1].decode(), None, ids[2][-1].decode()]
-    assert [p.first_id for p in info.partition_info] == [ids[0][0].decode(), None, ids[2][0].decode()]
+    assert [p.last_id for p in info.partition_info] == [
+        ids[0][-1].decode(),
+        None,
+        ids[2][-1].decode(),
+    ]
+    assert [p.first_id for p in info.partition_info] == [
+        ids[0][0].decode(),
+        None,
+        ids[2][0].decode(),
+    ]
     assert info.length == 8
 
 
@@ -75,7 +83,9 @@ async def test_config_is_stored_with_the_topic(admin: Admin) -> None:
     info = await admin.create_topic(
         "cfg", partitions=2, maxlen=50, retention_ms=60_000, ttl=1.5, dead_letter_expired=True
     )
-    assert info.config == TopicConfig(maxlen=50, retention_ms=60_000, ttl_ms=1500, dead_letter_expired=True)
+    assert info.config == TopicConfig(
+        maxlen=50, retention_ms=60_000, ttl_ms=1500, dead_letter_expired=True
+    )
     plain = await admin.create_topic("plain")
     assert plain.partitions == 1 and plain.config == TopicConfig()
 
@@ -137,12 +147,6 @@ async def test_delete_topic_removes_metadata_and_partitions(
     assert info.version == 1 and info.length == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Admin.delete_topic deletes streams and owner keys but not the idempotent "
-    "producer sequence keys ns:{T:P}:pseq:PID (Keys.partition_pattern exists for this and is "
-    "unused), so they outlive the topic for the whole idempotence window (24 h)",
-)
 async def test_delete_topic_leaves_no_key_of_the_topic(
     target: Target, admin: Admin, target_client: AsyncClient, namespace: str
 ) -> None:
@@ -179,7 +183,9 @@ async def test_alter_partitions_to_same_count_is_a_no_op(admin: Admin) -> None:
 
 async def test_shrinking_partitions_is_rejected(admin: Admin) -> None:
     await admin.create_topic("shrink", partitions=4)
-    with pytest.raises(InvalidPartitionsError, match="has 4 partitions; partitions can only grow") as err:
+    with pytest.raises(
+        InvalidPartitionsError, match="has 4 partitions; partitions can only grow"
+    ) as err:
         await admin.alter_partitions("shrink", 2)
     assert isinstance(err.value, ValueError) and isinstance(err.value, RedcurrentError)
     info = await admin.describe_topic("shrink")
@@ -282,7 +288,9 @@ async def test_admin_with_a_client_passed_in_leaves_it_open(
     async with Admin(redis=target_client, namespace=namespace) as admin:
         await admin.create_topic("given", partitions=2)
         assert admin.connection.client is target_client
-        assert admin.connection.caps.is_cluster == isinstance(target_client, redis.asyncio.RedisCluster)
+        assert admin.connection.caps.is_cluster == isinstance(
+            target_client, redis.asyncio.RedisCluster
+        )
     assert await target_client.ping() is True  # not ours to close
     async with Admin(redis=target_client, namespace=namespace) as admin:
         assert await admin.list_topics() == ["given"]

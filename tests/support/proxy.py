@@ -138,7 +138,9 @@ class FaultProxy:
         self._links.add(link)
         self.connections += 1
         try:
-            link.upstream_reader, link.upstream_writer = await asyncio.open_connection(*self.upstream)
+            link.upstream_reader, link.upstream_writer = await asyncio.open_connection(
+                *self.upstream
+            )
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._requests(link))
                 tg.create_task(self._replies(link))
@@ -182,4 +184,3 @@ class FaultProxy:
 
 class _LinkClosed(Exception):
     """One side of a link closed: tear the link down."""
-

@@ -33,14 +33,16 @@ def key_families(k: Keys, topic: str, partition: int, group: str, pid: str) -> d
     values = {"topic": topic, "partition": partition, "group": group, "producer_id": pid}
     levels: dict[str, list[str]] = {"registry": [], "topic": [], "partition": []}
     for name, method in inspect.getmembers(Keys, inspect.isfunction):
-        if name.startswith("_") or name == "partition_pattern":  # a SCAN pattern, not a key
+        if name.startswith("_") or name == "partition_keys_pattern":  # a SCAN pattern, not a key
             continue
         params = [p for p in inspect.signature(method).parameters if p != "self"]
         unknown = set(params) - set(values)
         assert not unknown, f"Keys.{name} takes {unknown}: teach this test about it"
         built = method(k, **{p: values[p] for p in params})
         keys = built if isinstance(built, list) else [built]
-        level = "partition" if "partition" in params else "topic" if "topic" in params else "registry"
+        level = (
+            "partition" if "partition" in params else "topic" if "topic" in params else "registry"
+        )
         levels[level].extend(keys)
     return levels
 
@@ -82,16 +84,18 @@ def test_partition_keys_share_the_topic_partition_tag(
         assert slot(key) == expected, key
 
 
-def test_partition_pattern_matches_every_partition_key() -> None:
+def test_partition_keys_pattern_matches_every_partition_key_of_the_topic() -> None:
     import fnmatch
 
     k = Keys("rc")
-    pattern = k.partition_pattern("orders", 3)
-    for key in partition_level_keys(k, "orders", 3, "billing"):
-        assert fnmatch.fnmatchcase(key, pattern)
-    # and none of another partition's or of the topic's keys
-    assert not fnmatch.fnmatchcase(k.stream("orders", 30), pattern)
+    pattern = k.partition_keys_pattern("orders")
+    for p in (0, 3, 30):
+        for key in partition_level_keys(k, "orders", p, "billing"):
+            assert fnmatch.fnmatchcase(key, pattern)
+    # and none of the topic-slot keys or another topic's partitions
     assert not fnmatch.fnmatchcase(k.meta("orders"), pattern)
+    assert not fnmatch.fnmatchcase(k.stream("orders2", 0), pattern)
+    assert not fnmatch.fnmatchcase(k.dead_letters("orders", "g"), pattern)
 
 
 def test_known_key_layout() -> None:
@@ -168,7 +172,9 @@ def test_empty_name_raises_value_error() -> None:
 
 def test_name_length_limit() -> None:
     assert validate_name("x" * MAX_NAME_LENGTH) == "x" * MAX_NAME_LENGTH
-    with pytest.raises(ValueError, match=f"1 to {MAX_NAME_LENGTH} characters, got {MAX_NAME_LENGTH + 1}"):
+    with pytest.raises(
+        ValueError, match=f"1 to {MAX_NAME_LENGTH} characters, got {MAX_NAME_LENGTH + 1}"
+    ):
         validate_name("x" * (MAX_NAME_LENGTH + 1))
 
 
@@ -185,7 +191,7 @@ def test_valid_namespaces(ns: str) -> None:
 
 @pytest.mark.parametrize("bad", ["", "a:b", "{x}", "a b", "x" * 65, "é", "a*", None, 3, b"rc"])
 def test_invalid_namespace_raises_value_error(bad: object) -> None:
-    with pytest.raises(ValueError, match="invalid namespace .*1 to 64 of letters, digits"):
+    with pytest.raises(ValueError, match=r"invalid namespace .*1 to 64 of letters, digits"):
         Keys(bad)  # type: ignore[arg-type]
 
 

@@ -4,7 +4,7 @@
 -- ARGV:   [1] maxlen ("" = none, approximate trim)  [2] minid ("" = none, approximate)
 --         [3] producer id ("" = not idempotent)  [4] sequence of the first record
 --         [5] how long the sequence is remembered, ms
---         [6] the records, framed back to back; each is a 14-byte header
+--         [6] the records, framed back to back; each is a 15-byte header
 --             struct ">BBI4I4I4B": key type (0 none, 1 str, 2 bytes), codec (0 json,
 --             1 bytes, 2 custom), key len, value len, headers len, expiry len;
 --             then the key, value, headers and expiry bytes.
