@@ -265,7 +265,7 @@ class Accumulator:
         while True:
             try:
                 async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
-                    results = await scripts.execute_calls(self._conn.client, calls)
+                    results = await self._execute(calls)
                 break
             except _CONNECTION_ERRORS as exc:
                 if not self._producer_id:
@@ -284,6 +284,19 @@ class Accumulator:
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
         for batch, result in zip(batches, results, strict=True):
             self._resolve(batch, result)
+
+    async def _execute(self, calls: list[scripts.Call]) -> list[Any]:
+        if self._opt.acks != "replica":
+            return await scripts.execute_calls(self._conn.client, calls)
+        # acks="replica": WAIT on the same connection, right after the writes.
+        wait_ms = seconds_to_ms(min(5.0, self._opt.request_timeout / 2))
+        results = await scripts.execute_calls(self._conn.client, calls, wait_replicas=1, wait_ms=wait_ms)
+        confirmed = results.pop()
+        if isinstance(confirmed, Exception) or int(confirmed) < 1:
+            # The primary has the records; no replica confirmed them in time. Retrying
+            # is safe (the idempotent sequence answers DUP and WAIT runs again).
+            raise RedisTimeoutError(f"no replica confirmed the write within {wait_ms} ms")
+        return results
 
     def _resolve(self, batch: _Batch, result: Any) -> None:
         if isinstance(result, Exception) or result[0] == b"STALE":

@@ -121,6 +121,12 @@ class Producer:
             if self._acc is not None:
                 return
             self._conn = await connect(self._url, self._given)
+            if self._opt.acks == "replica" and self._conn.caps.is_cluster:
+                await self._conn.close()
+                raise ConfigError(
+                    "acks='replica' is supported on a single primary with replicas; on a Redis "
+                    "Cluster use acks='leader' (WAIT cannot follow writes spread over nodes)"
+                )
             self._acc = Accumulator(self._conn, self._opt, self._topic_config)
             self._acc.start()
             self._refresher = asyncio.create_task(self._refresh_loop(), name="redcurrent-metadata")

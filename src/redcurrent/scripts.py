@@ -73,25 +73,30 @@ def queue(pipe: Pipeline, call: Call) -> None:
     pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
 
 
-async def execute_calls(client: Client, calls: Sequence[Call]) -> list[Any]:
+async def execute_calls(client: Client, calls: Sequence[Call], *, wait_replicas: int = 0,
+                        wait_ms: int = 0) -> list[Any]:
     """Run ``calls`` in one non-transactional pipeline; results (or exceptions) in order.
 
     Commands that hit NOSCRIPT are rerun after loading their scripts; any other error
-    is returned in its slot, for the caller to translate.
+    is returned in its slot, for the caller to translate. With ``wait_replicas`` the
+    pipeline ends with WAIT on the same connection (single node only), and a reply
+    slot that says how many replicas confirmed is appended to the results.
     """
-    results = await _pipeline(client, calls)
+    results = await _pipeline(client, calls, wait_replicas, wait_ms)
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if missing:
         for s in {calls[i].script for i in missing}:
             await _load(client, s)
-        retried = await _pipeline(client, [calls[i] for i in missing])
+        retried = await _pipeline(client, [calls[i] for i in missing], wait_replicas, wait_ms)
+        if wait_replicas:
+            results[-1] = retried.pop()
         for i, r in zip(missing, retried, strict=True):
             results[i] = r
     return results
 
 
-async def _pipeline(client: Client, calls: Sequence[Call]) -> list[Any]:
-    if len(calls) == 1:  # no pipeline object for the common single-partition case
+async def _pipeline(client: Client, calls: Sequence[Call], wait_replicas: int = 0, wait_ms: int = 0) -> list[Any]:
+    if len(calls) == 1 and not wait_replicas:  # no pipeline object for the common case
         c = calls[0]
         try:
             return [await client.execute_command("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args)]
@@ -100,4 +105,6 @@ async def _pipeline(client: Client, calls: Sequence[Call]) -> list[Any]:
     pipe = client.pipeline(transaction=False)
     for c in calls:
         queue(pipe, c)
+    if wait_replicas:
+        pipe.execute_command("WAIT", wait_replicas, wait_ms)
     return list(await pipe.execute(raise_on_error=False))
