@@ -34,6 +34,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=os.environ.get("REDCURRENT_TEST_SERVER", "auto"),
         help="server binary for the test servers (env REDCURRENT_TEST_SERVER)",
     )
+    parser.addoption(
+        "--full-faults",
+        action="store_true",
+        default=False,
+        help="run the fault scenarios at full size (20,000 messages, every repetition)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -79,7 +79,13 @@ def _client_options() -> dict[str, object]:
     for name, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3)):
         if hasattr(socket, name):
             keepalive[getattr(socket, name)] = value
+    # Every handshake command costs a round trip on each new connection, and a
+    # connection is replaced after any timeout (half-open suspicion): RESP2 needs no
+    # HELLO, and no CLIENT SETINFO is sent. Measured through a 100 ms link: a fresh
+    # connection's first reply came after 0.83 s with redis-py's defaults, 0.2 s without.
     return {
+        "protocol": 2,
+        "driver_info": None,
         "retry": Retry(NoBackoff(), 0),
         "socket_timeout": SOCKET_TIMEOUT_S,
         "socket_connect_timeout": CONNECT_TIMEOUT_S,

@@ -84,6 +84,7 @@ class Coordinator:
         self._stopping = False
         self._retry_at = 0.0
         self._rejoining = False
+        self._last_beat_ok = False
         self.errors: list[BaseException] = []
 
     # -- lifecycle --
@@ -100,9 +101,7 @@ class Coordinator:
         """Graceful: finish in-flight, ack, release every partition, then leave."""
         self._stopping = True
         await self._revoke(list(self.fetchers))
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks)
         self._tasks = []
         try:
             await self._leave()
@@ -115,9 +114,7 @@ class Coordinator:
         self._stopping = True
         for f in self.fetchers.values():
             f.abort()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks)
         self.fetchers.clear()
 
     def lease_valid(self) -> bool:
@@ -140,7 +137,7 @@ class Coordinator:
                 raise
             except Exception as exc:
                 self._ctx.stats["heartbeat_errors"] = self._ctx.stats.get("heartbeat_errors", 0) + 1
-                log.warning("heartbeat failed: %s", translate(exc, "heartbeat"))
+                log.warning("heartbeat failed after %.3fs: %s", time.monotonic() - started, translate(exc, "heartbeat"))
             delay = max(0.0, interval - (time.monotonic() - started))
             try:
                 async with asyncio.timeout(delay):
@@ -150,6 +147,13 @@ class Coordinator:
             self._wake_heartbeat.clear()
 
     async def _heartbeat_once(self) -> None:
+        """One round trip: the coordinator script per topic, plus the owner-key refresh
+        of every owned partition when the previous heartbeat succeeded.
+
+        Refreshing only after a successful heartbeat bounds a split (partition nodes
+        reachable, coordinator node not): the owner keys then expire one session after
+        the last good heartbeat, so the coordinator's new owners are never blocked.
+        """
         sent = time.monotonic()
         opt = self._opt
         calls = [
@@ -161,16 +165,22 @@ class Coordinator:
             )
             for t in self.topics
         ]
-        async with asyncio.timeout(opt.session_timeout / 3):
+        owned = list(self.fetchers.items()) if self._last_beat_ok else []
+        refresh_args: list[str | int] = [self.token, opt.session_ms]
+        calls += [scripts.Call(_REFRESH, [f.owner], refresh_args) for _, f in owned]
+        self._last_beat_ok = False
+        # The lease runs from `sent`, so a slow reply costs nothing; this bound only
+        # keeps a half-open link from stalling the loop (a reconnect plus one round trip).
+        async with asyncio.timeout(opt.session_timeout / 2):
             replies = await scripts.execute_calls(self._client, calls)
         changed = False
         self._rejoining = False
-        for topic, reply in zip(self.topics, replies, strict=True):
+        for topic, reply in zip(self.topics, replies[: len(self.topics)], strict=True):
             if isinstance(reply, Exception):
                 raise reply
             changed |= self._apply(topic, reply)
-        async with asyncio.timeout(opt.session_timeout / 3):
-            ok = await self._refresh()
+        self._last_beat_ok = True
+        ok = await self._refreshed(owned, replies[len(self.topics):]) if owned else not self.fetchers
         if ok and not any(s.op == "join" and s.target for s in self.state.values()) and not self._rejoining:
             self.lease_deadline = sent + opt.session_timeout * LEASE_FRACTION
         if changed or time.monotonic() >= self._retry_at > 0:
@@ -192,7 +202,7 @@ class Coordinator:
             return changed
         if status == b"FENCED":
             log.error("%s: %s; dropping its partitions and rejoining", topic, reply[1].decode())
-            self._lose([tp for tp in self.fetchers if tp.topic == topic])
+            self._lose([tp for tp in self.fetchers if tp.topic == topic], release=True)
             st.op, st.target = "join", frozenset()
             self._rejoining = True
             self._wake_heartbeat.set()
@@ -201,18 +211,14 @@ class Coordinator:
         st.target = frozenset()
         return True
 
-    async def _refresh(self) -> bool:
-        """Extend the owner key of every owned partition; False if any could not be."""
-        owned = list(self.fetchers.items())
-        if not owned:
-            return True
-        args: list[str | int] = [self.token, self._opt.session_ms]
-        calls = [scripts.Call(_REFRESH, [f.owner], args) for _, f in owned]
-        replies = await scripts.execute_calls(self._client, calls)
+    async def _refreshed(self, owned: list[tuple[TopicPartition, PartitionFetcher]], replies: list[Any]) -> bool:
+        """Act on the refresh replies; False if any owner key could not be extended."""
         ok = True
         for (tp, f), reply in zip(owned, replies, strict=True):
             if isinstance(reply, Exception):
                 raise reply
+            if self.fetchers.get(tp) is not f:
+                continue  # revoked or lost meanwhile
             if reply == b"FENCED":
                 self._lose([tp])
                 ok = False
@@ -327,21 +333,35 @@ class Coordinator:
                             f, translate(r, "release"))
         log.info("released %s", [f"{tp.topic}[{tp.partition}]" for tp in lost])
 
-    def _lose(self, lost: list[TopicPartition]) -> None:
-        """Partitions taken from us (fenced / lease lost): drop them without acking."""
+    def _lose(self, lost: list[TopicPartition], *, release: bool = False) -> None:
+        """Partitions taken from us (fenced / lease lost): drop them without acking.
+
+        With ``release`` (the coordinator expired us), also give up owner keys that are
+        still ours, so the new owners need not wait for them to expire."""
         gone = [tp for tp in lost if tp in self.fetchers]
-        for tp in gone:
-            self.fetchers.pop(tp).abort()
+        dropped = [self.fetchers.pop(tp) for tp in gone]
+        for f in dropped:
+            f.abort()
+        if release and dropped:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._release_quietly(dropped)))
         if gone:
             self._ctx.stats["partitions_lost"] = self._ctx.stats.get("partitions_lost", 0) + len(gone)
             log.warning("lost %s", [f"{tp.topic}[{tp.partition}]" for tp in gone])
             task = asyncio.get_running_loop().create_task(self._notify("on_lost", gone))
             self._tasks.append(task)
 
+    async def _release_quietly(self, fetchers: list[PartitionFetcher]) -> None:
+        results = await asyncio.gather(*(f.release() for f in fetchers), return_exceptions=True)
+        for f, r in zip(fetchers, results, strict=True):
+            if isinstance(r, BaseException):
+                log.debug("%r: release after fencing failed: %s", f, r)
+
     def on_fenced(self, tp: TopicPartition) -> None:
-        """A fetcher's script said FENCED: forget the partition, check membership now."""
+        """A fetcher's script said FENCED: forget the partition, check membership now,
+        and claim it again if the coordinator still assigns it to us (BUSY is retried)."""
         self._lose([tp])
         self._wake_heartbeat.set()
+        self._wake_reconcile.set()
 
     async def _notify(self, name: str, partitions: list[TopicPartition], timeout: float | None = None) -> None:
         listener = self._listeners.get(name)
@@ -364,5 +384,21 @@ class Coordinator:
                           "leave", "", opt.assignor])
             for t in self.topics
         ]
-        async with asyncio.timeout(opt.session_timeout / 3):
+        async with asyncio.timeout(opt.session_timeout / 2):
             await scripts.execute_calls(self._client, calls)
+
+
+async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until they are done, cancelling again if needed.
+
+    On Python 3.11 a cancellation can be swallowed inside a library's own
+    ``wait_for``; a single cancel() then leaves a loop running forever.
+    """
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    for t in tasks:
+        if not t.cancelled() and t.exception() is not None:
+            log.debug("background task %s ended with %r", t.get_name(), t.exception())

@@ -44,8 +44,9 @@ _FETCH = scripts.script("fetch")
 _RELEASE = scripts.script("release")
 _NACK = scripts.script("nack")
 
-# A dispatcher handles one fetched batch in order and returns the ids to ack.
-Dispatcher = Callable[["PartitionFetcher", list[Message]], Awaitable[list[str]]]
+# A dispatcher handles one fetched batch in order; it returns the ids it handed out
+# (in order) and whether the fetcher should ack them (False: the user acks manually).
+Dispatcher = Callable[["PartitionFetcher", list[Message]], Awaitable[tuple[list[str], bool]]]
 
 
 class Credits:
@@ -102,6 +103,7 @@ class PartitionFetcher:
         self.acks: list[str] = []  # handled, to ack on the next fetch or at release
         self.last_handled = "0"
         self._read_id = "0"
+        self._idle_at: Any = None  # the last entry id when drained; None while there is work
         self._stopping = False
         self._idle = False
         self._busy = False
@@ -144,12 +146,12 @@ class PartitionFetcher:
             return
         if not self._busy:
             task.cancel()
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
-        except TimeoutError:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
             log.warning("%r: in-flight handling exceeded %.1fs; cancelling it", self, timeout)
+        while not task.done():  # a cancellation can be swallowed: insist
             task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+            await asyncio.wait({task}, timeout=0.5)
 
     def abort(self) -> None:
         """Drop everything without acking (fenced or lost lease)."""
@@ -204,7 +206,14 @@ class PartitionFetcher:
             # will either refresh the lease or take the partition from us.
             await asyncio.sleep(0.05)
             self._read_id = self.last_handled
+            self._idle_at = None
             return
+        if self._idle_at is not None and not self.acks:
+            # Drained: only the read-only blocking read until something new arrives,
+            # so an idle partition costs Redis one XREAD per block period, nothing more.
+            if not await self._wait(self._idle_at):
+                return
+            self._idle_at = None
         want = await self.ctx.credits.take(self.ctx.batch_size)
         try:
             reply = await self._fetch(want)
@@ -220,7 +229,7 @@ class PartitionFetcher:
             if self._read_id != ">":
                 self._read_id = ">"
             else:
-                await self._wait(reply[1])
+                self._idle_at = reply[1]
             return
         await self._dispatch(reply, n)
 
@@ -272,14 +281,18 @@ class PartitionFetcher:
         self._read_id = "0"
         await asyncio.sleep(0.05)
 
-    async def _wait(self, last_id: Any) -> None:
-        """Block (read-only XREAD) until an entry newer than ``last_id`` arrives."""
+    async def _wait(self, last_id: Any) -> bool:
+        """Block (read-only XREAD) until an entry newer than ``last_id`` arrives.
+
+        True when there is something to fetch (or the wait failed: fetch to find out)."""
         self._idle = True
         try:
             async with asyncio.timeout(self.ctx.block_ms / 1000 + self.ctx.fetch_timeout):
-                await self.ctx.client.xread({self.stream: last_id}, count=1, block=self.ctx.block_ms)
+                found = await self.ctx.client.xread({self.stream: last_id}, count=1, block=self.ctx.block_ms)
+            return bool(found)
         except CONNECTION_ERRORS:
             await asyncio.sleep(0.1)
+            return True
         finally:
             self._idle = False
 
@@ -320,10 +333,11 @@ class PartitionFetcher:
         self._busy = True
         try:
             assert c.dispatcher is not None
-            done = await c.dispatcher(self, messages)
+            done, ack = await c.dispatcher(self, messages)
         finally:
             self._busy = False
-        self.acks.extend(done)
+        if ack:
+            self.acks.extend(done)
         c.credits.give(len(messages))
         if done:
             self.last_handled = done[-1]

@@ -150,7 +150,7 @@ class EachDispatcher:
         self.handler = handler
         self.policy = policy
 
-    async def __call__(self, fetcher: PartitionFetcher, msgs: list[Message]) -> list[str]:
+    async def __call__(self, fetcher: PartitionFetcher, msgs: list[Message]) -> tuple[list[str], bool]:
         done: list[str] = []
         for msg in msgs:
             if not _handing_out(fetcher):
@@ -158,7 +158,7 @@ class EachDispatcher:
             if not await self._one(fetcher, msg):
                 break
             done.append(msg.id)
-        return done
+        return done, True
 
     async def _one(self, fetcher: PartitionFetcher, msg: Message) -> bool:
         policy = self.policy
@@ -188,7 +188,10 @@ class BatchDispatcher:
         self.handler = handler
         self.policy = policy
 
-    async def __call__(self, fetcher: PartitionFetcher, msgs: list[Message]) -> list[str]:
+    async def __call__(self, fetcher: PartitionFetcher, msgs: list[Message]) -> tuple[list[str], bool]:
+        return await self._batch(fetcher, msgs), True
+
+    async def _batch(self, fetcher: PartitionFetcher, msgs: list[Message]) -> list[str]:
         policy = self.policy
         pending = msgs
         done: list[str] = []
@@ -241,7 +244,7 @@ class IteratorDispatcher:
         self.queue = queue
         self.auto_ack = auto_ack
 
-    async def __call__(self, fetcher: PartitionFetcher, msgs: list[Message]) -> list[str]:
+    async def __call__(self, fetcher: PartitionFetcher, msgs: list[Message]) -> tuple[list[str], bool]:
         loop = asyncio.get_running_loop()
         done: list[str] = []
         for msg in msgs:
@@ -261,4 +264,4 @@ class IteratorDispatcher:
                 slot.done.cancel()  # never yielded: stays pending for the next owner
                 break
             done.append(msg.id)
-        return done if self.auto_ack else []
+        return done, self.auto_ack

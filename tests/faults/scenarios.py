@@ -1,0 +1,270 @@
+"""The fault scenarios of the reliability table, each as one async function.
+
+``full=False`` is the short version the README's test command runs (one repetition,
+fewer messages); ``full=True`` is the standard run (3 consumers, 8 partitions, 20,000
+keyed messages = 100 keys x 200 seqs) that ``benchmarks/faults.py`` prints.
+S = session timeout (1.5 s), H = heartbeat interval (0.2 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from support.history import Event, Sent, check_history
+
+from harness import FaultRun, Report, TOPIC, NS
+from redcurrent import Admin
+
+S, H = 1.5, 0.2
+Scenario = Callable[[Path, str, bool], Awaitable[Report]]
+
+
+def _run(tmp: Path, binary: str, name: str, full: bool, *, seqs_short: int = 60, rate: float = 1000.0,
+         **kw: Any) -> FaultRun:
+    return FaultRun(tmp, binary, name=name, seqs=200 if full else seqs_short, rate=rate, hb=H, session=S, **kw)
+
+
+async def _after_start(run: FaultRun, seconds: float) -> None:
+    run.start_producing()
+    await asyncio.sleep(seconds)
+
+
+def _zombie_violations(run: FaultRun, member: str, since_ns: int) -> int:
+    """Messages ``member`` handled after ``since_ns`` on partitions not (re)assigned to it
+    after that moment: a zombie that kept fetching would show up here."""
+    held: set[int] = set()
+    bad = 0
+    for e in sorted(run.events(), key=lambda e: e.t_ns):
+        if e.consumer != member or e.t_ns <= since_ns:
+            continue
+        if e.event == "assign" and e.partition is not None:
+            held.add(e.partition)
+        elif e.event in ("revoke", "lost") and e.partition is not None:
+            held.discard(e.partition)
+        elif e.event == "handled" and e.partition not in held:
+            bad += 1
+    return bad
+
+
+async def sigkill(tmp: Path, binary: str, full: bool) -> Report:
+    """SIGKILL a consumer (3 times in full), restarting the victim each time."""
+    async with _run(tmp, binary, "sigkill", full) as run:
+        await _after_start(run, 1.0)
+        resumes = []
+        for _ in range(3 if full else 1):
+            parts = run.assigned("w1")
+            t = run.signal(1, signal.SIGKILL)
+            await run.wait_exit(1)
+            await _wait_resumed(run, t, parts, "w1", S + 3 * H + 3)
+            resumes.append(run.resumed_after(t, parts, excluding="w1"))
+            run.start_worker(1)
+            await run.wait_balanced(20)
+            await asyncio.sleep(0.5)
+        return await run.finish(resume_s=_max(resumes), limit_s=S + 3 * H + 1)
+
+
+async def sigterm(tmp: Path, binary: str, full: bool) -> Report:
+    """SIGTERM a consumer (3 times in full): a graceful handoff, no duplicates."""
+    async with _run(tmp, binary, "sigterm", full) as run:
+        await _after_start(run, 1.0)
+        handoffs = []
+        for _ in range(3 if full else 1):
+            parts = run.assigned("w1")
+            t = run.signal(1, signal.SIGTERM)
+            await run.wait_exit(1)
+            await _wait_resumed(run, t, parts, "w1", 2 * H + 3)
+            handoffs.append(run.resumed_after(t, parts, excluding="w1"))
+            run.start_worker(1)
+            await run.wait_balanced(20)
+            await asyncio.sleep(0.5)
+        return await run.finish(handoff_s=_max(handoffs), limit_s=2 * H + 1)
+
+
+async def zombie(tmp: Path, binary: str, full: bool) -> Report:
+    """SIGSTOP a consumer for 2.7 S, then SIGCONT (twice in full)."""
+    async with _run(tmp, binary, "zombie", full, seqs_short=80) as run:
+        await _after_start(run, 1.0)
+        rejoins, zombie_events = [], 0
+        for _ in range(2 if full else 1):
+            run.signal(1, signal.SIGSTOP)
+            await asyncio.sleep(2.7 * S)
+            t_cont = run.signal(1, signal.SIGCONT)
+            rejoin = await _wait_assign(run, "w1", t_cont, 2 * H + 5)
+            rejoins.append(rejoin)
+            await run.wait_balanced(20)
+            zombie_events += _zombie_violations(run, "w1", t_cont)
+            await asyncio.sleep(0.5)
+        return await run.finish(rejoin_s=_max(rejoins), limit_s=2 * H + 1, zombie_handled=zombie_events)
+
+
+async def gc_pause(tmp: Path, binary: str, full: bool) -> Report:
+    """SIGSTOP a consumer for 0.5 S, 3 times: no rebalance at all."""
+    async with _run(tmp, binary, "gc-pause", full) as run:
+        await _after_start(run, 1.0)
+        for _ in range(3):
+            run.signal(1, signal.SIGSTOP)
+            await asyncio.sleep(0.5 * S)
+            run.signal(1, signal.SIGCONT)
+            await asyncio.sleep(0.8)
+        return await run.finish()
+
+
+async def rolling_restart(tmp: Path, binary: str, full: bool) -> Report:
+    """5 rounds (1 in short) over the 3 consumers: SIGTERM, start again."""
+    async with _run(tmp, binary, "rolling", full, seqs_short=100) as run:
+        await _after_start(run, 1.0)
+        handoffs = []
+        for _ in range(5 if full else 1):
+            for i in range(run.consumers):
+                parts = run.assigned(f"w{i}")
+                t = run.signal(i, signal.SIGTERM)
+                await run.wait_exit(i)
+                await _wait_resumed(run, t, parts, f"w{i}", 2 * H + 3)
+                handoffs.append(run.resumed_after(t, parts, excluding=f"w{i}"))
+                run.start_worker(i)
+                await run.wait_balanced(20)
+        return await run.finish(handoff_s=_max(handoffs), limit_s=2 * H + 1)
+
+
+async def grow(tmp: Path, binary: str, full: bool) -> Report:
+    """Grow 8 to 12 partitions mid-run."""
+    async with _run(tmp, binary, "grow", full) as run:
+        await _after_start(run, 1.5)
+        t = time.monotonic_ns()
+        async with Admin(run.server.url, namespace=NS) as admin:
+            await admin.alter_partitions(TOPIC, 12)
+        new = set(range(8, 12))
+        await _wait_resumed(run, t, new, None, 10)
+        first = run.resumed_after(t, new)
+        report = await run.finish(new_partitions_s=first, limit_s=2.0)
+        # Keys remap on growth (as in Kafka): order is promised within a partition.
+        per_partition = check_history(
+            [Sent((s.key, s.partition), s.seq, s.entry_id, s.partition) for s in run.sent],
+            [Event(e.consumer, e.event, (e.key, e.partition), e.seq, e.entry_id, e.t_ns, e.partition)
+             for e in run.events()],
+        )
+        report.history.violations = per_partition.violations
+        return report
+
+
+async def redis_restart(tmp: Path, binary: str, full: bool, fsync: str = "everysec") -> Report:
+    """SIGKILL redis-server, restart it with AOF after 0.5 s (3 times in full)."""
+    async with _run(tmp, binary, f"redis-restart-{fsync}", full, appendonly=True, appendfsync=fsync) as run:
+        await _after_start(run, 1.0)
+        resumes = []
+        for _ in range(3 if full else 1):
+            run.server.kill()
+            await asyncio.sleep(0.5)
+            t = time.monotonic_ns()
+            await asyncio.to_thread(run.server.restart)
+            await _wait_resumed(run, t, set(range(run.partitions)), None, 10)
+            resumes.append(run.resumed_after(t, set(range(run.partitions))))
+            await asyncio.sleep(1.0)
+        return await run.finish(resume_s=_max(resumes), limit_s=2.0, entries_unique=run.entry_ids_unique())
+
+
+async def redis_pause(tmp: Path, binary: str, full: bool) -> Report:
+    """SIGSTOP redis-server for 2 s."""
+    async with _run(tmp, binary, "redis-pause", full) as run:
+        await _after_start(run, 1.0)
+        run.server.pause()
+        await asyncio.sleep(2.0)
+        run.server.resume()
+        return await run.finish()
+
+
+async def latency(tmp: Path, binary: str, full: bool) -> Report:
+    """100 ms +- 20 ms each way on every connection."""
+    async with _run(tmp, binary, "latency", full, seqs_short=20, rate=400.0, proxies=True) as run:
+        for proxy in run.proxies.values():
+            proxy.set_latency(0.1, 0.02)
+        run.epochs = [await run.epoch()]
+        await _after_start(run, 0.5)
+        report = await run.finish(timeout=90)
+        return report
+
+
+async def black_hole(tmp: Path, binary: str, full: bool) -> Report:
+    """One consumer's connections black-holed (half-open) for 2 S."""
+    async with _run(tmp, binary, "black-hole", full, seqs_short=80, proxies=True) as run:
+        await _after_start(run, 1.0)
+        parts = run.assigned("w1")
+        t = time.monotonic_ns()
+        run.proxies["w1"].black_hole()
+        await _wait_resumed(run, t, parts, "w1", S + 3 * H + 5)
+        resumed = run.resumed_after(t, parts, excluding="w1")
+        await asyncio.sleep(max(0.0, 2 * S - (time.monotonic_ns() - t) / 1e9))
+        t_heal = time.monotonic_ns()
+        run.proxies["w1"].heal()
+        lease_lost = _last_handled(run, "w1", t_heal)
+        await run.wait_balanced(20)
+        zombie = _zombie_violations(run, "w1", t_heal)
+        return await run.finish(resume_s=resumed, limit_s=S + 3 * H + 1, zombie_handled=zombie,
+                                victim_stopped_s=None if lease_lost is None else (lease_lost - t) / 1e9)
+
+
+async def resets(tmp: Path, binary: str, full: bool) -> Report:
+    """Every connection reset every 2 s for 30 s (6 s in short)."""
+    async with _run(tmp, binary, "resets", full, seqs_short=80, proxies=True) as run:
+        await _after_start(run, 0.5)
+        end = time.monotonic() + (30 if full else 6)
+        n = 0
+        while time.monotonic() < end:
+            await asyncio.sleep(2.0)
+            for proxy in run.proxies.values():
+                n += proxy.reset_all()
+        report = await run.finish(timeout=90, resets=n)
+        written = await run.stream_entries()
+        report.extra["written_twice"] = written - len(run.sent)
+        return report
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "SIGKILL a consumer": sigkill,
+    "SIGTERM a consumer": sigterm,
+    "SIGSTOP 2.7 S (zombie)": zombie,
+    "SIGSTOP 0.5 S (GC pause)": gc_pause,
+    "rolling restart": rolling_restart,
+    "grow 8 -> 12 partitions": grow,
+    "redis-server SIGKILL + AOF everysec": lambda t, b, f: redis_restart(t, b, f, "everysec"),
+    "redis-server SIGKILL + AOF always": lambda t, b, f: redis_restart(t, b, f, "always"),
+    "redis-server SIGSTOP 2 s": redis_pause,
+    "100 ms +- 20 ms latency": latency,
+    "one consumer black-holed 2 S": black_hole,
+    "connection resets every 2 s": resets,
+}
+
+
+# -- helpers --
+async def _wait_resumed(run: FaultRun, t_ns: int, parts: set[int], excluding: str | None, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not parts or run.resumed_after(t_ns, parts, excluding=excluding) is not None:
+            return
+        await asyncio.sleep(0.05)
+
+
+async def _wait_assign(run: FaultRun, member: str, since_ns: int, timeout: float) -> float | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for e in run.events():
+            if e.consumer == member and e.event == "assign" and e.t_ns > since_ns:
+                return (e.t_ns - since_ns) / 1e9
+        await asyncio.sleep(0.05)
+    return None
+
+
+def _last_handled(run: FaultRun, member: str, before_ns: int) -> int | None:
+    ts = [e.t_ns for e in run.events() if e.consumer == member and e.event == "handled" and e.t_ns < before_ns]
+    return max(ts) if ts else None
+
+
+def _max(values: list[float | None]) -> float | None:
+    if not values or any(v is None for v in values):
+        return None
+    return max(v for v in values if v is not None)
