@@ -11,7 +11,7 @@ from typing import Any, Self
 
 from . import dlq, offsets, topics
 from . import groups as groups_mod
-from .config import DEFAULT_NAMESPACE
+from .config import DEFAULT_NAMESPACE, check_bool, check_ttl_ms
 from .connection import Client, Connection, connect
 from .errors import ConfigError, GroupError, UnknownGroupError, UnknownTopicError, translate
 from .keys import Keys, validate_name
@@ -93,6 +93,8 @@ class Admin:
         ``retention_ms`` drops entries older than that, ``ttl`` is the default
         message TTL in seconds. Raises TopicExistsError unless ``exist_ok``.
         """
+        check_bool(exist_ok, "exist_ok")
+        check_bool(dead_letter_expired, "dead_letter_expired")
         client = await self._client()
         ttl_ms = None if ttl is None else _ttl_ms(ttl)
         await self._call(
@@ -214,12 +216,16 @@ class Admin:
         Refuses while the group has live members unless ``force``. Returns, per
         partition, the id the group was set to.
         """
+        check_bool(force, "force")
+        check_bool(dry_run, "dry_run")
+        if partition is not None and (isinstance(partition, bool) or not isinstance(partition, int)):
+            raise TypeError(f"partition must be an int or None, not {type(partition).__name__}")
+        start = offsets.to_start_id(to)  # validated before anything is read or written
         info = await self.describe_group(topic, group)
         if info.members and not force:
             raise GroupError(
                 f"group {group!r} has {len(info.members)} live member(s); stop them first or pass force=True"
             )
-        start = offsets.to_start_id(to)
         parts = range(len(info.partitions)) if partition is None else [partition]
         if partition is not None and not 0 <= partition < len(info.partitions):
             raise ConfigError(f"partition {partition} out of range 0..{len(info.partitions) - 1}")
@@ -245,6 +251,10 @@ class Admin:
         applies the retention regardless of groups (unread messages are lost).
         """
         validate_name(topic)
+        check_bool(safe, "safe")
+        for value, what in ((maxlen, "maxlen"), (retention_ms, "retention_ms")):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ConfigError(f"{what} must be a non-negative int or None, got {value!r}")
         client = await self._client()
         meta = await self._call(topics.read_meta(client, self._keys, topic), "trim")
         if meta is None:
@@ -266,6 +276,10 @@ class Admin:
         self, topic: str, group: str, *, count: int = 100, after: str | None = None
     ) -> list[dlq.DeadLetterRecord]:
         """A page of ``group``'s dead letters on ``topic``, oldest first, after the id ``after``."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError(f"count must be a positive int, got {count!r}")
+        if after is not None:
+            offsets.check_id(after)
         client = await self._client()
         start = f"({after}" if after else "-"
         raw = await self._call(client.xrange(self._dlq(topic, group), start, "+", count=count), "dead_letters")
@@ -280,6 +294,7 @@ class Admin:
     ) -> int:
         """Move dead letters (all, or ``ids``) back to their original partitions, with
         their key and headers; attempts start again. Idempotent. Returns how many moved."""
+        ids = _id_list(ids) if ids is not None else None
         client = await self._client()
         key = self._dlq(topic, group)
         if ids is None:
@@ -298,7 +313,7 @@ class Admin:
 
     async def delete_dead_letters(self, topic: str, group: str, ids: Iterable[str]) -> int:
         """Delete dead letters by id (idempotent). Returns how many were deleted now."""
-        ids = list(ids)
+        ids = _id_list(ids)
         if not ids:
             return 0
         client = await self._client()
@@ -333,10 +348,17 @@ def _first_id(entries: list[Any]) -> str | None:
     return eid.decode() if isinstance(eid, bytes) else str(eid)
 
 
+def _id_list(ids: object) -> list[str]:
+    if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
+        raise TypeError("ids must be a list of entry ids, not a single string")
+    out = [i.decode() if isinstance(i, bytes) else i for i in ids]
+    for i in out:
+        offsets.check_id(i)
+    return out
+
+
 def _ttl_ms(ttl: float) -> int:
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0:
-        raise ConfigError(f"ttl must be a positive number of seconds, got {ttl!r}")
-    return max(1, int(ttl * 1000))
+    return check_ttl_ms(ttl)
 
 
 _ = TopicConfig

@@ -12,7 +12,7 @@ from typing import Literal
 from .errors import ConfigError
 from .keys import Keys
 
-__all__ = ["ConsumerOptions", "ProducerOptions", "positive", "seconds_to_ms"]
+__all__ = ["ConsumerOptions", "ProducerOptions", "check_bool", "check_ttl_ms", "positive", "seconds_to_ms"]
 
 DEFAULT_NAMESPACE = "rc"
 MiB = 1024 * 1024
@@ -30,6 +30,23 @@ def positive(value: object, what: str, *, allow_zero: bool = False) -> float:
 def positive_int(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{what} must be a positive int, got {value!r}")
+    return value
+
+
+MAX_TTL_S = 100 * 365 * 24 * 3600.0  # a century: beyond it a TTL means "never"
+
+
+def check_ttl_ms(ttl: object) -> int:
+    """A TTL in seconds, validated, as ms (ConfigError unless 0 < ttl <= 100 years)."""
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl) \
+            or not 0 < ttl <= MAX_TTL_S:
+        raise ConfigError(f"ttl must be a number of seconds between 0 and {MAX_TTL_S:.0f}, got {ttl!r}")
+    return max(1, int(ttl * 1000))
+
+
+def check_bool(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what} must be True or False, got {value!r}")
     return value
 
 
@@ -65,6 +82,8 @@ class ProducerOptions:
         positive(self.retry_backoff, "retry_backoff", allow_zero=True)
         positive(self.metadata_max_age, "metadata_max_age")
         positive(self.idempotence_window, "idempotence_window")
+        check_bool(self.idempotent, "idempotent")
+        check_bool(self.auto_create_topics, "auto_create_topics")
         if self.acks not in ("leader", "replica"):
             raise ConfigError(f"acks must be 'leader' or 'replica', got {self.acks!r}")
 
@@ -94,6 +113,7 @@ class ConsumerOptions:
             raise ConfigError(f"assignor must be 'round_robin' or 'sticky', got {self.assignor!r}")
         positive_int(self.batch_size, "batch_size")
         positive_int(self.max_in_flight, "max_in_flight")
+        check_bool(self.auto_ack, "auto_ack")
         hb = positive(self.heartbeat_interval, "heartbeat_interval")
         session = positive(self.session_timeout, "session_timeout")
         positive(self.rebalance_timeout, "rebalance_timeout")

@@ -18,7 +18,7 @@ from redis.asyncio.cluster import ClusterPipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from .errors import ConfigError, RedcurrentError, redact, translate
+from .errors import ConfigError, RedcurrentError, translate
 
 __all__ = ["Capabilities", "Client", "Connection", "Pipeline", "connect", "default_url"]
 
@@ -105,7 +105,7 @@ async def connect(url: str | None, client: Client | None) -> Connection:
         return Connection(client, caps, owned=False)
     target = url or default_url()
     if not isinstance(target, str) or "://" not in target:
-        raise ConfigError(f"url must look like redis://host:port/db, got {redact(str(target))!r}")
+        raise ConfigError("url must look like redis://[user:password@]host:port/db (or rediss:// for TLS)")
     plain = Redis.from_url(target, **_client_options())  # type: ignore[arg-type]
     try:
         caps = await _probe(plain)

@@ -82,6 +82,11 @@ class Consumer:
             raise ConfigError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
         if deserializer is not None and not callable(deserializer):
             raise ConfigError("deserializer must be a callable taking bytes")
+        for name, fn in (("on_assign", on_assign), ("on_revoke", on_revoke), ("on_lost", on_lost)):
+            if fn is not None and not callable(fn):
+                raise ConfigError(f"{name} must be a callable taking a list of TopicPartition")
+        if topic_retry is not None and not isinstance(topic_retry, Mapping):
+            raise ConfigError("topic_retry must map topic names to RetryPolicy")
         self._opt = ConsumerOptions(
             keys=Keys(namespace), group=group, member_id=member_id, start=start,
             batch_size=batch_size, heartbeat_interval=heartbeat_interval,
@@ -113,7 +118,11 @@ class Consumer:
         self._coord: Coordinator | None = None
         self._ctx: FetchContext | None = None
         self._queue: asyncio.Queue[Slot | None] = asyncio.Queue()
-        self._current: Slot | None = None
+        # Messages handed out by the iterator and not yet done. With auto_ack, asking for
+        # the next message marks every earlier one done (Kafka's poll semantics), so
+        # concurrent iterators never stall a partition; with manual acks a message is
+        # done as soon as it is handed out (its ack is the user's).
+        self._yielded: list[Slot] = []
         self._mode: str | None = None
         self._dle: dict[str, bool] = {}
         self._stopped = asyncio.Event()
@@ -186,8 +195,9 @@ class Consumer:
             if self._state == "stopped":
                 return
             self._state = "stopped"
-            if self._current is not None and not self._current.done.done():
-                self._current.done.set_result(None)  # the iterator's last message is done
+            for slot in self._yielded:  # the iterators' last messages are done
+                self._finish(slot)
+            self._yielded.clear()
             try:
                 if self._coord is not None:
                     await self._coord.stop()
@@ -229,6 +239,8 @@ class Consumer:
 
         Runs until :meth:`stop`. Failures retry in place, then go to the dead-letter stream.
         """
+        if not callable(handler):
+            raise TypeError("handler must be an async callable taking a Message")
         if self._state == "new":
             await self.start()
         self._use("process", EachDispatcher(handler, self._policy))
@@ -236,6 +248,8 @@ class Consumer:
 
     async def process_batch(self, handler: Callable[[list[Message]], Awaitable[Any]]) -> None:
         """Call ``await handler(msgs)`` with batches of one partition, in order; ack them together."""
+        if not callable(handler):
+            raise TypeError("handler must be an async callable taking a list of Message")
         if self._state == "new":
             await self.start()
         self._use("process_batch", BatchDispatcher(handler, self._policy))
@@ -251,7 +265,9 @@ class Consumer:
             raise StopAsyncIteration
         if self._mode is None:
             self._use("iterator", IteratorDispatcher(self._queue, self._opt.auto_ack))
-        self._finish_current()
+        for done in self._yielded:
+            self._finish(done)
+        self._yielded.clear()
         while True:
             slot = await self._queue.get()
             if slot is None:
@@ -260,7 +276,10 @@ class Consumer:
             if slot.done.done() or slot.fetcher.stopping:
                 continue  # its partition was revoked before we got to it: not ours to hand out
             slot.yielded = True
-            self._current = slot
+            if self._opt.auto_ack:
+                self._yielded.append(slot)
+            else:
+                self._finish(slot)
             return slot.msg
 
     async def getone(self) -> Message:
@@ -270,10 +289,10 @@ class Consumer:
         except StopAsyncIteration:
             raise ConsumerStoppedError("the consumer was stopped") from None
 
-    def _finish_current(self) -> None:
-        if self._current is not None and not self._current.done.done():
-            self._current.done.set_result(None)
-        self._current = None
+    @staticmethod
+    def _finish(slot: Slot | None) -> None:
+        if slot is not None and not slot.done.done():
+            slot.done.set_result(None)
 
     # -- acking --
     async def ack(self, msg: Message) -> None:
@@ -301,8 +320,9 @@ class Consumer:
                 fenced.append(tp)
             except Exception as exc:
                 raise translate(exc, "ack") from None
-            if self._current is not None and self._current.msg.id in ids and self._current.fetcher is f:
-                self._finish_current()
+            for slot in [s for s in self._yielded if s.fetcher is f and s.msg.id in ids]:
+                self._finish(slot)
+                self._yielded.remove(slot)
         if fenced:
             names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in fenced)
             raise FencedError(f"not acked: this consumer no longer owns {names}")
@@ -314,6 +334,8 @@ class Consumer:
 
     def epoch(self, topic: str | None = None) -> int:
         """The group epoch (generation) this consumer last saw for ``topic``."""
+        if topic is not None and topic not in self.topics:
+            raise ConfigError(f"this consumer is not subscribed to {topic!r}")
         if self._coord is None:
             return 0
         return self._coord.epoch(topic or self.topics[0])

@@ -315,7 +315,7 @@ class Coordinator:
         for raw_id in deleted:
             entry_id = raw_id.decode()
             self._ctx.stats["trimmed"] = self._ctx.stats.get("trimmed", 0) + 1
-            slots: list[Any] = [raw_id, 0, b"-", b"", b"", b"", b"", b""]
+            slots: list[Any] = [raw_id, 0, 0, b"", b"", b"", b"", b""]
             await self._ctx.dead_letters.write_raw(f.tp, f.stream, entry_id, slots, "trimmed", 0)
 
     async def _revoke(self, lost: list[TopicPartition]) -> None:

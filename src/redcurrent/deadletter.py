@@ -74,7 +74,7 @@ class DeadLetterWriter:
             fields["error_type"] = type(error).__name__
             fields["error"] = str(error)[:4096]
             fields["traceback"] = "".join(tb.format_exception(error))[-16384:]
-        if len(slots[2]) == 3 and slots[2][:1] == b"1":
+        if isinstance(slots[2], bytes) and len(slots[2]) == 3 and slots[2][:1] == b"1":
             for name, value in zip(ORIGINAL_FIELDS, slots[2:8], strict=True):
                 if value != b"":
                     fields[name] = value

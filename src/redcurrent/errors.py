@@ -50,7 +50,7 @@ __all__ = [
     "translate",
 ]
 
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^@/\s]*@")
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*:/*)[^/\s]*@")
 _PASSWORD_WORDS = re.compile(r"(?i)(password|passwd|pwd|auth)(['\"]?\s*[=:]\s*['\"]?)[^\s,'\")]+")
 
 
@@ -158,6 +158,8 @@ def translate(exc: BaseException, what: str) -> RedcurrentError:
         return RedcurrentConnectionError(f"{what}: authentication failed ({detail}); check credentials")
     if isinstance(exc, rex.ConnectionError | rex.TimeoutError | OSError | TimeoutError):
         return RedcurrentConnectionError(f"{what}: Redis unreachable ({detail}); retry later")
-    if isinstance(exc, rex.ResponseError) and "NOPERM" in str(exc):
+    text = str(exc)
+    if isinstance(exc, rex.NoPermissionError) or "NOPERM" in text or "ACL failure" in text \
+            or "can't run this command" in text:
         return RedcurrentError(f"{what}: the Redis ACL user lacks a permission ({detail})")
     return RedcurrentError(f"{what}: {detail}")

@@ -11,7 +11,7 @@ from .connection import Client
 from .errors import ConfigError
 from .groups import _find_group, _text
 
-__all__ = ["id_before", "reset_partition", "safe_floor", "to_start_id", "trim_partition"]
+__all__ = ["check_id", "id_before", "reset_partition", "safe_floor", "to_start_id", "trim_partition"]
 
 MAX_SEQ = 18446744073709551615
 
@@ -25,11 +25,20 @@ def id_before(entry_id: str) -> str:
     return "0" if ms == 0 else f"{ms - 1}-{MAX_SEQ}"
 
 
-def _valid_id(entry_id: str) -> str:
+def check_id(entry_id: object) -> str:
+    """``entry_id`` if it is a valid stream id (``ms-seq``, both below 2**64), else ConfigError."""
+    if not isinstance(entry_id, str):
+        raise ConfigError(f"an entry id must be a str like 1700000000000-0, got {type(entry_id).__name__}")
     ms, sep, seq = entry_id.partition("-")
-    if not ms.isdigit() or (sep and not seq.isdigit()):
+    if not (ms.isascii() and ms.isdigit()) or (sep and not (seq.isascii() and seq.isdigit())) \
+            or int(ms) > MAX_SEQ or (sep and int(seq) > MAX_SEQ):
         raise ConfigError(f"not a stream entry id: {entry_id!r} (expected like 1700000000000-0)")
-    return entry_id if sep else f"{entry_id}-0"
+    return entry_id
+
+
+def _valid_id(entry_id: str) -> str:
+    check_id(entry_id)
+    return entry_id if "-" in entry_id else f"{entry_id}-0"
 
 
 def to_start_id(to: object) -> str:

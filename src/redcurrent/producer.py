@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Iterable, Mapping
 from types import TracebackType
@@ -12,7 +11,7 @@ from typing import Any, Literal, Self
 
 from . import topics
 from .accumulator import Accumulator
-from .config import DEFAULT_NAMESPACE, MiB, ProducerOptions
+from .config import DEFAULT_NAMESPACE, MiB, ProducerOptions, check_ttl_ms
 from .connection import Client, Connection, connect
 from .errors import (
     ConfigError,
@@ -136,6 +135,13 @@ class Producer:
         """This producer's idempotence id ("" when idempotence is off)."""
         return self._acc.producer_id if self._acc else ""
 
+    @staticmethod
+    def _check_partition(partition: object) -> None:
+        if partition is not None and (isinstance(partition, bool) or not isinstance(partition, int)):
+            raise TypeError(f"partition must be an int, not {type(partition).__name__}")
+        if isinstance(partition, int) and partition < 0:
+            raise InvalidPartitionsError(f"partition must be >= 0, got {partition}")
+
     async def send(
         self,
         topic: str,
@@ -154,7 +160,8 @@ class Producer:
             assert acc is not None
         n = self._partitions.get(topic)
         if n is None:
-            self._encode(topic, value, key, headers, ttl)  # bad input fails before auto-create
+            self._check_partition(partition)  # bad input fails before auto-create
+            self._encode(topic, value, key, headers, ttl)
             n = await self._resolve(topic)
         record, nbytes = self._encode(topic, value, key, headers, ttl)
         return await acc.append(topic, self._choose(topic, n, key, partition), record, nbytes)
@@ -171,11 +178,14 @@ class Producer:
             await self.start()
         acc = self._acc
         assert acc is not None
+        if isinstance(records, str | bytes | bytearray | Mapping) or not isinstance(records, Iterable):
+            raise TypeError(f"records must be an iterable of Record or values, not {type(records).__name__}")
         records = records if isinstance(records, list) else list(records)
         n = self._partitions.get(topic)
         if n is None:
             for rec in records:  # bad input fails before auto-create
                 rec = rec if isinstance(rec, Record) else Record(rec)
+                self._check_partition(rec.partition)
                 self._encode(topic, rec.value, rec.key, rec.headers, rec.ttl)
             n = await self._resolve(topic)
         by_partition: dict[int, tuple[list[tuple[tuple[bytes, ...], int]], list[int]]] = {}
@@ -250,7 +260,7 @@ class Producer:
         else:
             name, kb = encode_key(key)  # bytes, or TypeError for anything else
             kt = KEY_TYPE_CODES[name]
-        hb = encode_headers(headers) if headers else b""
+        hb = encode_headers(headers) if headers is not None else b""
         nbytes = len(data) + len(kb) + len(hb)
         if nbytes > self._opt.max_message_bytes:
             raise MessageTooLargeError(
@@ -259,10 +269,7 @@ class Producer:
             )
         expiry = b""
         if ttl is not None:
-            ts = int(time.time() * 1000)
-            if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0 or not math.isfinite(ttl):
-                raise ConfigError(f"ttl must be a positive number of seconds, got {ttl!r}")
-            expiry = b"%d" % (ts + int(ttl * 1000))
+            expiry = b"%d" % (int(time.time() * 1000) + check_ttl_ms(ttl))
         else:
             meta = self._meta.get(topic)
             if meta is not None and meta.config.ttl_ms:

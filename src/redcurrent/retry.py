@@ -9,6 +9,7 @@ letter, it never loses the message.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,9 +37,10 @@ class Backoff:
     def __post_init__(self) -> None:
         positive(self.initial, "Backoff.initial", allow_zero=True)
         positive(self.max, "Backoff.max", allow_zero=True)
-        if isinstance(self.multiplier, bool) or not isinstance(self.multiplier, int | float) or self.multiplier < 1:
-            raise ConfigError(f"Backoff.multiplier must be >= 1, got {self.multiplier!r}")
-        if not isinstance(self.jitter, int | float) or not 0 <= self.jitter <= 1:
+        if isinstance(self.multiplier, bool) or not isinstance(self.multiplier, int | float) \
+                or not math.isfinite(self.multiplier) or self.multiplier < 1:
+            raise ConfigError(f"Backoff.multiplier must be a finite number >= 1, got {self.multiplier!r}")
+        if isinstance(self.jitter, bool) or not isinstance(self.jitter, int | float) or not 0 <= self.jitter <= 1:
             raise ConfigError(f"Backoff.jitter must be between 0 and 1, got {self.jitter!r}")
 
     def delay(self, attempt: int) -> float:

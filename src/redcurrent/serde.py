@@ -19,6 +19,7 @@ Fewer fields is a measured choice: the produce script's cost is per field.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -40,8 +41,9 @@ __all__ = [
 
 # Header of a dead letter requeued for one group: other groups ack and skip it.
 REQUEUE_HEADER = "rc-requeue-group"
+RESERVED_HEADER_PREFIX = "rc-"  # header names redcurrent itself writes
 FORMAT_VERSION = 49  # ord("1"): the first byte of the format field
-TRIMMED = b"-"  # marker the fetch script puts in the format slot of a deleted entry
+TRIMMED = 0  # the fetch script puts integer 0 (no field value can be one) in the format slot of a deleted entry
 
 Serializer = Callable[[Any], bytes]
 Deserializer = Callable[[bytes], Any]
@@ -64,7 +66,10 @@ def encode_value(value: Any, serializer: Serializer | None) -> tuple[bytes, byte
         return _CODEC_BYTES, bytes(value)
     try:
         if serializer is None:
-            return _CODEC_JSON, orjson.dumps(value)
+            data = orjson.dumps(value)
+            if b"null" in data:  # orjson writes NaN and infinities as null: refuse them
+                _reject_non_finite(value)
+            return _CODEC_JSON, data
         data = serializer(value)
     except (TypeError, ValueError, orjson.JSONEncodeError) as exc:
         raise SerializationError(
@@ -76,12 +81,28 @@ def encode_value(value: Any, serializer: Serializer | None) -> tuple[bytes, byte
     return _CODEC_CUSTOM, data
 
 
+def _reject_non_finite(value: Any, depth: int = 0) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SerializationError(f"cannot serialize {value!r} as JSON (it would arrive as null)")
+    if depth > 256:
+        return
+    if isinstance(value, dict):
+        for v in value.values():
+            _reject_non_finite(v, depth + 1)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _reject_non_finite(v, depth + 1)
+
+
 def encode_key(key: object) -> tuple[bytes, bytes]:
     """(key type, key bytes); (b"", b"") for no key."""
     if key is None:
         return b"", b""
     if isinstance(key, str):
-        return b"s", key.encode()
+        try:
+            return b"s", key.encode()
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"a str key must be valid Unicode text ({exc}); send bytes instead") from exc
     if isinstance(key, bytes):
         return b"b", key
     raise TypeError(f"key must be str, bytes or None, not {type(key).__name__}")
@@ -89,16 +110,23 @@ def encode_key(key: object) -> tuple[bytes, bytes]:
 
 def encode_headers(headers: Mapping[str, str] | None) -> bytes:
     """Headers as a JSON object; b"" for none. Keys and values must be str."""
-    if not headers:
+    if headers is None:
         return b""
     if not isinstance(headers, Mapping):
         raise TypeError(f"headers must be a mapping of str to str, not {type(headers).__name__}")
+    if not headers:
+        return b""
     for name, val in headers.items():
         if not isinstance(name, str) or not isinstance(val, str):
             raise TypeError(
                 f"headers must map str to str; got {type(name).__name__} -> {type(val).__name__}"
             )
-    return orjson.dumps(dict(headers))
+        if name.startswith(RESERVED_HEADER_PREFIX):
+            raise ValueError(f"header names starting with {RESERVED_HEADER_PREFIX!r} are reserved: {name!r}")
+    try:
+        return orjson.dumps(dict(headers))
+    except orjson.JSONEncodeError as exc:
+        raise ValueError(f"headers are not valid UTF-8 text: {exc}") from exc
 
 
 _EMPTY_HEADERS: Mapping[str, str] = {}
@@ -116,7 +144,7 @@ def decode_entry(
     """
     entry_id, attempts, fmt, value, key, headers, expiry, ts = slots
     eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-    if len(fmt) != 3 or fmt[0] != FORMAT_VERSION:
+    if not isinstance(fmt, bytes) or len(fmt) != 3 or fmt[0] != FORMAT_VERSION:
         raise DecodeError(_format_problem(fmt))
     try:
         decoded_value = _decode_value(fmt[1], value, deserializer)
@@ -154,8 +182,8 @@ def _decode_key(letter: int, key: bytes) -> str | bytes | None:
     raise DecodeError(f"unknown key type {chr(letter)!r}")
 
 
-def _format_problem(fmt: bytes) -> str:
-    if fmt == TRIMMED:
+def _format_problem(fmt: Any) -> str:
+    if fmt == TRIMMED and not isinstance(fmt, bytes):
         return "trimmed"
     if not fmt:
         return "missing format field: not a redcurrent entry"

@@ -9,7 +9,7 @@
 -- Reply:  {"OK", last_id, id, attempts, f, v, k, h, x, t, id, ...}   flat, 8 per entry
 --           last_id is the newest entry id of the stream ("0-0" if empty) when a ">" read
 --           found nothing (what an idle wait blocks on), else "".
---           f is "-" for an entry deleted while pending (trimmed).
+--           f is the integer 0 for an entry deleted while pending (trimmed).
 --         {"FENCED"} | {"NOGROUP"}
 local stream, owner = KEYS[1], KEYS[2]
 local token, group, consumer, count, read_id = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
@@ -51,7 +51,7 @@ for _, e in ipairs(entries) do
       if s then vals[s] = fields[i + 1] end
     end
   else
-    vals[1] = '-'
+    vals[1] = 0  -- trimmed: an integer, which no field value can be
   end
   out[n + 1] = e[1]
   out[n + 2] = attempts[e[1]] or 1

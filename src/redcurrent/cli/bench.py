@@ -1,0 +1,54 @@
+"""``redcurrent bench``: run the repository's benchmarks (benchmarks/produce.py, consume.py) briefly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from .app import pass_env
+from .env import Env
+
+__all__ = ["bench", "find_benchmarks"]
+
+SCRIPTS = ("produce", "consume")
+
+
+def find_benchmarks() -> Path | None:
+    """``benchmarks/`` of the current directory, else of the source checkout this package runs from."""
+    here = Path(__file__).resolve()
+    for base in (Path.cwd(), *here.parents):
+        candidate = base / "benchmarks"
+        if (candidate / "produce.py").is_file() or (candidate / "consume.py").is_file():
+            return candidate
+    return None
+
+
+@click.command(short_help="Run the benchmarks with a small count.")
+@click.option("--count", "-n", type=click.IntRange(min=100), default=5000, show_default=True,
+              help="Messages per case (the benchmarks' own default is 100,000).")
+@click.option("--only", type=click.Choice(SCRIPTS), help="Run one of the two.")
+@pass_env
+def bench(env: Env, count: int, only: str | None) -> None:
+    """Run benchmarks/produce.py and benchmarks/consume.py with a small --count.
+
+    Needs a source checkout (the benchmarks are not installed with the package).
+    Ratios, not absolute rates, are what compare across machines.
+    """
+    where = find_benchmarks()
+    if where is None:
+        raise click.ClickException("no benchmarks/ directory here or above the package: run it from a "
+                                   "source checkout of redcurrent")
+    scripts = [where / f"{name}.py" for name in SCRIPTS if only in (None, name)]
+    missing = [str(s) for s in scripts if not s.is_file()]
+    if missing:
+        raise click.ClickException(f"benchmark script not found: {', '.join(missing)}")
+    child_env = {**os.environ, "REDIS_URL": env.url}
+    for script in scripts:
+        click.echo(f"== {script.name} --count {count}", err=True)
+        code = subprocess.call([sys.executable, str(script), "--count", str(count)], cwd=where, env=child_env)
+        if code:
+            raise click.ClickException(f"{script.name} exited with status {code}")

@@ -1,0 +1,185 @@
+"""``redcurrent dlq``: list, show, requeue, delete and purge a group's dead letters."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from redcurrent import Admin, DeadLetterRecord
+
+from .app import json_option, pass_env
+from .env import Env
+from .output import console, dumps, echo_json, table, text
+
+__all__ = ["dlq", "dlq_json"]
+
+MAX_SHOWN = 10_000
+
+
+def dlq_json(d: DeadLetterRecord, full: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "dead_letter_id": d.dead_letter_id, "topic": d.topic, "partition": d.partition, "id": d.id,
+        "key": d.key, "reason": d.reason, "attempts": d.attempts, "error_type": d.error_type,
+        "error": d.error, "group": d.group, "consumer": d.consumer, "time": d.time,
+    }
+    if full:
+        out.update(headers=d.headers, value=d.value, traceback=d.traceback)
+    return out
+
+
+def _before(entry_id: str) -> str:
+    """The greatest id below ``entry_id``: reading after it starts at ``entry_id``."""
+    ms_s, _, seq_s = entry_id.partition("-")
+    if not ms_s.isdigit() or (seq_s and not seq_s.isdigit()):
+        raise click.BadParameter(f"{entry_id!r} is not an entry id (like 1700000000000-0)")
+    ms, seq = int(ms_s), int(seq_s or 0)
+    return f"{ms}-{seq - 1}" if seq else f"{ms - 1}-18446744073709551615" if ms else "0-0"
+
+
+async def _find(admin: Admin, topic: str, group: str, ids: tuple[str, ...]) -> list[DeadLetterRecord]:
+    found = []
+    for i in ids:
+        page = await admin.dead_letters(topic, group, count=1, after=_before(i))
+        if not page or page[0].dead_letter_id != (i if "-" in i else f"{i}-0"):
+            raise click.ClickException(f"no dead letter {i} for group {group!r} on topic {topic!r}")
+        found.append(page[0])
+    return found
+
+
+async def _check_group(admin: Admin, topic: str, group: str) -> None:
+    await admin.describe_topic(topic)
+    if group not in await admin.list_groups(topic):
+        raise click.ClickException(f"unknown group {group!r} on topic {topic!r}")
+
+
+@click.group(short_help="List, show, requeue, delete, purge dead letters.")
+def dlq() -> None:
+    """A group's dead letters: messages that failed max_attempts times, expired or were undecodable."""
+
+
+@dlq.command("list")
+@click.argument("topic")
+@click.argument("group")
+@click.option("--count", "-n", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--after", metavar="ID", help="Start after this dead-letter id (paging).")
+@json_option
+@pass_env
+def list_(env: Env, topic: str, group: str, count: int, after: str | None) -> None:
+    """A page of GROUP's dead letters on TOPIC, oldest first."""
+
+    async def go() -> tuple[list[DeadLetterRecord], int]:
+        async with env.admin() as admin:
+            await _check_group(admin, topic, group)
+            return (await admin.dead_letters(topic, group, count=count, after=after),
+                    await admin.count_dead_letters(topic, group))
+
+    page, total = env.run(go())
+    if env.json:
+        echo_json({"total": total, "dead_letters": [dlq_json(d) for d in page]})
+        return
+    rows = [(d.dead_letter_id, d.partition, d.id, text(d.key), d.reason, d.attempts,
+             f"{d.error_type}: {d.error}" if d.error_type else d.error) for d in page]
+    console().print(table(f"{total} dead letter(s) of group {group} on {topic}",
+                          ["dead letter id", "partition", "id", "key", "reason", "attempts", "error"], rows))
+
+
+@dlq.command("show")
+@click.argument("topic")
+@click.argument("group")
+@click.argument("ids", nargs=-1)
+@json_option
+@pass_env
+def show(env: Env, topic: str, group: str, ids: tuple[str, ...]) -> None:
+    """Everything about dead letters IDS (default: the first 100): value, headers, traceback."""
+
+    async def go() -> list[DeadLetterRecord]:
+        async with env.admin() as admin:
+            await _check_group(admin, topic, group)
+            if ids:
+                return await _find(admin, topic, group, ids)
+            return await admin.dead_letters(topic, group, count=100)
+
+    found = env.run(go())
+    if env.json:
+        echo_json([dlq_json(d, full=True) for d in found])
+        return
+    c = console()
+    for d in found:
+        c.rule(f"dead letter {d.dead_letter_id}")
+        for name, value in dlq_json(d, full=True).items():
+            if name == "traceback" and value:
+                c.print("traceback:")
+                c.print(value, markup=False)
+            else:
+                c.print(f"{name}: {value if isinstance(value, str) else dumps(value)}", markup=False)
+    if not found:
+        click.echo("no dead letters", err=True)
+
+
+@dlq.command("requeue")
+@click.argument("topic")
+@click.argument("group")
+@click.argument("ids", nargs=-1)
+@json_option
+@pass_env
+def requeue(env: Env, topic: str, group: str, ids: tuple[str, ...]) -> None:
+    """Put dead letters IDS (default: all) back on their partitions, for GROUP only."""
+
+    async def go() -> int:
+        async with env.admin() as admin:
+            await _check_group(admin, topic, group)
+            if ids:
+                await _find(admin, topic, group, ids)
+            return await admin.requeue_dead_letters(topic, group, list(ids) if ids else None)
+
+    moved = env.run(go())
+    if env.json:
+        echo_json({"topic": topic, "group": group, "requeued": moved})
+    else:
+        click.echo(f"requeued {moved} dead letter(s) for group {group} on {topic}")
+
+
+@dlq.command("delete")
+@click.argument("topic")
+@click.argument("group")
+@click.argument("ids", nargs=-1, required=True)
+@json_option
+@pass_env
+def delete(env: Env, topic: str, group: str, ids: tuple[str, ...]) -> None:
+    """Delete dead letters IDS (to delete them all, use purge)."""
+
+    async def go() -> int:
+        async with env.admin() as admin:
+            await _check_group(admin, topic, group)
+            return await admin.delete_dead_letters(topic, group, ids)
+
+    n = env.run(go())
+    if env.json:
+        echo_json({"topic": topic, "group": group, "deleted": n})
+    else:
+        click.echo(f"deleted {n} dead letter(s)")
+
+
+@dlq.command("purge")
+@click.argument("topic")
+@click.argument("group")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask (asked only on a terminal).")
+@json_option
+@pass_env
+def purge(env: Env, topic: str, group: str, yes: bool) -> None:
+    """Delete every dead letter of GROUP on TOPIC."""
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"delete every dead letter of group {group} on {topic}?", abort=True, err=True)
+
+    async def go() -> int:
+        async with env.admin() as admin:
+            await _check_group(admin, topic, group)
+            return await admin.purge_dead_letters(topic, group)
+
+    n = env.run(go())
+    if env.json:
+        echo_json({"topic": topic, "group": group, "purged": n})
+    else:
+        click.echo(f"purged {n} dead letter(s)")
