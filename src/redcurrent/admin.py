@@ -192,6 +192,24 @@ class Admin:
         )
         return info
 
+    async def delete_group(self, topic: str, group: str, *, force: bool = False) -> None:
+        """Delete ``group`` from ``topic``: its consumer groups on every partition, its
+        coordinator state, owner keys and dead letters. An abandoned group holds back
+        safe trims; refuses while the group has live members unless ``force``."""
+        check_bool(force, "force")
+        info = await self.describe_group(topic, group)
+        if info.members and not force:
+            raise GroupError(f"group {group!r} has {len(info.members)} live member(s); stop them or pass force=True")
+        client = await self._client()
+        k = self._keys
+        pipe = client.pipeline(transaction=False)
+        for p in range(len(info.partitions)):
+            pipe.execute_command("XGROUP", "DESTROY", k.stream(topic, p), group)
+            pipe.delete(k.owner(topic, p, group))
+        await self._call(pipe.execute(raise_on_error=False), "delete_group")
+        await self._call(client.delete(*k.group_keys(topic, group)), "delete_group")
+        await client.srem(k.groups(topic), group)
+
     async def lag(self, topic: str, group: str) -> dict[int, int]:
         """Per partition, entries not yet delivered to ``group`` (exact on Redis 7+, counted on 6.2)."""
         info = await self.describe_group(topic, group)

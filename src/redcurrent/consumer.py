@@ -264,7 +264,7 @@ class Consumer:
         if self._state == "stopped" and self._queue.empty():
             raise StopAsyncIteration
         if self._mode is None:
-            self._use("iterator", IteratorDispatcher(self._queue, self._opt.auto_ack))
+            self._use("iterator", IteratorDispatcher(self._queue, self._opt.auto_ack, self._stats))
         for done in self._yielded:
             self._finish(done)
         self._yielded.clear()

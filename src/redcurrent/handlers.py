@@ -240,9 +240,10 @@ class IteratorDispatcher:
     """Feeds ``async for``: the next message of a partition is queued once the previous
     one was taken and the iterator moved on (or it was acked)."""
 
-    def __init__(self, queue: asyncio.Queue[Slot | None], auto_ack: bool) -> None:
+    def __init__(self, queue: asyncio.Queue[Slot | None], auto_ack: bool, stats: dict[str, int]) -> None:
         self.queue = queue
         self.auto_ack = auto_ack
+        self.stats = stats
 
     async def __call__(self, fetcher: PartitionFetcher, msgs: list[Message]) -> tuple[list[str], bool]:
         loop = asyncio.get_running_loop()
@@ -264,4 +265,5 @@ class IteratorDispatcher:
                 slot.done.cancel()  # never yielded: stays pending for the next owner
                 break
             done.append(msg.id)
+            self.stats["processed"] = self.stats.get("processed", 0) + 1
         return done, self.auto_ack

@@ -152,14 +152,24 @@ class LagGauges:
 
     def collect(self) -> Iterator[Metric]:
         groups = self.snapshot()
-        lag = GaugeMetricFamily("redcurrent_partition_lag", "Entries not yet delivered to the group.",
-                                labels=["topic", "group", "partition"])
-        pending = GaugeMetricFamily("redcurrent_partition_pending", "Entries delivered, not yet acked.",
-                                    labels=["topic", "group", "partition"])
-        members = GaugeMetricFamily("redcurrent_group_members", "Live members of the group.",
-                                    labels=["topic", "group"])
-        epoch = GaugeMetricFamily("redcurrent_group_epoch", "Rebalance epoch (generation) of the group.",
-                                  labels=["topic", "group"])
+        lag = GaugeMetricFamily(
+            "redcurrent_partition_lag",
+            "Entries not yet delivered to the group.",
+            labels=["topic", "group", "partition"],
+        )
+        pending = GaugeMetricFamily(
+            "redcurrent_partition_pending",
+            "Entries delivered, not yet acked.",
+            labels=["topic", "group", "partition"],
+        )
+        members = GaugeMetricFamily(
+            "redcurrent_group_members", "Live members of the group.", labels=["topic", "group"]
+        )
+        epoch = GaugeMetricFamily(
+            "redcurrent_group_epoch",
+            "Rebalance epoch (generation) of the group.",
+            labels=["topic", "group"],
+        )
         for info in groups:
             for p in info.partitions:
                 labels = [info.topic, info.group, str(p.partition)]
@@ -217,13 +227,24 @@ class RedcurrentCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             consumers, producers = list(self._consumers), list(self._producers)
-        yield from _counter_families("producer", PRODUCER_COUNTERS, ["client"],
-                                     [([name], p.stats()) for name, p in producers])
+        yield from _counter_families(
+            "producer",
+            PRODUCER_COUNTERS,
+            ["client"],
+            [([name], p.stats()) for name, p in producers],
+        )
         labelled = [(name, [name, c.group, ",".join(c.topics)], c) for name, c in consumers]
-        yield from _counter_families("consumer", CONSUMER_COUNTERS, ["client", "group", "topics"],
-                                     [(labels, c.stats()) for _, labels, c in labelled])
-        latency = HistogramMetricFamily("redcurrent_consumer_handler_latency_seconds",
-                                        "Time handlers took, in seconds.", labels=["client", "group", "topics"])
+        yield from _counter_families(
+            "consumer",
+            CONSUMER_COUNTERS,
+            ["client", "group", "topics"],
+            [(labels, c.stats()) for _, labels, c in labelled],
+        )
+        latency = HistogramMetricFamily(
+            "redcurrent_consumer_handler_latency_seconds",
+            "Time handlers took, in seconds.",
+            labels=["client", "group", "topics"],
+        )
         for _, labels, c in labelled:
             hist = c.handler_latency()
             latency.add_metric(labels, _buckets(hist.cumulative(), hist.count), sum_value=hist.sum)
@@ -232,14 +253,19 @@ class RedcurrentCollector(Collector):
 
 
 def _counter_families(
-    kind: str, known: Mapping[str, str], label_names: list[str],
+    kind: str,
+    known: Mapping[str, str],
+    label_names: list[str],
     clients: list[tuple[list[str], dict[str, int]]],
 ) -> Iterator[Metric]:
     """One counter family per stat name: the known ones always, any others the clients report."""
     names = list(known) + sorted({n for _, stats in clients for n in stats} - set(known))
     for name in names:
-        family = CounterMetricFamily(f"redcurrent_{kind}_{_NAME_SAFE.sub('_', name)}",
-                                     known.get(name, f"{kind} counter {name}."), labels=label_names)
+        family = CounterMetricFamily(
+            f"redcurrent_{kind}_{_NAME_SAFE.sub('_', name)}",
+            known.get(name, f"{kind} counter {name}."),
+            labels=label_names,
+        )
         for labels, stats in clients:
             family.add_metric(labels, stats.get(name, 0))
         yield family
@@ -259,7 +285,9 @@ def _bound(value: float) -> str:
 # -- lag ---------------------------------------------------------------------------
 
 
-async def update_lag(admin: Admin, topic: str, group: str, *, gauges: LagGauges | None = None) -> GroupInfo:
+async def update_lag(
+    admin: Admin, topic: str, group: str, *, gauges: LagGauges | None = None
+) -> GroupInfo:
     """Read ``group``'s state on ``topic`` once and store it for the lag gauges.
 
     ``info = await update_lag(admin, "orders", "billing")``. Raises what
@@ -270,7 +298,9 @@ async def update_lag(admin: Admin, topic: str, group: str, *, gauges: LagGauges 
     return info
 
 
-async def _lag_loop(admin: Admin, topic: str, group: str, interval: float, gauges: LagGauges | None) -> None:
+async def _lag_loop(
+    admin: Admin, topic: str, group: str, interval: float, gauges: LagGauges | None
+) -> None:
     store = LAG if gauges is None else gauges
     while True:
         try:
@@ -303,8 +333,14 @@ def start_lag_updater(
 class MetricsServer:
     """A running exporter (``/metrics`` on ``addr:port``); :meth:`close` stops it."""
 
-    def __init__(self, server: WSGIServer, thread: threading.Thread, collector: RedcurrentCollector,
-                 registry: CollectorRegistry, addr: str) -> None:
+    def __init__(
+        self,
+        server: WSGIServer,
+        thread: threading.Thread,
+        collector: RedcurrentCollector,
+        registry: CollectorRegistry,
+        addr: str,
+    ) -> None:
         self._server, self._thread, self._addr = server, thread, addr
         self.collector, self.registry = collector, registry
 
@@ -337,7 +373,9 @@ class MetricsServer:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -374,7 +412,9 @@ def start_metrics_server(
 # -- trace context -----------------------------------------------------------------
 
 
-def inject_trace_headers(headers: Mapping[str, str] | None = None, *, context: Any = None) -> dict[str, str]:
+def inject_trace_headers(
+    headers: Mapping[str, str] | None = None, *, context: Any = None
+) -> dict[str, str]:
     """A copy of ``headers`` plus the W3C trace context of the current (or given) span.
 
     ``await producer.send("orders", value, headers=inject_trace_headers({"source": "web"}))``.

@@ -68,9 +68,17 @@ class Report:
         return self.epochs[-1] - self.epochs[0] if self.epochs else 0
 
     def row(self) -> dict[str, Any]:
-        return {"scenario": self.name, "sent": self.sent, "lost": self.lost, "duplicates": self.duplicates,
-                "violations": self.violations, "pending": self.pending, "lag": self.lag,
-                "rebalances": self.rebalances, **self.extra}
+        return {
+            "scenario": self.name,
+            "sent": self.sent,
+            "lost": self.lost,
+            "duplicates": self.duplicates,
+            "violations": self.violations,
+            "pending": self.pending,
+            "lag": self.lag,
+            "rebalances": self.rebalances,
+            **self.extra,
+        }
 
 
 class FaultRun:
@@ -131,9 +139,28 @@ class FaultRun:
 
     def start_worker(self, i: int) -> None:
         log = self.tmp / f"{self.name}-w{i}.log"
-        args = [sys.executable, str(WORKER), "--url", self.url_for(f"w{i}"), "--namespace", NS,
-                "--topic", TOPIC, "--group", GROUP, "--log", str(log), "--member-id", f"w{i}",
-                "--heartbeat", str(self.hb), "--session", str(self.session), "--rebalance", "3"]
+        args = [
+            sys.executable,
+            str(WORKER),
+            "--url",
+            self.url_for(f"w{i}"),
+            "--namespace",
+            NS,
+            "--topic",
+            TOPIC,
+            "--group",
+            GROUP,
+            "--log",
+            str(log),
+            "--member-id",
+            f"w{i}",
+            "--heartbeat",
+            str(self.hb),
+            "--session",
+            str(self.session),
+            "--rebalance",
+            "3",
+        ]
         if self.work_ms:
             args += ["--work-ms", str(self.work_ms)]
         with open(self.tmp / f"{self.name}-w{i}.err", "ab") as err:  # the child keeps its own fd
@@ -237,18 +264,29 @@ class FaultRun:
         while time.monotonic() < deadline:
             live = [i for i, p in self.procs.items() if p.poll() is None]
             held = [self.assigned(f"w{i}") for i in live]
-            if live and all(held) and set().union(*held) == set(range(self.partitions)) \
-                    and sum(len(h) for h in held) == self.partitions:
+            if (
+                live
+                and all(held)
+                and set().union(*held) == set(range(self.partitions))
+                and sum(len(h) for h in held) == self.partitions
+            ):
                 return
             await asyncio.sleep(0.05)
         raise AssertionError(f"{self.name}: group never balanced")
 
-    def resumed_after(self, t_ns: int, partitions: set[int], excluding: str | None = None) -> float | None:
+    def resumed_after(
+        self, t_ns: int, partitions: set[int], excluding: str | None = None
+    ) -> float | None:
         """Seconds from ``t_ns`` until each of ``partitions`` was handled again by
         someone other than ``excluding`` (the slowest partition); None if one never was."""
         first: dict[int, int] = {}
         for e in self.events():
-            if e.event == "handled" and e.t_ns > t_ns and e.partition in partitions and e.consumer != excluding:
+            if (
+                e.event == "handled"
+                and e.t_ns > t_ns
+                and e.partition in partitions
+                and e.consumer != excluding
+            ):
                 first[e.partition] = min(first.get(e.partition, e.t_ns), e.t_ns)
         if set(first) != partitions:
             return None
@@ -276,15 +314,24 @@ class FaultRun:
         await asyncio.sleep(3 * self.hb)  # last acks ride the next fetch
         history = check_history(self.sent, self.events())
         epochs = sorted(set(self.epochs))
-        return Report(self.name, history, await self.pending(), await self.lag(), epochs, len(self.sent),
-                      {"produce_errors": self.produce_errors, **extra})
+        return Report(
+            self.name,
+            history,
+            await self.pending(),
+            await self.lag(),
+            epochs,
+            len(self.sent),
+            {"produce_errors": self.produce_errors, **extra},
+        )
 
     async def pending(self) -> int:
         assert self._raw is not None
         total = 0
         for p in range(await self.partition_count()):
             with contextlib.suppress(Exception):
-                total += int((await self._raw.xpending(self.keys_.stream(TOPIC, p), GROUP))["pending"])
+                total += int(
+                    (await self._raw.xpending(self.keys_.stream(TOPIC, p), GROUP))["pending"]
+                )
         return total
 
     async def lag(self) -> int:
@@ -302,4 +349,9 @@ class FaultRun:
 
     async def stream_entries(self) -> int:
         assert self._raw is not None
-        return sum([int(await self._raw.xlen(self.keys_.stream(TOPIC, p))) for p in range(await self.partition_count())])
+        return sum(
+            [
+                int(await self._raw.xlen(self.keys_.stream(TOPIC, p)))
+                for p in range(await self.partition_count())
+            ]
+        )

@@ -24,9 +24,19 @@ S, H = 1.5, 0.2
 Scenario = Callable[[Path, str, bool], Awaitable[Report]]
 
 
-def _run(tmp: Path, binary: str, name: str, full: bool, *, seqs_short: int = 60, rate: float = 1000.0,
-         **kw: Any) -> FaultRun:
-    return FaultRun(tmp, binary, name=name, seqs=200 if full else seqs_short, rate=rate, hb=H, session=S, **kw)
+def _run(
+    tmp: Path,
+    binary: str,
+    name: str,
+    full: bool,
+    *,
+    seqs_short: int = 60,
+    rate: float = 1000.0,
+    **kw: Any,
+) -> FaultRun:
+    return FaultRun(
+        tmp, binary, name=name, seqs=200 if full else seqs_short, rate=rate, hb=H, session=S, **kw
+    )
 
 
 async def _after_start(run: FaultRun, seconds: float) -> None:
@@ -99,7 +109,9 @@ async def zombie(tmp: Path, binary: str, full: bool) -> Report:
             await run.wait_balanced(20)
             zombie_events += _zombie_violations(run, "w1", t_cont)
             await asyncio.sleep(0.5)
-        return await run.finish(rejoin_s=_max(rejoins), limit_s=2 * H + 1, zombie_handled=zombie_events)
+        return await run.finish(
+            rejoin_s=_max(rejoins), limit_s=2 * H + 1, zombie_handled=zombie_events
+        )
 
 
 async def gc_pause(tmp: Path, binary: str, full: bool) -> Report:
@@ -145,8 +157,18 @@ async def grow(tmp: Path, binary: str, full: bool) -> Report:
         # Keys remap on growth (as in Kafka): order is promised within a partition.
         per_partition = check_history(
             [Sent((s.key, s.partition), s.seq, s.entry_id, s.partition) for s in run.sent],
-            [Event(e.consumer, e.event, (e.key, e.partition), e.seq, e.entry_id, e.t_ns, e.partition)
-             for e in run.events()],
+            [
+                Event(
+                    e.consumer,
+                    e.event,
+                    (e.key, e.partition),
+                    e.seq,
+                    e.entry_id,
+                    e.t_ns,
+                    e.partition,
+                )
+                for e in run.events()
+            ],
         )
         report.history.violations = per_partition.violations
         return report
@@ -154,7 +176,9 @@ async def grow(tmp: Path, binary: str, full: bool) -> Report:
 
 async def redis_restart(tmp: Path, binary: str, full: bool, fsync: str = "everysec") -> Report:
     """SIGKILL redis-server, restart it with AOF after 0.5 s (3 times in full)."""
-    async with _run(tmp, binary, f"redis-restart-{fsync}", full, appendonly=True, appendfsync=fsync) as run:
+    async with _run(
+        tmp, binary, f"redis-restart-{fsync}", full, appendonly=True, appendfsync=fsync
+    ) as run:
         await _after_start(run, 1.0)
         resumes = []
         for _ in range(3 if full else 1):
@@ -165,7 +189,9 @@ async def redis_restart(tmp: Path, binary: str, full: bool, fsync: str = "everys
             await _wait_resumed(run, t, set(range(run.partitions)), None, 10)
             resumes.append(run.resumed_after(t, set(range(run.partitions))))
             await asyncio.sleep(1.0)
-        return await run.finish(resume_s=_max(resumes), limit_s=2.0, entries_unique=run.entry_ids_unique())
+        return await run.finish(
+            resume_s=_max(resumes), limit_s=2.0, entries_unique=run.entry_ids_unique()
+        )
 
 
 async def redis_pause(tmp: Path, binary: str, full: bool) -> Report:
@@ -204,8 +230,12 @@ async def black_hole(tmp: Path, binary: str, full: bool) -> Report:
         lease_lost = _last_handled(run, "w1", t_heal)
         await run.wait_balanced(20)
         zombie = _zombie_violations(run, "w1", t_heal)
-        return await run.finish(resume_s=resumed, limit_s=S + 3 * H + 1, zombie_handled=zombie,
-                                victim_stopped_s=None if lease_lost is None else (lease_lost - t) / 1e9)
+        return await run.finish(
+            resume_s=resumed,
+            limit_s=S + 3 * H + 1,
+            zombie_handled=zombie,
+            victim_stopped_s=None if lease_lost is None else (lease_lost - t) / 1e9,
+        )
 
 
 async def resets(tmp: Path, binary: str, full: bool) -> Report:
@@ -241,7 +271,9 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 # -- helpers --
-async def _wait_resumed(run: FaultRun, t_ns: int, parts: set[int], excluding: str | None, timeout: float) -> None:
+async def _wait_resumed(
+    run: FaultRun, t_ns: int, parts: set[int], excluding: str | None, timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not parts or run.resumed_after(t_ns, parts, excluding=excluding) is not None:
@@ -260,7 +292,11 @@ async def _wait_assign(run: FaultRun, member: str, since_ns: int, timeout: float
 
 
 def _last_handled(run: FaultRun, member: str, before_ns: int) -> int | None:
-    ts = [e.t_ns for e in run.events() if e.consumer == member and e.event == "handled" and e.t_ns < before_ns]
+    ts = [
+        e.t_ns
+        for e in run.events()
+        if e.consumer == member and e.event == "handled" and e.t_ns < before_ns
+    ]
     return max(ts) if ts else None
 
 

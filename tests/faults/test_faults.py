@@ -32,9 +32,16 @@ def check(name: str, row: dict[str, object]) -> list[str]:
         if key in row:
             value = row[key]
             want(value is not None and limit is not None and value <= limit, f"{key} <= {limit}")
-    if name in ("SIGTERM a consumer", "SIGSTOP 0.5 S (GC pause)", "rolling restart", "100 ms +- 20 ms latency"):
+    if name in (
+        "SIGTERM a consumer",
+        "SIGSTOP 0.5 S (GC pause)",
+        "rolling restart",
+        "100 ms +- 20 ms latency",
+    ):
         want(row["duplicates"] == 0, "no duplicates")
-    if name in ("SIGSTOP 0.5 S (GC pause)", "100 ms +- 20 ms latency") or name.startswith("redis-server SIGKILL"):
+    if name in ("SIGSTOP 0.5 S (GC pause)", "100 ms +- 20 ms latency") or name.startswith(
+        "redis-server SIGKILL"
+    ):
         want(row["rebalances"] == 0, "no rebalance")
     if name == "redis-server SIGSTOP 2 s":
         want(row["rebalances"] <= 1, "at most one rebalance")  # type: ignore[operator]
@@ -46,7 +53,9 @@ def check(name: str, row: dict[str, object]) -> list[str]:
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
-async def test_fault_scenario(name: str, tmp_path: Path, server_binary: str, request: pytest.FixtureRequest) -> None:
+async def test_fault_scenario(
+    name: str, tmp_path: Path, server_binary: str, request: pytest.FixtureRequest
+) -> None:
     full = bool(request.config.getoption("--full-faults"))
     report = await SCENARIOS[name](tmp_path, server_binary, full)
     row = report.row()

@@ -12,27 +12,34 @@ from typing import Any
 
 import pytest
 import redis.asyncio
-from redcurrent import Admin, Consumer, FencedError, Message, Producer, TopicPartition
-from redcurrent.keys import Keys
+from support import group_scenarios as scenarios
 from support.consuming import (
     HB,
+    REBALANCE,
     SESSION,
+    STOP_HANG,
     Seen,
+    cancel_library_tasks,
     create_topic,
     full_and_disjoint,
     group_state,
     make_consumer,
-    owned_by_consumers,
     produce,
+    running,
+    settled,
     start_processing,
+    stop,
     stop_all,
     tps,
 )
 from support.eventually import eventually
+from support.group_scenarios import KEYS20, TOPIC
 from support.history import check_history
 
-TOPIC = "orders"
-KEYS20 = [f"k{i}" for i in range(20)]
+from redcurrent import Consumer, FencedError, Message, Producer, TopicPartition
+from redcurrent.keys import Keys
+
+pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
@@ -41,7 +48,9 @@ async def producer(redis_url: str, namespace: str) -> Any:
         yield p
 
 
-async def pending_ids(r: redis.asyncio.Redis, ns: str, partition: int, group: str = "g") -> dict[str, str]:
+async def pending_ids(
+    r: redis.asyncio.Redis, ns: str, partition: int, group: str = "g"
+) -> dict[str, str]:
     """entry id -> consumer name, for the group's pending entries on one partition."""
     rows = await r.xpending_range(Keys(ns).stream(TOPIC, partition), group, "-", "+", 1000)
     return {row["message_id"].decode(): row["consumer"].decode() for row in rows}
@@ -51,26 +60,9 @@ async def pending_ids(r: redis.asyncio.Redis, ns: str, partition: int, group: st
 
 
 async def test_two_consumers_get_every_message_once_in_per_key_order(
-    redis_url: str, namespace: str, producer: Producer
+    redis_url: str, namespace: str, r: redis.asyncio.Redis
 ) -> None:
-    await create_topic(redis_url, namespace, TOPIC, 4)
-    seen = Seen()
-    a = make_consumer(redis_url, namespace, TOPIC, member_id="a")
-    b = make_consumer(redis_url, namespace, TOPIC, member_id="b")
-    ta, tb = start_processing(a, seen.handler("a")), start_processing(b, seen.handler("b"))
-    try:
-        await eventually(lambda: owned_by_consumers([a, b], TOPIC, 4), 5, message="2 members own 4 partitions")
-        assert a.assignment() and b.assignment() and not (a.assignment() & b.assignment())
-        sent = await produce(producer, TOPIC, KEYS20, 10)
-        await eventually(lambda: seen.count() >= len(sent), 10, message="all delivered")
-        await asyncio.sleep(2 * HB)  # no late duplicates
-        owned = {"a": a.assignment(), "b": b.assignment()}
-    finally:
-        await stop_all((a, ta), (b, tb))
-    report = check_history(sent, seen.events)
-    assert report.ok and not report.duplicated, report.summary()
-    for name in ("a", "b"):  # each handled exactly its own partitions
-        assert {m.partition for m in seen.handled(name)} == {tp.partition for tp in owned[name]}
+    await scenarios.every_message_once_in_per_key_order(redis_url, namespace, r)
 
 
 async def test_two_groups_on_one_topic_each_receive_every_message(
@@ -110,7 +102,9 @@ async def test_start_earliest_replays_history_and_latest_does_not(
         await stop_all((ce, te), (cl, tl))
     assert check_history(old + new, early.events).ok
     assert not check_history(old + new, early.events).duplicated
-    assert sorted((m.key, m.value["seq"]) for m in late.handled()) == sorted((s.key, s.seq) for s in new)
+    assert sorted((m.key, m.value["seq"]) for m in late.handled()) == sorted(
+        (s.key, s.seq) for s in new
+    )
 
 
 # --------------------------------------------------------------------------- consuming APIs
@@ -120,7 +114,7 @@ async def test_iterator_acks_a_message_when_the_next_one_is_asked_for(
     redis_url: str, namespace: str, r: redis.asyncio.Redis, producer: Producer
 ) -> None:
     await create_topic(redis_url, namespace, TOPIC, 1)
-    async with make_consumer(redis_url, namespace, TOPIC) as c:
+    async with running(make_consumer(redis_url, namespace, TOPIC)) as c:
         sent = await produce(producer, TOPIC, ["k"], 5)
         got: list[Message] = []
         it = aiter(c)
@@ -130,7 +124,9 @@ async def test_iterator_acks_a_message_when_the_next_one_is_asked_for(
         assert [m.id for m in got] == [s.entry_id for s in sent]
         assert got[-1].id in await pending_ids(r, namespace, 0)  # still in our hands
         nxt = asyncio.ensure_future(anext(it))  # asking for the next acks the 5th
-        await eventually(lambda: _no_pending(r, namespace, 0), 3, message="iterator acked everything")
+        await eventually(
+            lambda: _no_pending(r, namespace, 0), 3, message="iterator acked everything"
+        )
         assert not nxt.done()
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(nxt, 5)
@@ -144,12 +140,14 @@ async def test_manual_ack_and_ack_many(
     redis_url: str, namespace: str, r: redis.asyncio.Redis, producer: Producer
 ) -> None:
     await create_topic(redis_url, namespace, TOPIC, 1)
-    async with make_consumer(redis_url, namespace, TOPIC, auto_ack=False) as c:
+    async with running(make_consumer(redis_url, namespace, TOPIC, auto_ack=False)) as c:
         await produce(producer, TOPIC, ["k"], 6)
         it = aiter(c)
         got = [await asyncio.wait_for(anext(it), 5) for _ in range(6)]
         await asyncio.sleep(3 * HB)
-        assert sorted(await pending_ids(r, namespace, 0)) == sorted(m.id for m in got)  # nothing auto-acked
+        assert sorted(await pending_ids(r, namespace, 0)) == sorted(
+            m.id for m in got
+        )  # nothing auto-acked
         await c.ack(got[0])
         assert sorted(await pending_ids(r, namespace, 0)) == sorted(m.id for m in got[1:])
         await c.ack_many(got[1:])
@@ -157,18 +155,55 @@ async def test_manual_ack_and_ack_many(
         await c.ack(got[0])  # acking twice is harmless
 
 
+async def test_ack_many_acks_what_it_owns_and_raises_fenced_for_the_rest(
+    redis_url: str, namespace: str, r: redis.asyncio.Redis, producer: Producer
+) -> None:
+    await create_topic(redis_url, namespace, TOPIC, 2)
+    async with running(make_consumer(redis_url, namespace, TOPIC, auto_ack=False)) as c:
+        await producer.send(TOPIC, {"seq": 0}, key="a", partition=0)
+        await producer.send(TOPIC, {"seq": 0}, key="b", partition=1)
+        it = aiter(c)
+        got = {m.partition: m for m in [await asyncio.wait_for(anext(it), 5) for _ in range(2)]}
+        await r.set(Keys(namespace).owner(TOPIC, 1, "g"), "intruder|1")
+        with pytest.raises(FencedError, match=r"orders\[1\]"):
+            await c.ack_many([got[0], got[1]])
+        assert await pending_ids(r, namespace, 0) == {}  # owned: acked regardless
+        assert list(await pending_ids(r, namespace, 1)) == [got[1].id]  # fenced: untouched
+
+
+async def test_manual_ack_mode_does_not_hand_out_a_message_twice(
+    redis_url: str, namespace: str, producer: Producer
+) -> None:
+    await create_topic(redis_url, namespace, TOPIC, 1)
+    async with running(make_consumer(redis_url, namespace, TOPIC, auto_ack=False)) as c:
+        await produce(producer, TOPIC, ["k"], 3)
+        it = aiter(c)
+        got = [await asyncio.wait_for(anext(it), 5) for _ in range(3)]
+        assert [m.value["seq"] for m in got] == [0, 1, 2]
+        nxt = asyncio.ensure_future(anext(it))  # nothing new was produced: nothing to hand out
+        done, _ = await asyncio.wait({nxt}, timeout=1.0)
+        again = nxt.result() if done else None
+        await c.ack_many(got)
+    if not done:
+        with pytest.raises(StopAsyncIteration):  # stop() ends the waiting iterator
+            await asyncio.wait_for(nxt, 5)
+    assert again is None, f"handed out again before being acked: {again}"
+
+
 async def test_ack_after_the_partition_moved_raises_fenced_and_acks_nothing(
     redis_url: str, namespace: str, r: redis.asyncio.Redis, producer: Producer
 ) -> None:
     await create_topic(redis_url, namespace, TOPIC, 1)
     # round robin over sorted member ids: "m-a" will take partition 0 from "m-b"
-    old = make_consumer(redis_url, namespace, TOPIC, member_id="m-b", auto_ack=False, rebalance_timeout=0.5)
+    old = make_consumer(
+        redis_url, namespace, TOPIC, member_id="m-b", auto_ack=False, rebalance_timeout=0.5
+    )
     new = make_consumer(redis_url, namespace, TOPIC, member_id="m-a", auto_ack=False)
-    async with old:
+    async with running(old):
         [sent] = await produce(producer, TOPIC, ["k"], 1)
         msg = await asyncio.wait_for(anext(aiter(old)), 5)
         assert await pending_ids(r, namespace, 0) == {msg.id: "m-b"}
-        async with new:
+        async with running(new):
             await eventually(lambda: new.assignment() == tps(TOPIC, 0), 5, message="m-a owns p0")
             assert old.assignment() == set()
             with pytest.raises(FencedError):
@@ -217,6 +252,11 @@ def _id_key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="BUG: pause() does not stop a partition blocked in its idle XREAD: when data arrives "
+    "fetcher.py _step goes from _wait() straight to the fetch without re-checking _resumed",
+)
 async def test_pause_stops_fetching_one_partition_and_resume_continues_it(
     redis_url: str, namespace: str, producer: Producer
 ) -> None:
@@ -248,14 +288,19 @@ async def test_keys_and_values_come_back_as_sent_and_first_delivery_has_attempts
     redis_url: str, namespace: str, producer: Producer
 ) -> None:
     await create_topic(redis_url, namespace, TOPIC, 1)
-    async with make_consumer(redis_url, namespace, TOPIC) as c:
+    async with running(make_consumer(redis_url, namespace, TOPIC)) as c:
         before = int(time.time() * 1000)
         await producer.send(TOPIC, {"a": [1, 2], "b": None}, key="user-1", headers={"src": "web"})
         await producer.send(TOPIC, b"\x00raw", key=b"\xffbin")
         await producer.send(TOPIC, "text")
         it = aiter(c)
         m1, m2, m3 = [await asyncio.wait_for(anext(it), 5) for _ in range(3)]
-    assert (m1.key, type(m1.key), m1.value, dict(m1.headers)) == ("user-1", str, {"a": [1, 2], "b": None}, {"src": "web"})
+    assert (m1.key, type(m1.key), m1.value, dict(m1.headers)) == (
+        "user-1",
+        str,
+        {"a": [1, 2], "b": None},
+        {"src": "web"},
+    )
     assert (m2.key, type(m2.key), m2.value) == (b"\xffbin", bytes, b"\x00raw")
     assert (m3.key, m3.value, dict(m3.headers)) == (None, "text", {})
     for m in (m1, m2, m3):
@@ -280,16 +325,27 @@ async def test_on_assign_on_revoke_and_on_lost_listeners_are_called(
         calls.append(("revoke", [tp.partition for tp in parts]))
 
     # "b" sorts after "a": when "a" joins, "b" keeps partition 1 and gives up 0
-    b = make_consumer(redis_url, namespace, TOPIC, member_id="b", on_assign=sync_listener("assign"),
-                      on_revoke=on_revoke, on_lost=sync_listener("lost"))
+    b = make_consumer(
+        redis_url,
+        namespace,
+        TOPIC,
+        member_id="b",
+        on_assign=sync_listener("assign"),
+        on_revoke=on_revoke,
+        on_lost=sync_listener("lost"),
+    )
     tb = start_processing(b, Seen().handler("b"))
     try:
         await eventually(lambda: ("assign", [0, 1]) in calls, 5, message="on_assign at start")
-        async with make_consumer(redis_url, namespace, TOPIC, member_id="a") as a:
-            await eventually(lambda: ("revoke", [0]) in calls, 5, message="on_revoke of the moved partition")
+        async with running(make_consumer(redis_url, namespace, TOPIC, member_id="a")) as a:
+            await eventually(
+                lambda: ("revoke", [0]) in calls, 5, message="on_revoke of the moved partition"
+            )
             assert b.assignment() == tps(TOPIC, 1)
             await eventually(lambda: a.assignment() == tps(TOPIC, 0), 5)
-        await eventually(lambda: ("assign", [0]) in calls, 5, message="on_assign of partition 0 back")
+        await eventually(
+            lambda: ("assign", [0]) in calls, 5, message="on_assign of partition 0 back"
+        )
         # fencing: someone else holds the owner key of partition 1 now
         await r.set(Keys(namespace).owner(TOPIC, 1, "g"), "intruder|x")
         await eventually(lambda: ("lost", [1]) in calls, 5, message="on_lost when fenced")
@@ -301,48 +357,89 @@ async def test_on_assign_on_revoke_and_on_lost_listeners_are_called(
 
 
 async def test_graceful_stop_moves_partitions_to_the_survivor_within_2s_without_duplicates(
+    redis_url: str, namespace: str, r: redis.asyncio.Redis
+) -> None:
+    await scenarios.graceful_stop_hands_over_within_2s_without_duplicates(redis_url, namespace, r)
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="BUG: fetcher.py PartitionFetcher.stop() cancels an idle fetcher once; when redis-py "
+    "swallows that cancellation (asyncio.wait_for in send_packed_command, Python 3.11) the "
+    "fetcher goes on into its 2 s blocking XREAD, so a graceful stop with nothing in flight "
+    "takes the whole block period (or the rebalance timeout)",
+)
+async def test_graceful_stop_with_nothing_in_flight_returns_at_once(
     redis_url: str, namespace: str, producer: Producer
 ) -> None:
-    await create_topic(redis_url, namespace, TOPIC, 4)
-    seen = Seen()
-    a = make_consumer(redis_url, namespace, TOPIC, member_id="a")
-    b = make_consumer(redis_url, namespace, TOPIC, member_id="b")
-    ta, tb = start_processing(a, seen.handler("a", 0.002)), start_processing(b, seen.handler("b", 0.002))
-    sent: list[Any] = []
-    flowing = asyncio.Event()
-
-    async def keep_producing() -> None:
-        seq = 0
-        while not flowing.is_set():
-            sent.extend(await produce(producer, TOPIC, KEYS20, 1, first_seq=seq))
-            seq += 1
-            await asyncio.sleep(0.02)
-
-    try:
-        await eventually(lambda: owned_by_consumers([a, b], TOPIC, 4), 5)
-        moved = sorted(tp.partition for tp in a.assignment())
-        pump = asyncio.create_task(keep_producing())
-        await eventually(lambda: len(seen.handled("a")) > 50, 5)
-        t_stop = time.monotonic_ns()
-        await a.stop()
-        await ta
-        await eventually(lambda: b.assignment() == tps(TOPIC, 0, 1, 2, 3), 2, message="survivor owns all")
-        resumed = await eventually(lambda: _all_resumed(seen, t_stop, moved, "b"), 2.5)
-        flowing.set()
-        await pump
-        await eventually(lambda: seen.count() >= len(sent), 10, message="every message delivered")
-        await asyncio.sleep(2 * HB)
-    finally:
-        flowing.set()
-        await stop_all((a, ta), (b, tb))
-    assert max(resumed) - t_stop < 2e9, f"handoff took {(max(resumed) - t_stop) / 1e9:.2f}s"
-    report = check_history(sent, seen.events)
-    assert report.ok and not report.duplicated, report.summary()
+    await create_topic(redis_url, namespace, TOPIC, 2)
+    took: list[float] = []
+    for i in range(15):  # stop right after the last message, while fetchers go idle
+        seen = Seen()
+        c = make_consumer(redis_url, namespace, TOPIC, group=f"g{i}", start="latest")
+        task = start_processing(c, seen.handler("c"))
+        await eventually(lambda c=c: len(c.assignment()) == 2, 5)
+        n = len(await produce(producer, TOPIC, KEYS20, 2))
+        await eventually(lambda seen=seen, n=n: seen.count() >= n, 5)
+        t0 = time.monotonic()
+        await stop_all((c, task))
+        took.append(time.monotonic() - t0)
+        assert took[-1] < 0.5, f"stop #{i} took {took[-1]:.2f}s with nothing in flight: {took}"
 
 
-def _all_resumed(seen: Seen, t_ns: int, partitions: list[int], name: str) -> list[int] | None:
-    firsts = [seen.first_after(t_ns, p, name) for p in partitions]
-    return None if None in firsts else firsts  # type: ignore[return-value]
+@pytest.mark.xfail(
+    strict=False,
+    reason="BUG: a heartbeat refresh that races a graceful release finds the "
+    "owner key ABSENT and reclaims the partition being given up (coordinator.py _refresh/"
+    "_reclaim)",
+)
+async def test_graceful_stop_leaves_no_owner_key_behind(
+    redis_url: str, namespace: str, r: redis.asyncio.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    await create_topic(redis_url, namespace, TOPIC, 8)
+    owners = [Keys(namespace).owner(TOPIC, p, "g") for p in range(8)]
+    for i in range(12):  # the race needs a refresh in flight while the release runs: beat often
+        c = make_consumer(
+            redis_url, namespace, TOPIC, member_id=f"leaver{i}", heartbeat_interval=0.005
+        )
+        await c.start()
+        await eventually(lambda c=c: len(c.assignment()) == 8, 5)
+        await asyncio.sleep(0.03)
+        caplog.clear()
+        stopping = asyncio.ensure_future(c.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=3)
+        held = {p: v for p, v in enumerate(await r.mget(owners)) if v is not None}
+        reclaimed = [rec.getMessage() for rec in caplog.records if "reclaimed" in rec.getMessage()]
+        if not done:  # releases are done by then: clean up the loops that survived stop()
+            await cancel_library_tasks()
+            await asyncio.wait({stopping}, timeout=5)
+        assert not held and not reclaimed, (
+            f"stop #{i} reclaimed {reclaimed}; owner keys held: {held}"
+        )
+        assert done, f"stop #{i}: {STOP_HANG}"
+
+
+async def test_stop_returns_promptly_right_after_a_rebalance(
+    redis_url: str, namespace: str
+) -> None:
+    await create_topic(redis_url, namespace, TOPIC, 6)
+    for i in range(4):
+        members = [
+            make_consumer(
+                redis_url, namespace, TOPIC, group=f"g{i}", member_id=m, assignor="sticky"
+            )
+            for m in ("a", "b", "c")
+        ]
+        try:
+            for c in members:
+                await c.start()
+            await asyncio.sleep(0.05 * i)  # c's join is still being handed over
+            for c in reversed(members):
+                t0 = time.monotonic()
+                await stop(c, timeout=5)  # a hang fails the test (STOP_HANG)
+                assert time.monotonic() - t0 < REBALANCE + 1
+        finally:
+            await stop_all(*[(c, None) for c in members])  # no-op for those already stopped
 
 
 # --------------------------------------------------------------------------- rebalancing
@@ -352,13 +449,12 @@ async def test_a_joining_member_bumps_the_epoch_once_and_splits_the_partitions(
     redis_url: str, namespace: str, r: redis.asyncio.Redis
 ) -> None:
     await create_topic(redis_url, namespace, TOPIC, 6)
-    async with make_consumer(redis_url, namespace, TOPIC, member_id="a") as a:
-        await eventually(lambda: len(a.assignment()) == 6, 5)
-        before = await group_state(r, namespace, TOPIC)
+    async with running(make_consumer(redis_url, namespace, TOPIC, member_id="a")) as a:
+        before = await eventually(lambda: settled(r, namespace, TOPIC, [a], 6), 5)
         assert before.assignment == {"a": [0, 1, 2, 3, 4, 5]}
         assert a.epoch(TOPIC) == before.epoch
-        async with make_consumer(redis_url, namespace, TOPIC, member_id="b") as b:
-            await eventually(lambda: owned_by_consumers([a, b], TOPIC, 6), 5)
+        async with running(make_consumer(redis_url, namespace, TOPIC, member_id="b")) as b:
+            await eventually(lambda: settled(r, namespace, TOPIC, [a, b], 6), 5)
             await asyncio.sleep(5 * HB)  # several more heartbeats: nothing else changes
             after = await group_state(r, namespace, TOPIC)
             assert after.epoch == before.epoch + 1
@@ -371,43 +467,22 @@ async def test_a_joining_member_bumps_the_epoch_once_and_splits_the_partitions(
 async def test_growth_bumps_the_epoch_once_and_new_partitions_are_consumed_from_their_first_entry(
     redis_url: str, namespace: str, r: redis.asyncio.Redis
 ) -> None:
-    await create_topic(redis_url, namespace, TOPIC, 2)
-    seen = Seen()
-    a = make_consumer(redis_url, namespace, TOPIC, member_id="a")
-    b = make_consumer(redis_url, namespace, TOPIC, member_id="b")
-    ta, tb = start_processing(a, seen.handler("a")), start_processing(b, seen.handler("b"))
-    try:
-        await eventually(lambda: owned_by_consumers([a, b], TOPIC, 2), 5)
-        before = await group_state(r, namespace, TOPIC)
-        async with Admin(redis_url, namespace=namespace) as admin:
-            t_grow = time.monotonic_ns()
-            await admin.alter_partitions(TOPIC, 4)
-        async with Producer(redis_url, namespace=namespace) as p:  # a fresh producer sees 4
-            written = [await p.send(TOPIC, {"seq": i}, key="g", partition=2 + i % 2) for i in range(4)]
-        await eventually(lambda: seen.count() >= 4, 3, message="new partitions consumed")
-        took = max(e.t_ns for e in seen.events if e.event == "handled") - t_grow
-        await eventually(lambda: owned_by_consumers([a, b], TOPIC, 4), 2)
-        await asyncio.sleep(5 * HB)
-        after = await group_state(r, namespace, TOPIC)
-    finally:
-        await stop_all((a, ta), (b, tb))
-    assert after.epoch == before.epoch + 1
-    assert after.partitions == 4 and full_and_disjoint(after.assignment, 4)
-    assert sorted(m.id for m in seen.handled()) == sorted(w.id for w in written)
-    assert took < (2 * HB + 0.3) * 1e9, f"new partitions consumed {took / 1e9:.2f}s after growth"
+    await scenarios.growth_bumps_the_epoch_once_and_new_partitions_are_consumed_from_the_start(
+        redis_url, namespace, r
+    )
 
 
-async def _moves_when_c_joins(url: str, ns: str, r: redis.asyncio.Redis, group: str, assignor: str) -> int:
+async def _moves_when_c_joins(
+    url: str, ns: str, r: redis.asyncio.Redis, group: str, assignor: str
+) -> int:
     def member(mid: str) -> Consumer:
         return make_consumer(url, ns, TOPIC, group=group, member_id=mid, assignor=assignor)
 
-    async with member("a") as a, member("b") as b:
-        await eventually(lambda: owned_by_consumers([a, b], TOPIC, 6), 5)
-        before = (await group_state(r, ns, TOPIC, group)).owner_of()
-        async with member("c") as c:
-            await eventually(lambda: owned_by_consumers([a, b, c], TOPIC, 6), 5)
-            state = await group_state(r, ns, TOPIC, group)
-            assert full_and_disjoint(state.assignment, 6) and len(state.assignment["c"]) == 2
+    async with running(member("a")) as a, running(member("b")) as b:
+        before = (await eventually(lambda: settled(r, ns, TOPIC, [a, b], 6, group), 5)).owner_of()
+        async with running(member("c")) as c:
+            state = await eventually(lambda: settled(r, ns, TOPIC, [a, b, c], 6, group), 5)
+            assert len(state.assignment["c"]) == 2
     after = state.owner_of()
     return sum(before[p] != after[p] for p in range(6))
 
@@ -433,14 +508,17 @@ async def test_static_member_restarted_with_the_same_id_gets_its_partitions_back
     a2: Consumer | None = None
     t2 = None
     try:
-        await eventually(lambda: owned_by_consumers([a, b], TOPIC, 4), 5)
+        before = await eventually(lambda: settled(r, namespace, TOPIC, [a, b], 4), 5)
         mine = a.assignment()
-        before = await group_state(r, namespace, TOPIC)
         await a.abort()  # a crash: no leave, no release; the owner keys still hold a's token
         await ta
         a2 = make_consumer(redis_url, namespace, TOPIC, member_id="static-a")
         t2 = start_processing(a2, seen.handler("a2"))
-        await eventually(lambda: a2 is not None and a2.assignment() == mine, SESSION, message="same partitions back")
+        await eventually(
+            lambda: a2 is not None and a2.assignment() == mine,
+            SESSION,
+            message="same partitions back",
+        )
         sent = await produce(producer, TOPIC, KEYS20, 2)
         await eventually(lambda: seen.count() >= len(sent), 5)
         await asyncio.sleep(SESSION)  # past the old instance's session: still no rebalance
@@ -453,6 +531,34 @@ async def test_static_member_restarted_with_the_same_id_gets_its_partitions_back
         await stop_all((b, tb), *([(a2, t2)] if a2 is not None else []))
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="BUG: two live instances of one static member fence each other in turn forever: the "
+    "replaced instance rejoins (heartbeat.lua op=join overwrites the members entry) and takes the "
+    "owner keys back (claim.lua accepts any instance of the member), so ownership flaps every beat",
+)
+async def test_a_new_instance_of_a_static_member_fences_the_old_one_for_good(
+    redis_url: str, namespace: str, r: redis.asyncio.Redis
+) -> None:
+    await create_topic(redis_url, namespace, TOPIC, 2)
+    old_lost: list[list[TopicPartition]] = []
+    old = make_consumer(redis_url, namespace, TOPIC, member_id="s", on_lost=old_lost.append)
+    new = make_consumer(redis_url, namespace, TOPIC, member_id="s")
+    members = Keys(namespace).members(TOPIC, "g")
+    async with running(old):
+        await eventually(lambda: len(old.assignment()) == 2, 5)
+        async with running(new):
+            await eventually(
+                lambda: new.assignment() == tps(TOPIC, 0, 1), 3, message="new owns all"
+            )
+            await eventually(lambda: old.assignment() == set(), 3, message="old fenced")
+            for _ in range(10):  # and it stays that way: the old instance does not come back
+                await asyncio.sleep(HB)
+                assert old.assignment() == set() and new.assignment() == tps(TOPIC, 0, 1)
+                assert (await r.hget(members, "s") or b"").startswith(new.instance_id.encode())
+            assert len(old_lost) == 1, old_lost
+
+
 # --------------------------------------------------------------------------- fencing
 
 
@@ -462,21 +568,27 @@ async def test_zombie_cannot_fetch_or_ack_after_its_owner_key_was_taken(
     await create_topic(redis_url, namespace, TOPIC, 1)
     lost: list[list[TopicPartition]] = []
     stream, owner = Keys(namespace).stream(TOPIC, 0), Keys(namespace).owner(TOPIC, 0, "g")
-    async with make_consumer(redis_url, namespace, TOPIC, member_id="z", auto_ack=False,
-                             on_lost=lost.append) as z:
+    async with running(
+        make_consumer(
+            redis_url, namespace, TOPIC, member_id="z", auto_ack=False, on_lost=lost.append
+        )
+    ) as z:
         await producer.send(TOPIC, {"seq": 0}, key="k")
         it = aiter(z)
         first = await asyncio.wait_for(anext(it), 5)
-        waiting = asyncio.ensure_future(anext(it))
-        assert await r.get(owner) is not None
-        await r.set(owner, "intruder|1")  # another owner took over as Redis sees it
+        assert (await r.get(owner) or b"").startswith(b"z|")
+        await r.set(owner, "intruder|1")  # another owner took over, as Redis sees it
+        assert z.assignment() == tps(TOPIC, 0)  # z has not noticed: only the ack script can refuse
         with pytest.raises(FencedError):
             await z.ack(first)
-        second = await producer.send(TOPIC, {"seq": 1}, key="k")  # wakes the idle read: a fetch
+        waiting = asyncio.ensure_future(
+            anext(it)
+        )  # lets z's fetcher go on: its next fetch is fenced
+        second = await producer.send(TOPIC, {"seq": 1}, key="k")
         await eventually(lambda: lost == [[TopicPartition(TOPIC, 0)]], 3, message="on_lost")
         assert z.assignment() == set()
         await asyncio.sleep(3 * HB)
-        assert not waiting.done(), "a fenced consumer handed out a message"
+        assert not waiting.done(), f"a fenced consumer handed out {waiting.result()}"
         # Redis proves it: the first entry is still pending (not acked), the second was
         # never moved into anyone's pending list (no XREADGROUP happened).
         assert await pending_ids(r, namespace, 0) == {first.id: "z"}
@@ -487,8 +599,6 @@ async def test_zombie_cannot_fetch_or_ack_after_its_owner_key_was_taken(
         await asyncio.wait_for(waiting, 5)
 
 
-@pytest.mark.xfail(strict=False, reason="BUG: a consumer fenced by its fetch/refresh never reclaims a "
-                   "partition the coordinator still assigns to it (coordinator.py on_fenced/_lose)")
 async def test_fenced_consumer_claims_its_partition_again_once_the_other_owner_is_gone(
     redis_url: str, namespace: str, r: redis.asyncio.Redis, producer: Producer
 ) -> None:
@@ -505,9 +615,44 @@ async def test_fenced_consumer_claims_its_partition_again_once_the_other_owner_i
         await eventually(lambda: lost, 3, message="fenced")
         # design §3: a fenced consumer drops the partition and rejoins; the coordinator
         # still assigns partition 0 to it, so it must claim it back once the key is free
-        await eventually(lambda: c.assignment() == tps(TOPIC, 0), 1 + SESSION + 2 * HB,
-                         message="partition 0 claimed again")
+        await eventually(
+            lambda: c.assignment() == tps(TOPIC, 0),
+            1 + SESSION + 2 * HB,
+            message="partition 0 claimed again",
+        )
         await eventually(lambda: seen.count() == 1, 2, message="its message delivered")
+    finally:
+        await stop_all((c, task))
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="BUG: when the heartbeat's owner-key refresh says FENCED, the partition is dropped "
+    "(coordinator.py _refreshed -> _lose) but never claimed again although the coordinator "
+    "still assigns it: nobody consumes it until the next epoch",
+)
+async def test_consumer_fenced_by_its_refresh_claims_its_partition_again_once_it_is_free(
+    redis_url: str, namespace: str, r: redis.asyncio.Redis, producer: Producer
+) -> None:
+    await create_topic(redis_url, namespace, TOPIC, 1)
+    lost: list[list[TopicPartition]] = []
+    seen = Seen()
+    c = make_consumer(redis_url, namespace, TOPIC, on_lost=lost.append)
+    task = start_processing(c, seen.handler("c"))
+    try:
+        await eventually(lambda: c.assignment() == tps(TOPIC, 0), 5)
+        await asyncio.sleep(0.3)  # idle: the partition waits in its read-only XREAD
+        # another owner holds partition 0 for 1 s; nothing is produced, so only the
+        # heartbeat's refresh can notice
+        await r.set(Keys(namespace).owner(TOPIC, 0, "g"), "intruder|1", px=1000)
+        await eventually(lambda: lost, 3 * HB + 0.5, message="fenced by the refresh")
+        await eventually(
+            lambda: c.assignment() == tps(TOPIC, 0),
+            1 + SESSION + 2 * HB,
+            message="partition 0 claimed again",
+        )
+        await producer.send(TOPIC, {"seq": 0}, key="k")
+        await eventually(lambda: seen.count() == 1, 3, message="its message delivered")
     finally:
         await stop_all((c, task))
 
@@ -520,27 +665,36 @@ async def _command_calls(r: redis.asyncio.Redis) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
 
-@pytest.mark.xfail(strict=False, reason="BUG: an idle partition re-runs the fenced fetch script "
-                   "(XREADGROUP + XREVRANGE) after every blocking XREAD that times out (fetcher.py _step)")
 async def test_an_idle_consumer_sends_only_blocking_reads_and_heartbeats(
     redis_url: str, namespace: str, r: redis.asyncio.Redis
 ) -> None:
     await create_topic(redis_url, namespace, TOPIC, 2)
-    async with make_consumer(redis_url, namespace, TOPIC) as c:
-        task = start_processing(c, Seen().handler("c"))
+    c = make_consumer(redis_url, namespace, TOPIC)
+    task = start_processing(c, Seen().handler("c"))
+    try:
         await eventually(lambda: len(c.assignment()) == 2, 5)
         await asyncio.sleep(0.5)  # settle: both partitions blocked in XREAD
         before = await _command_calls(r)
         window = 2.5  # longer than the 2 s block, so every blocking read times out once
         await asyncio.sleep(window)
         after = await _command_calls(r)
-        await c.stop()
-        await task
+    finally:
+        await stop_all((c, task))
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     delta = {k: v for k, v in delta.items() if v > 0 and k != "info"}
     # heartbeat.lua and refresh.lua run these inside EVALSHA; fetch.lua would add
     # xreadgroup and xrevrange, which an idle consumer must not need
-    script_internals = {"hget", "hmget", "hset", "sadd", "time", "zadd", "zrangebyscore", "get", "pexpire"}
+    script_internals = {
+        "hget",
+        "hmget",
+        "hset",
+        "sadd",
+        "time",
+        "zadd",
+        "zrangebyscore",
+        "get",
+        "pexpire",
+    }
     assert set(delta) <= {"evalsha", "xread"} | script_internals, delta
     assert "xreadgroup" not in delta and "xrevrange" not in delta, delta
     beats = window / HB
@@ -548,8 +702,9 @@ async def test_an_idle_consumer_sends_only_blocking_reads_and_heartbeats(
     assert 1 <= delta.get("xread", 0) <= 2 * (1 + window / 2) + 2, delta
 
 
-async def test_epoch_and_stats_are_reported(redis_url: str, namespace: str, r: redis.asyncio.Redis,
-                                            producer: Producer) -> None:
+async def test_epoch_and_stats_are_reported(
+    redis_url: str, namespace: str, r: redis.asyncio.Redis, producer: Producer
+) -> None:
     await create_topic(redis_url, namespace, TOPIC, 2)
     seen = Seen()
     c = make_consumer(redis_url, namespace, TOPIC)

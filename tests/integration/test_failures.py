@@ -44,7 +44,9 @@ async def pending(r: Redis, ns: str, topic: str, partitions: int, group: str = "
     return total
 
 
-async def run_until(c: Consumer, handler: Any, done: Any, timeout: float = 10.0, batch: bool = False) -> None:
+async def run_until(
+    c: Consumer, handler: Any, done: Any, timeout: float = 10.0, batch: bool = False
+) -> None:
     task = asyncio.create_task(c.process_batch(handler) if batch else c.process(handler))
     try:
         await eventually(done, timeout=timeout)
@@ -53,7 +55,9 @@ async def run_until(c: Consumer, handler: Any, done: Any, timeout: float = 10.0,
         await task
 
 
-async def test_failing_handler_retries_in_place_and_keeps_order(redis_url: str, namespace: str) -> None:
+async def test_failing_handler_retries_in_place_and_keeps_order(
+    redis_url: str, namespace: str
+) -> None:
     await make_topic(redis_url, namespace, partitions=2)
     seen: list[tuple[str, int, int]] = []
     failures = {"a": 2}
@@ -77,7 +81,9 @@ async def test_failing_handler_retries_in_place_and_keeps_order(redis_url: str, 
     _ = b_partition
 
 
-async def test_failing_partition_does_not_block_other_partitions(redis_url: str, namespace: str) -> None:
+async def test_failing_partition_does_not_block_other_partitions(
+    redis_url: str, namespace: str
+) -> None:
     await make_topic(redis_url, namespace, partitions=2)
     handled_other = asyncio.Event()
     async with Producer(redis_url, namespace=namespace) as p:
@@ -146,7 +152,9 @@ async def test_retry_after_and_dead_letter_exceptions(redis_url: str, namespace:
             raise redcurrent.DeadLetter("not for us")
 
     async with consumer(redis_url, namespace, "t", max_attempts=5) as c:
-        await run_until(c, handle, lambda: "skip-me" in calls and c.stats().get("dead_lettered") == 1)
+        await run_until(
+            c, handle, lambda: "skip-me" in calls and c.stats().get("dead_lettered") == 1
+        )
     assert times[1] - times[0] >= 0.38
     assert calls == ["retry-me", "retry-me", "skip-me"]  # DeadLetter: no retries
     async with Admin(redis_url, namespace=namespace) as admin:
@@ -233,7 +241,9 @@ async def test_requeue_is_for_one_group_only(redis_url: str, namespace: str) -> 
     assert len(other) == 1  # the other group acked and skipped the requeued copy
 
 
-async def test_expired_messages_never_reach_the_handler(redis_url: str, namespace: str, r: Redis) -> None:
+async def test_expired_messages_never_reach_the_handler(
+    redis_url: str, namespace: str, r: Redis
+) -> None:
     await make_topic(redis_url, namespace, partitions=1, dead_letter_expired=True)
     async with Producer(redis_url, namespace=namespace) as p:
         await p.send("t", "old", key="a", ttl=0.05)
@@ -334,7 +344,14 @@ async def test_per_topic_retry_policy(redis_url: str, namespace: str) -> None:
         attempts[msg.topic] = msg.attempts
         raise RuntimeError("no")
 
-    c = consumer(redis_url, namespace, "a", "b", max_attempts=2, topic_retry={"b": RetryPolicy(max_attempts=4, backoff=FAST)})
+    c = consumer(
+        redis_url,
+        namespace,
+        "a",
+        "b",
+        max_attempts=2,
+        topic_retry={"b": RetryPolicy(max_attempts=4, backoff=FAST)},
+    )
     async with c:
         await run_until(c, handle, lambda: c.stats().get("dead_lettered") == 2)
     assert attempts == {"a": 2, "b": 4}
@@ -353,8 +370,10 @@ def test_backoff_math() -> None:
 
 _fields = st.dictionaries(
     st.sampled_from([b"f", b"v", b"k", b"h", b"x", b"t", b"junk", b"1"]),
-    st.binary(max_size=20) | st.sampled_from([b"1js", b"1bn", b"1jn", b"2js", b"1zz", b"{", b"1js "]),
-    min_size=1, max_size=5,
+    st.binary(max_size=20)
+    | st.sampled_from([b"1js", b"1bn", b"1jn", b"2js", b"1zz", b"{", b"1js "]),
+    min_size=1,
+    max_size=5,
 )
 
 
@@ -389,7 +408,9 @@ async def test_corrupt_entries_are_dead_lettered_and_never_crash_the_consumer(
         await r.aclose()
 
 
-async def test_entries_trimmed_while_pending_are_dead_lettered(redis_url: str, namespace: str, r: Redis) -> None:
+async def test_entries_trimmed_while_pending_are_dead_lettered(
+    redis_url: str, namespace: str, r: Redis
+) -> None:
     await make_topic(redis_url, namespace, partitions=1)
     async with Producer(redis_url, namespace=namespace) as p:
         await p.send_batch("t", [Record(i, key="a") for i in range(3)])

@@ -18,7 +18,9 @@ async def test_replica_acks_wait_for_a_replica_and_fail_clearly_without_one(
     server_binary: str, namespace: str
 ) -> None:
     with ServerProcess(server_binary) as primary:
-        with ServerProcess(server_binary, extra_args=["--replicaof", "127.0.0.1", str(primary.port)]) as replica:
+        with ServerProcess(
+            server_binary, extra_args=["--replicaof", "127.0.0.1", str(primary.port)]
+        ) as replica:
             r = Redis.from_url(primary.url)
             try:
                 await eventually(lambda: _replicas(r), timeout=10)
@@ -33,8 +35,9 @@ async def test_replica_acks_wait_for_a_replica_and_fail_clearly_without_one(
                         await rep.aclose()
                 replica.pause()
                 try:
-                    async with Producer(primary.url, namespace=namespace, acks="replica",
-                                        request_timeout=1.5) as p:
+                    async with Producer(
+                        primary.url, namespace=namespace, acks="replica", request_timeout=1.5
+                    ) as p:
                         with pytest.raises(redcurrent.RedcurrentConnectionError):
                             await p.send("t", {"n": 2}, key="a")
                 finally:
@@ -48,7 +51,10 @@ async def test_replica_acks_wait_for_a_replica_and_fail_clearly_without_one(
 
 async def _replicas(r: Redis) -> bool:
     info = await r.info("replication")
-    return int(info.get("connected_slaves", 0)) >= 1 and info.get("slave0", {}).get("state") == "online"
+    return (
+        int(info.get("connected_slaves", 0)) >= 1
+        and info.get("slave0", {}).get("state") == "online"
+    )
 
 
 async def test_replica_acks_refused_on_a_cluster(cluster: object, namespace: str) -> None:

@@ -58,8 +58,15 @@ async def drain(url: str, ns: str, expected: set[str]) -> set[str]:
     async def handle(msg: Message) -> None:
         got.add(msg.id)
 
-    async with Consumer("t", group="g", url=url, namespace=ns, heartbeat_interval=0.2,
-                        session_timeout=1.5, start="earliest") as c:
+    async with Consumer(
+        "t",
+        group="g",
+        url=url,
+        namespace=ns,
+        heartbeat_interval=0.2,
+        session_timeout=1.5,
+        start="earliest",
+    ) as c:
         task = asyncio.create_task(c.process(handle))
         await eventually(lambda: expected <= got, timeout=15)
         await c.stop()

@@ -126,7 +126,9 @@ class History:
     @property
     def ok(self) -> bool:
         """Nothing lost, nothing left unacked, order kept, no foreign events (duplicates allowed)."""
-        return not (self.lost or self.unacked or self.violations or self.unexpected or self.mismatched)
+        return not (
+            self.lost or self.unacked or self.violations or self.unexpected or self.mismatched
+        )
 
     @property
     def duplicates(self) -> int:
@@ -181,7 +183,9 @@ def check_history(sent: Iterable[Sent], events: Iterable[Event]) -> History:
     completed = {(e.key, e.seq) for e in acked}
     report.lost = sorted((m for m in sent_by_msg if m not in counts), key=_order)
     report.unacked = sorted((m for m in counts if m not in completed), key=_order)
-    report.duplicated = {m: n for m, n in sorted(counts.items(), key=lambda kv: _order(kv[0])) if n > 1}
+    report.duplicated = {
+        m: n for m, n in sorted(counts.items(), key=lambda kv: _order(kv[0])) if n > 1
+    }
 
     by_key: dict[Key, list[tuple[int, Event]]] = defaultdict(list)
     for i, e in known:
@@ -212,7 +216,9 @@ def _order_violations(events: list[Event]) -> list[Violation]:
             elif e.seq > high + 1:  # a new tenure may replay, never skip
                 kind = "skipped"
             if kind is not None:
-                out.append(Violation(kind, e.key, e.seq, prev.seq, e.consumer, prev.consumer, e.t_ns))
+                out.append(
+                    Violation(kind, e.key, e.seq, prev.seq, e.consumer, prev.consumer, e.t_ns)
+                )
         high = max(high, e.seq)
         prev = e
     return out

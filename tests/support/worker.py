@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -103,7 +104,9 @@ async def run(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, graceful)
     async with consumer:
         log.write("started")
-        await consumer.process(handler)
+        # a SIGTERM that arrived while joining has already stopped it: nothing to process
+        with contextlib.suppress(redcurrent.ConsumerStoppedError):
+            await consumer.process(handler)
     await asyncio.gather(*stopping)
     log.write("stopped", stats=consumer.stats())
 

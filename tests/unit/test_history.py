@@ -24,7 +24,9 @@ def run(consumer: str, key: str, seqs: list[int], t0: int, *, ack: bool = True) 
 
 
 def test_a_clean_history_is_ok() -> None:
-    report = check_history(sent("k", 5) + sent("j", 3), run("a", "k", [0, 1, 2, 3, 4], 0) + run("b", "j", [0, 1, 2], 0))
+    report = check_history(
+        sent("k", 5) + sent("j", 3), run("a", "k", [0, 1, 2, 3, 4], 0) + run("b", "j", [0, 1, 2], 0)
+    )
     assert report.ok, report.summary()
     assert (report.sent, report.handled, report.acked) == (8, 8, 8)
     assert report.duplicated == {} and report.duplicates == 0
@@ -91,8 +93,11 @@ def test_order_is_judged_by_time_not_by_input_order() -> None:
 
 
 def test_a_zombie_handling_after_the_handoff_shows_as_duplicate_in_a_tenure_of_its_own() -> None:
-    events = run("a", "k", [0, 1], 0) + run("b", "k", [1, 2, 3], 100) + run("a", "k", [2], 200) + run(
-        "b", "k", [4], 300
+    events = (
+        run("a", "k", [0, 1], 0)
+        + run("b", "k", [1, 2, 3], 100)
+        + run("a", "k", [2], 200)
+        + run("b", "k", [4], 300)
     )
     report = check_history(sent("k", 5), events)
     assert report.violations == []
@@ -111,12 +116,17 @@ def test_first_event_of_a_key_may_start_mid_stream() -> None:
 
 def test_bytes_keys_work() -> None:
     s = [Sent(b"\x00k", i, f"1-{i}") for i in range(2)]
-    events = [Event("a", e, b"\x00k", i, f"1-{i}", i * 10 + j) for i in range(2) for j, e in enumerate(["handled", "acked"])]
+    events = [
+        Event("a", e, b"\x00k", i, f"1-{i}", i * 10 + j)
+        for i in range(2)
+        for j, e in enumerate(["handled", "acked"])
+    ]
     assert check_history(s, events).ok
 
 
 def test_unknown_and_mismatched_events_are_reported() -> None:
-    events = run("a", "k", [0], 0) + [
+    events = [
+        *run("a", "k", [0], 0),
         Event("a", "handled", "ghost", 0, "9-9", 50),
         Event("a", "handled", "k", 1, "7-7", 60),  # k#1 was stored as 1-1
     ]
@@ -151,7 +161,17 @@ def test_read_log_parses_worker_lines_and_skips_a_torn_last_line(tmp_path: Path)
     os.close(fd)
     events = read_log(path)
     assert [(e.event, e.partition) for e in events] == [
-        ("started", None), ("assign", 0), ("assign", 3), ("handled", 3), ("acked", 3)
+        ("started", None),
+        ("assign", 0),
+        ("assign", 3),
+        ("handled", 3),
+        ("acked", 3),
     ]
     handled = events[3]
-    assert (handled.consumer, handled.key, handled.seq, handled.entry_id, handled.t_ns) == ("w1", "k7", 4, "5-0", 3)
+    assert (handled.consumer, handled.key, handled.seq, handled.entry_id, handled.t_ns) == (
+        "w1",
+        "k7",
+        4,
+        "5-0",
+        3,
+    )

@@ -22,8 +22,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from .app import run_main
     except ImportError as exc:  # the extra is not installed: one line, no traceback
-        print(f"redcurrent: the command line needs the 'cli' extra ({exc}); "
-              "run: pip install 'redcurrent[cli]'", file=sys.stderr)
+        print(
+            f"redcurrent: the command line needs the 'cli' extra ({exc}); "
+            "run: pip install 'redcurrent[cli]'",
+            file=sys.stderr,
+        )
         raise SystemExit(1) from None
     run_main(argv)
 

@@ -31,13 +31,33 @@ async def run(namespace: str, topic: str, group: str, member: str, log_path: str
 
     async def handle(msg: Message) -> None:
         value = msg.value
-        os.write(fd, orjson.dumps({"t": time.monotonic_ns(), "c": member, "p": msg.partition, "id": msg.id,
-                                   "k": value["k"], "s": value["s"]}) + b"\n")
+        os.write(
+            fd,
+            orjson.dumps(
+                {
+                    "t": time.monotonic_ns(),
+                    "c": member,
+                    "p": msg.partition,
+                    "id": msg.id,
+                    "k": value["k"],
+                    "s": value["s"],
+                }
+            )
+            + b"\n",
+        )
         await asyncio.sleep(WORK_S)  # a little work: some messages are in flight at the SIGKILL
 
-    consumer = Consumer(topic, group=group, url=os.environ["REDCURRENT_DEMO_URL"], namespace=namespace,
-                        member_id=member, start="earliest", heartbeat_interval=HEARTBEAT_S,
-                        session_timeout=SESSION_S, rebalance_timeout=3.0)
+    consumer = Consumer(
+        topic,
+        group=group,
+        url=os.environ["REDCURRENT_DEMO_URL"],
+        namespace=namespace,
+        member_id=member,
+        start="earliest",
+        heartbeat_interval=HEARTBEAT_S,
+        session_timeout=SESSION_S,
+        rebalance_timeout=3.0,
+    )
     watchdog = asyncio.create_task(_exit_with_parent(os.getppid()), name="demo-worker-watchdog")
     try:
         await run_consumer(consumer, handle, grace_period=5.0)

@@ -29,8 +29,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 pass_env = click.make_pass_decorator(Env)
 
 # click >= 8.2 raises this for a group run without a command (older ones print the help).
-_NO_ARGS_IS_HELP: type[click.UsageError] = getattr(click.exceptions, "NoArgsIsHelpError", type(
-    "_NeverRaised", (click.UsageError,), {}))
+_NO_ARGS_IS_HELP: type[click.UsageError] = getattr(
+    click.exceptions, "NoArgsIsHelpError", type("_NeverRaised", (click.UsageError,), {})
+)
 
 
 def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -41,14 +42,25 @@ def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
 
 def json_option(f: F) -> F:
     """``--json`` accepted after the subcommand too (``redcurrent topics list --json``)."""
-    return click.option("--json", "json_mode", is_flag=True, expose_value=False, is_eager=False,
-                        callback=_set_json, help="Machine-readable JSON output.")(f)
+    return click.option(
+        "--json",
+        "json_mode",
+        is_flag=True,
+        expose_value=False,
+        is_eager=False,
+        callback=_set_json,
+        help="Machine-readable JSON output.",
+    )(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--url", envvar="REDIS_URL", metavar="URL",
-              help="Redis URL (default: $REDIS_URL, else localhost:6379 if it answers, "
-                   "else a private embedded server for this run).")
+@click.option(
+    "--url",
+    envvar="REDIS_URL",
+    metavar="URL",
+    help="Redis URL (default: $REDIS_URL, else localhost:6379 if it answers, "
+    "else a private embedded server for this run).",
+)
 @click.option("--namespace", default="rc", show_default=True, help="Key prefix of the application.")
 @click.option("--json", "json_mode", is_flag=True, help="Machine-readable JSON output.")
 @click.option("--verbose", "-v", count=True, help="Library log lines: -v info, -vv debug.")
@@ -67,7 +79,9 @@ def cli(ctx: click.Context, url: str | None, namespace: str, json_mode: bool, ve
     # The library logs what an operator of a long-running service wants; a one-shot
     # command shows only errors unless asked.
     level = {0: logging.ERROR, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     env = Env(url, namespace, json_mode)
     ctx.obj = env
     ctx.call_on_close(env.close)
@@ -119,7 +133,9 @@ def run_main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: still one line unless asked for the traceback
         if os.environ.get("REDCURRENT_DEBUG"):
             traceback.print_exc()
-        _fail(f"unexpected {type(exc).__name__}: {exc} (set REDCURRENT_DEBUG=1 for the traceback)", 1)
+        _fail(
+            f"unexpected {type(exc).__name__}: {exc} (set REDCURRENT_DEBUG=1 for the traceback)", 1
+        )
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

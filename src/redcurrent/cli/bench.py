@@ -28,8 +28,14 @@ def find_benchmarks() -> Path | None:
 
 
 @click.command(short_help="Run the benchmarks with a small count.")
-@click.option("--count", "-n", type=click.IntRange(min=100), default=5000, show_default=True,
-              help="Messages per case (the benchmarks' own default is 100,000).")
+@click.option(
+    "--count",
+    "-n",
+    type=click.IntRange(min=100),
+    default=5000,
+    show_default=True,
+    help="Messages per case (the benchmarks' own default is 100,000).",
+)
 @click.option("--only", type=click.Choice(SCRIPTS), help="Run one of the two.")
 @pass_env
 def bench(env: Env, count: int, only: str | None) -> None:
@@ -40,8 +46,10 @@ def bench(env: Env, count: int, only: str | None) -> None:
     """
     where = find_benchmarks()
     if where is None:
-        raise click.ClickException("no benchmarks/ directory here or above the package: run it from a "
-                                   "source checkout of redcurrent")
+        raise click.ClickException(
+            "no benchmarks/ directory here or above the package: run it from a "
+            "source checkout of redcurrent"
+        )
     scripts = [where / f"{name}.py" for name in SCRIPTS if only in (None, name)]
     missing = [str(s) for s in scripts if not s.is_file()]
     if missing:
@@ -49,6 +57,8 @@ def bench(env: Env, count: int, only: str | None) -> None:
     child_env = {**os.environ, "REDIS_URL": env.url}
     for script in scripts:
         click.echo(f"== {script.name} --count {count}", err=True)
-        code = subprocess.call([sys.executable, str(script), "--count", str(count)], cwd=where, env=child_env)
+        code = subprocess.call(
+            [sys.executable, str(script), "--count", str(count)], cwd=where, env=child_env
+        )
         if code:
             raise click.ClickException(f"{script.name} exited with status {code}")

@@ -35,11 +35,19 @@ POLL_S = 0.2
 REFRESH_S = 2.0
 
 
-def decode_fields(topic: str, partition: int, entry_id: str, fields: Mapping[Any, Any]) -> dict[str, Any]:
+def decode_fields(
+    topic: str, partition: int, entry_id: str, fields: Mapping[Any, Any]
+) -> dict[str, Any]:
     """A printable message from one stream entry (format 1; anything else is shown raw)."""
     f = {k if isinstance(k, bytes) else str(k).encode(): v for k, v in fields.items()}
-    out: dict[str, Any] = {"topic": topic, "partition": partition, "id": entry_id,
-                           "timestamp": int(entry_id.partition("-")[0]), "key": None, "headers": {}}
+    out: dict[str, Any] = {
+        "topic": topic,
+        "partition": partition,
+        "id": entry_id,
+        "timestamp": int(entry_id.partition("-")[0]),
+        "key": None,
+        "headers": {},
+    }
     fmt = f.get(b"f", b"")
     if len(fmt) != 3 or fmt[:1] != b"1":
         out["value"] = {text(k): text(v) for k, v in f.items()}
@@ -49,7 +57,9 @@ def decode_fields(topic: str, partition: int, entry_id: str, fields: Mapping[Any
         value = f.get(b"v", b"")
         out["value"] = orjson.loads(value) if fmt[1:2] == b"j" else value
         k = f.get(b"k")
-        out["key"] = None if fmt[2:3] == b"n" or k is None else k.decode() if fmt[2:3] == b"s" else k
+        out["key"] = (
+            None if fmt[2:3] == b"n" or k is None else k.decode() if fmt[2:3] == b"s" else k
+        )
         out["headers"] = orjson.loads(f[b"h"]) if f.get(b"h") else {}
         if f.get(b"t"):
             out["timestamp"] = int(f[b"t"])
@@ -62,8 +72,15 @@ def decode_fields(topic: str, partition: int, entry_id: str, fields: Mapping[Any
 
 
 def message_dict(msg: Message) -> dict[str, Any]:
-    return {"topic": msg.topic, "partition": msg.partition, "id": msg.id, "timestamp": msg.timestamp,
-            "key": msg.key, "headers": dict(msg.headers), "value": msg.value}
+    return {
+        "topic": msg.topic,
+        "partition": msg.partition,
+        "id": msg.id,
+        "timestamp": msg.timestamp,
+        "key": msg.key,
+        "headers": dict(msg.headers),
+        "value": msg.value,
+    }
 
 
 def line(m: dict[str, Any], json_mode: bool) -> str:
@@ -79,16 +96,34 @@ def line(m: dict[str, Any], json_mode: bool) -> str:
 
 @click.command(short_help="Print a topic's messages, like kcat -C.")
 @click.argument("topic")
-@click.option("--group", "-g", metavar="G", help="Consume as a member of group G (acks what it prints).")
-@click.option("--from-beginning", is_flag=True, help="Start at the oldest entry (new groups / no group).")
-@click.option("--max", "max_messages", type=click.IntRange(min=1), metavar="N", help="Stop after N messages.")
+@click.option(
+    "--group", "-g", metavar="G", help="Consume as a member of group G (acks what it prints)."
+)
+@click.option(
+    "--from-beginning", is_flag=True, help="Start at the oldest entry (new groups / no group)."
+)
+@click.option(
+    "--max", "max_messages", type=click.IntRange(min=1), metavar="N", help="Stop after N messages."
+)
 @click.option("--follow", "-f", is_flag=True, help="Keep waiting for new messages (Ctrl-C stops).")
-@click.option("--idle-timeout", type=float, default=2.0, show_default=True,
-              help="With --group and without --follow: stop after this long without a message.")
+@click.option(
+    "--idle-timeout",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="With --group and without --follow: stop after this long without a message.",
+)
 @json_option
 @pass_env
-def consume(env: Env, topic: str, group: str | None, from_beginning: bool, max_messages: int | None,
-            follow: bool, idle_timeout: float) -> None:
+def consume(
+    env: Env,
+    topic: str,
+    group: str | None,
+    from_beginning: bool,
+    max_messages: int | None,
+    follow: bool,
+    idle_timeout: float,
+) -> None:
     """Print TOPIC's messages: partition, id, key, headers, value (one JSON object each with --json).
 
     Without --group nothing is created or acked: it reads from the end (or the oldest
@@ -129,12 +164,25 @@ class Printer:
         self.count += 1
 
 
-async def _as_member(env: Env, topic: str, group: str, from_beginning: bool, follow: bool,
-                     idle_timeout: float, out: Printer) -> None:
+async def _as_member(
+    env: Env,
+    topic: str,
+    group: str,
+    from_beginning: bool,
+    follow: bool,
+    idle_timeout: float,
+    out: Printer,
+) -> None:
     async with env.admin() as admin:
         await admin.describe_topic(topic)  # unknown topic: one clear error, no waiting
-        consumer = Consumer(topic, group=group, url=env.url, namespace=env.namespace,
-                            start="earliest" if from_beginning else "latest", heartbeat_interval=0.5)
+        consumer = Consumer(
+            topic,
+            group=group,
+            url=env.url,
+            namespace=env.namespace,
+            start="earliest" if from_beginning else "latest",
+            heartbeat_interval=0.5,
+        )
         async with consumer:  # leaving acks the last message printed
             idle = 0.0
             while not out.full:
@@ -176,7 +224,7 @@ async def _read(env: Env, topic: str, from_beginning: bool, follow: bool, out: P
             if loop.time() - refreshed > REFRESH_S:  # the topic may have grown
                 refreshed = loop.time()
                 grown = await admin.describe_topic(topic)
-                for p in grown.partition_info[len(reader.positions):]:
+                for p in grown.partition_info[len(reader.positions) :]:
                     reader.add(p.partition, None, None, open_=True)
 
 
@@ -190,7 +238,9 @@ class Reader:
         self.positions: list[str | None] = []
         self.ends: list[str | None] = []
 
-    def add(self, partition: int, after: str | None, end: str | None, *, open_: bool = False) -> None:
+    def add(
+        self, partition: int, after: str | None, end: str | None, *, open_: bool = False
+    ) -> None:
         """Read ``partition`` after ``after`` (None: from its start) up to ``end`` inclusive
         (None: the partition was empty, nothing to read), or without end when ``open_``."""
         assert partition == len(self.positions)
@@ -222,7 +272,12 @@ class Reader:
         for p, (after, end) in enumerate(zip(self.positions, self.ends, strict=True)):
             if end is not None and (end == "" or (after is not None and _key(after) >= _key(end))):
                 continue  # an empty partition at start, or read up to its end already
-            pipe.xrange(self.keys.stream(self.topic, p), f"({after}" if after else "-", end or "+", count=PAGE)
+            pipe.xrange(
+                self.keys.stream(self.topic, p),
+                f"({after}" if after else "-",
+                end or "+",
+                count=PAGE,
+            )
             todo.append(p)
         if not todo:
             return []

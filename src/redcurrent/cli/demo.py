@@ -108,7 +108,9 @@ class Demo:
         self.recent: deque[Handled] = deque()
         self.info: GroupInfo | None = None
         self.live: Live | None = None
-        self.kill: tuple[Worker, tuple[int, ...], int, int] | None = None  # worker, parts, ns, epoch
+        self.kill: tuple[Worker, tuple[int, ...], int, int] | None = (
+            None  # worker, parts, ns, epoch
+        )
         self.rebalance_s: float | None = None
         self.epoch_after: int | None = None
 
@@ -121,30 +123,69 @@ class Demo:
         info, now = self.info, time.monotonic_ns()
         rate_p = Counter(h.partition for h in self.recent)
         rate_c = Counter(h.consumer for h in self.recent)
-        head = Text(f"topic {self.topic} · group {GROUP} · epoch {info.epoch if info else '-'} · "
-                    f"produced {len(self.sent)} · handled {len(self.handled)} · "
-                    f"t={(now / 1e9) - self.t0:.1f}s", style="bold")
-        parts = [(p.partition, p.owner, p.lag, p.pending, rate_p[p.partition], self.by_partition[p.partition])
-                 for p in (info.partitions if info else ())]
+        head = Text(
+            f"topic {self.topic} · group {GROUP} · epoch {info.epoch if info else '-'} · "
+            f"produced {len(self.sent)} · handled {len(self.handled)} · "
+            f"t={(now / 1e9) - self.t0:.1f}s",
+            style="bold",
+        )
+        parts = [
+            (
+                p.partition,
+                p.owner,
+                p.lag,
+                p.pending,
+                rate_p[p.partition],
+                self.by_partition[p.partition],
+            )
+            for p in (info.partitions if info else ())
+        ]
         owned = Counter(p.owner for p in (info.partitions if info else ()))
-        members = [(w.member, w.proc.pid, "KILLED" if w.killed else "alive" if w.alive() else "exited",
-                    owned[w.member], rate_c[w.member], self.by_consumer[w.member]) for w in self.workers]
-        return Group(head, table(None, ["partition", "owner", "lag", "pending", "msg/s", "handled"], parts),
-                     table(None, ["consumer", "pid", "status", "partitions", "msg/s", "handled"], members))
+        members = [
+            (
+                w.member,
+                w.proc.pid,
+                "KILLED" if w.killed else "alive" if w.alive() else "exited",
+                owned[w.member],
+                rate_c[w.member],
+                self.by_consumer[w.member],
+            )
+            for w in self.workers
+        ]
+        return Group(
+            head,
+            table(None, ["partition", "owner", "lag", "pending", "msg/s", "handled"], parts),
+            table(None, ["consumer", "pid", "status", "partitions", "msg/s", "handled"], members),
+        )
 
     # -- processes --
     def spawn(self) -> None:
         pkg_root = str(Path(redcurrent.__file__).resolve().parent.parent)
-        child_env = {**os.environ, "REDCURRENT_DEMO_URL": self.env.url,  # not in argv: ps shows argv
-                     "PYTHONPATH": os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")]))}
+        child_env = {
+            **os.environ,
+            "REDCURRENT_DEMO_URL": self.env.url,  # not in argv: ps shows argv
+            "PYTHONPATH": os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")])),
+        }
         for i in range(self.opts["consumers"]):
             member = f"consumer-{i + 1}"
             log, err = self.dir / f"{member}.log", self.dir / f"{member}.err"
             with err.open("wb") as err_file:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "redcurrent.cli._demo_worker", self.env.namespace, self.topic,
-                     GROUP, member, str(log)],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err_file, env=child_env)
+                    [
+                        sys.executable,
+                        "-m",
+                        "redcurrent.cli._demo_worker",
+                        self.env.namespace,
+                        self.topic,
+                        GROUP,
+                        member,
+                        str(log),
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err_file,
+                    env=child_env,
+                )
             self.workers.append(Worker(member, proc, log, err))
 
     async def stop_workers(self) -> None:
@@ -178,7 +219,9 @@ class Demo:
                 self.by_partition[h.partition] += 1
                 self.by_consumer[h.consumer] += 1
                 self.recent.append(h)
-        self.recent = deque(sorted((h for h in self.recent if h.t_ns > horizon), key=lambda h: h.t_ns))
+        self.recent = deque(
+            sorted((h for h in self.recent if h.t_ns > horizon), key=lambda h: h.t_ns)
+        )
 
     def check_rebalance(self) -> None:
         if self.kill is None or self.rebalance_s is not None or self.info is None:
@@ -189,7 +232,9 @@ class Demo:
             self.rebalance_s = (time.monotonic_ns() - kill_ns) / 1e9
             self.epoch_after = self.info.epoch
             moved = ", ".join(f"{p}->{owners[p]}" for p in parts)
-            self.say(f"rebalance: epoch {self.info.epoch}; the victim's partitions now owned: {moved}")
+            self.say(
+                f"rebalance: epoch {self.info.epoch}; the victim's partitions now owned: {moved}"
+            )
 
     async def watch(self) -> None:
         while True:
@@ -205,13 +250,22 @@ class Demo:
                 if not w.alive():
                     raise click.ClickException(f"demo consumer {w.member} exited: {w.last_error()}")
             info = self.info
-            if info and len(info.members) == n and all(p.owner for p in info.partitions) and \
-                    all(p.owner and p.partition in info.assignment.get(p.owner, ()) for p in info.partitions):
+            if (
+                info
+                and len(info.members) == n
+                and all(p.owner for p in info.partitions)
+                and all(
+                    p.owner and p.partition in info.assignment.get(p.owner, ())
+                    for p in info.partitions
+                )
+            ):
                 owned = "; ".join(f"{m.member_id} {list(m.partitions)}" for m in info.members)
                 self.say(f"{n} consumers joined, epoch {info.epoch}: {owned}")
                 return
             await asyncio.sleep(0.05)
-        raise click.ClickException(f"the {n} demo consumers did not all join within {JOIN_TIMEOUT_S:.0f}s")
+        raise click.ClickException(
+            f"the {n} demo consumers did not all join within {JOIN_TIMEOUT_S:.0f}s"
+        )
 
     def kill_one(self) -> None:
         info = self.info
@@ -220,13 +274,17 @@ class Demo:
         if len(alive) < 2:
             return
         victim = max(alive, key=lambda w: owned[w.member])
-        parts = tuple(p.partition for p in info.partitions if p.owner == victim.member) if info else ()
+        parts = (
+            tuple(p.partition for p in info.partitions if p.owner == victim.member) if info else ()
+        )
         kill_ns = time.monotonic_ns()
         victim.proc.kill()  # SIGKILL: no goodbye, no acks, its lease must expire
         victim.killed = True
         self.kill = (victim, parts, kill_ns, info.epoch if info else 0)
-        self.say(f"[bold red]SIGKILL {victim.member}[/] (pid {victim.proc.pid}), owner of partitions "
-                 f"{list(parts)}: its unacked messages must go to the survivors")
+        self.say(
+            f"[bold red]SIGKILL {victim.member}[/] (pid {victim.proc.pid}), owner of partitions "
+            f"{list(parts)}: its unacked messages must go to the survivors"
+        )
 
     async def produce(self) -> None:
         rate, duration = self.opts["rate"], self.opts["duration"]
@@ -235,9 +293,13 @@ class Demo:
         loop = asyncio.get_running_loop()
         start = loop.time()
         kill_at, sent, i = start + duration / 2, 0, 0
-        self.say(f"producing {rate} msg/s over {len(keys)} keys for {duration:g}s; "
-                 f"one consumer is killed at t+{duration / 2:g}s")
-        async with Producer(self.env.url, namespace=self.env.namespace, auto_create_topics=False) as producer:
+        self.say(
+            f"producing {rate} msg/s over {len(keys)} keys for {duration:g}s; "
+            f"one consumer is killed at t+{duration / 2:g}s"
+        )
+        async with Producer(
+            self.env.url, namespace=self.env.namespace, auto_create_topics=False
+        ) as producer:
             while (now := loop.time()) < start + duration:
                 due = min(int((now - start) * rate) - sent, MAX_BATCH)
                 if due > 0:
@@ -247,7 +309,9 @@ class Demo:
                         i += 1
                         batch.append(Record({"k": key, "s": seq[key]}, key=key))
                         seq[key] += 1
-                    for rec, meta in zip(batch, await producer.send_batch(self.topic, batch), strict=True):
+                    for rec, meta in zip(
+                        batch, await producer.send_batch(self.topic, batch), strict=True
+                    ):
                         self.sent[(rec.value["k"], rec.value["s"])] = meta.id
                     sent += len(batch)
                 if self.kill is None and now >= kill_at:
@@ -269,33 +333,57 @@ class Demo:
     def result(self, drained: bool) -> dict[str, Any]:
         v: Verdict = verdict(self.sent, self.handled)
         victim = self.kill[0] if self.kill else None
-        recovery = recovery_seconds(self.handled, victim.member, self.kill[1], self.kill[2]) \
-            if self.kill and victim else None
+        recovery = (
+            recovery_seconds(self.handled, victim.member, self.kill[1], self.kill[2])
+            if self.kill and victim
+            else None
+        )
         return {
-            "ok": v.ok and drained, "topic": self.topic, "partitions": self.opts["partitions"],
-            "consumers": self.opts["consumers"], "duration_s": self.opts["duration"],
-            "produced": v.produced, "consumed": v.consumed, "deliveries": v.deliveries, "lost": v.lost,
-            "duplicated": v.duplicated, "order_violations": v.order_violations, "unexpected": v.unexpected,
+            "ok": v.ok and drained,
+            "topic": self.topic,
+            "partitions": self.opts["partitions"],
+            "consumers": self.opts["consumers"],
+            "duration_s": self.opts["duration"],
+            "produced": v.produced,
+            "consumed": v.consumed,
+            "deliveries": v.deliveries,
+            "lost": v.lost,
+            "duplicated": v.duplicated,
+            "order_violations": v.order_violations,
+            "unexpected": v.unexpected,
             "recovery_s": None if recovery is None else round(recovery, 3),
             "rebalance_s": None if self.rebalance_s is None else round(self.rebalance_s, 3),
-            "killed": None if not self.kill else {"member": self.kill[0].member, "pid": self.kill[0].proc.pid,
-                                                  "partitions": list(self.kill[1]), "epoch": self.kill[3]},
-            "epoch_after": self.epoch_after, "drained": drained,
+            "killed": None
+            if not self.kill
+            else {
+                "member": self.kill[0].member,
+                "pid": self.kill[0].proc.pid,
+                "partitions": list(self.kill[1]),
+                "epoch": self.kill[3],
+            },
+            "epoch_after": self.epoch_after,
+            "drained": drained,
             "pids": {w.member: w.proc.pid for w in self.workers},
             "kept": {"topic": self.topic, "logs": str(self.dir)} if self.opts["keep"] else None,
-            "elapsed_s": round(time.monotonic() - self.t0, 2), "examples": list(v.examples),
+            "elapsed_s": round(time.monotonic() - self.t0, 2),
+            "examples": list(v.examples),
         }
 
     async def run(self) -> dict[str, Any]:
         o = self.opts
         await self.admin.create_topic(self.topic, o["partitions"])
-        self.say(f"topic {self.topic}: {o['partitions']} partitions; starting {o['consumers']} consumer "
-                 f"processes (heartbeat 0.2s, session timeout 1.5s)")
+        self.say(
+            f"topic {self.topic}: {o['partitions']} partitions; starting {o['consumers']} consumer "
+            f"processes (heartbeat 0.2s, session timeout 1.5s)"
+        )
         self.spawn()
         watcher = asyncio.create_task(self.watch(), name="demo-watch")
         try:
-            with Live(self.render(), console=self.out, refresh_per_second=4) if self.out else \
-                    contextlib.nullcontext() as live:
+            with (
+                Live(self.render(), console=self.out, refresh_per_second=4)
+                if self.out
+                else contextlib.nullcontext() as live
+            ):
                 self.live = live
                 await self.wait_joined()
                 await self.produce()
@@ -318,36 +406,61 @@ class Demo:
 
 def print_verdict(r: dict[str, Any], c: Console) -> None:
     rec = "-" if r["recovery_s"] is None else f"{r['recovery_s']:.2f}"
-    rows = [("produced", r["produced"]), ("consumed", r["consumed"]), ("lost", r["lost"]),
-            ("duplicated", r["duplicated"]), ("order violations", r["order_violations"]),
-            ("seconds to recover", rec)]
+    rows = [
+        ("produced", r["produced"]),
+        ("consumed", r["consumed"]),
+        ("lost", r["lost"]),
+        ("duplicated", r["duplicated"]),
+        ("order violations", r["order_violations"]),
+        ("seconds to recover", rec),
+    ]
     c.print()
     c.print(table("verdict", ["", "value"], rows))
     for example in r["examples"]:
         c.print(f"  {example}", markup=False)
     if r["ok"]:
-        dup = (f"{r['duplicated']} duplicate deliveries: messages the killed consumer handled but "
-               "never acked, redelivered (at-least-once)" if r["duplicated"] else "no duplicates")
+        dup = (
+            f"{r['duplicated']} duplicate deliveries: messages the killed consumer handled but "
+            "never acked, redelivered (at-least-once)"
+            if r["duplicated"]
+            else "no duplicates"
+        )
         c.print(f"[bold green]OK[/]: nothing lost, per-key order kept, {dup}.")
     else:
         c.print("[bold red]FAILED[/]: see the counts above.")
     if r["kept"]:
-        c.print(f"kept topic {r['kept']['topic']} (group demo) and the consumers' logs in {r['kept']['logs']}",
-                markup=False)
+        c.print(
+            f"kept topic {r['kept']['topic']} (group demo) and the consumers' logs in {r['kept']['logs']}",
+            markup=False,
+        )
 
 
 @click.command(short_help="Kill a consumer under load; check nothing is lost.")
-@click.option("--duration", type=click.FloatRange(min=2), default=30, show_default=True,
-              help="Seconds of producing; a consumer is killed halfway.")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=2),
+    default=30,
+    show_default=True,
+    help="Seconds of producing; a consumer is killed halfway.",
+)
 @click.option("--partitions", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--consumers", type=click.IntRange(min=2), default=3, show_default=True)
-@click.option("--rate", type=click.IntRange(min=1), default=200, show_default=True, help="Messages per second.")
-@click.option("--keys", type=click.IntRange(min=1), default=64, show_default=True, help="Distinct keys.")
+@click.option(
+    "--rate",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Messages per second.",
+)
+@click.option(
+    "--keys", type=click.IntRange(min=1), default=64, show_default=True, help="Distinct keys."
+)
 @click.option("--keep", is_flag=True, help="Keep the topic and the worker logs afterwards.")
 @json_option
 @pass_env
-def demo(env: Env, duration: float, partitions: int, consumers: int, rate: int, keys: int,
-         keep: bool) -> None:
+def demo(
+    env: Env, duration: float, partitions: int, consumers: int, rate: int, keys: int, keep: bool
+) -> None:
     """Watch a consumer group lose a member to SIGKILL and lose no message.
 
     Prints a live table, then a verdict from what was really sent and handled:
@@ -355,8 +468,14 @@ def demo(env: Env, duration: float, partitions: int, consumers: int, rate: int, 
     Exits 1 if anything was lost or out of order.
     """
     out = None if env.json else console()
-    opts = {"duration": duration, "partitions": partitions, "consumers": consumers, "rate": rate,
-            "keys": keys, "keep": keep}
+    opts = {
+        "duration": duration,
+        "partitions": partitions,
+        "consumers": consumers,
+        "rate": rate,
+        "keys": keys,
+        "keep": keep,
+    }
 
     async def go() -> dict[str, Any]:
         async with env.admin() as admin:

@@ -20,9 +20,18 @@ MAX_SHOWN = 10_000
 
 def dlq_json(d: DeadLetterRecord, full: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "dead_letter_id": d.dead_letter_id, "topic": d.topic, "partition": d.partition, "id": d.id,
-        "key": d.key, "reason": d.reason, "attempts": d.attempts, "error_type": d.error_type,
-        "error": d.error, "group": d.group, "consumer": d.consumer, "time": d.time,
+        "dead_letter_id": d.dead_letter_id,
+        "topic": d.topic,
+        "partition": d.partition,
+        "id": d.id,
+        "key": d.key,
+        "reason": d.reason,
+        "attempts": d.attempts,
+        "error_type": d.error_type,
+        "error": d.error,
+        "group": d.group,
+        "consumer": d.consumer,
+        "time": d.time,
     }
     if full:
         out.update(headers=d.headers, value=d.value, traceback=d.traceback)
@@ -38,7 +47,9 @@ def _before(entry_id: str) -> str:
     return f"{ms}-{seq - 1}" if seq else f"{ms - 1}-18446744073709551615" if ms else "0-0"
 
 
-async def _find(admin: Admin, topic: str, group: str, ids: tuple[str, ...]) -> list[DeadLetterRecord]:
+async def _find(
+    admin: Admin, topic: str, group: str, ids: tuple[str, ...]
+) -> list[DeadLetterRecord]:
     found = []
     for i in ids:
         page = await admin.dead_letters(topic, group, count=1, after=_before(i))
@@ -72,17 +83,34 @@ def list_(env: Env, topic: str, group: str, count: int, after: str | None) -> No
     async def go() -> tuple[list[DeadLetterRecord], int]:
         async with env.admin() as admin:
             await _check_group(admin, topic, group)
-            return (await admin.dead_letters(topic, group, count=count, after=after),
-                    await admin.count_dead_letters(topic, group))
+            return (
+                await admin.dead_letters(topic, group, count=count, after=after),
+                await admin.count_dead_letters(topic, group),
+            )
 
     page, total = env.run(go())
     if env.json:
         echo_json({"total": total, "dead_letters": [dlq_json(d) for d in page]})
         return
-    rows = [(d.dead_letter_id, d.partition, d.id, text(d.key), d.reason, d.attempts,
-             f"{d.error_type}: {d.error}" if d.error_type else d.error) for d in page]
-    console().print(table(f"{total} dead letter(s) of group {group} on {topic}",
-                          ["dead letter id", "partition", "id", "key", "reason", "attempts", "error"], rows))
+    rows = [
+        (
+            d.dead_letter_id,
+            d.partition,
+            d.id,
+            text(d.key),
+            d.reason,
+            d.attempts,
+            f"{d.error_type}: {d.error}" if d.error_type else d.error,
+        )
+        for d in page
+    ]
+    console().print(
+        table(
+            f"{total} dead letter(s) of group {group} on {topic}",
+            ["dead letter id", "partition", "id", "key", "reason", "attempts", "error"],
+            rows,
+        )
+    )
 
 
 @dlq.command("show")
@@ -113,7 +141,9 @@ def show(env: Env, topic: str, group: str, ids: tuple[str, ...]) -> None:
                 c.print("traceback:")
                 c.print(value, markup=False)
             else:
-                c.print(f"{name}: {value if isinstance(value, str) else dumps(value)}", markup=False)
+                c.print(
+                    f"{name}: {value if isinstance(value, str) else dumps(value)}", markup=False
+                )
     if not found:
         click.echo("no dead letters", err=True)
 
@@ -171,7 +201,9 @@ def delete(env: Env, topic: str, group: str, ids: tuple[str, ...]) -> None:
 def purge(env: Env, topic: str, group: str, yes: bool) -> None:
     """Delete every dead letter of GROUP on TOPIC."""
     if not yes and sys.stdin.isatty():
-        click.confirm(f"delete every dead letter of group {group} on {topic}?", abort=True, err=True)
+        click.confirm(
+            f"delete every dead letter of group {group} on {topic}?", abort=True, err=True
+        )
 
     async def go() -> int:
         async with env.admin() as admin:

@@ -56,8 +56,11 @@ class Env:
         if local_server_answers():
             return LOCAL_URL
         self._server = EmbeddedServer().start()
-        print(f"redcurrent: no --url or REDIS_URL and nothing on localhost:6379; started an embedded "
-              f"server at {self._server.url} (stopped on exit, its data with it)", file=sys.stderr)
+        print(
+            f"redcurrent: no --url or REDIS_URL and nothing on localhost:6379; started an embedded "
+            f"server at {self._server.url} (stopped on exit, its data with it)",
+            file=sys.stderr,
+        )
         return self._server.url
 
     def admin(self) -> Admin:
@@ -87,7 +90,9 @@ async def _until_terminated(coro: Coroutine[Any, Any, T]) -> T:
         terminated.append(True)
         task.cancel()
 
-    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals here (Windows, thread)
+    with contextlib.suppress(
+        NotImplementedError, RuntimeError
+    ):  # no signals here (Windows, thread)
         loop.add_signal_handler(signal.SIGTERM, on_term)
     try:
         return await coro

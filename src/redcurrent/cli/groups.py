@@ -17,14 +17,33 @@ __all__ = ["group_json", "groups"]
 
 def group_json(info: GroupInfo) -> dict[str, Any]:
     return {
-        "topic": info.topic, "group": info.group, "epoch": info.epoch,
-        "lag": info.lag, "pending": info.pending,
-        "members": [{"member_id": m.member_id, "instance_id": m.instance_id, "host": m.host,
-                     "pid": m.pid, "last_heartbeat": m.last_heartbeat, "partitions": list(m.partitions)}
-                    for m in info.members],
+        "topic": info.topic,
+        "group": info.group,
+        "epoch": info.epoch,
+        "lag": info.lag,
+        "pending": info.pending,
+        "members": [
+            {
+                "member_id": m.member_id,
+                "instance_id": m.instance_id,
+                "host": m.host,
+                "pid": m.pid,
+                "last_heartbeat": m.last_heartbeat,
+                "partitions": list(m.partitions),
+            }
+            for m in info.members
+        ],
         "assignment": {m: list(ps) for m, ps in info.assignment.items()},
-        "partitions": [{"partition": p.partition, "owner": p.owner, "pending": p.pending, "lag": p.lag,
-                        "last_delivered_id": p.last_delivered_id} for p in info.partitions],
+        "partitions": [
+            {
+                "partition": p.partition,
+                "owner": p.owner,
+                "pending": p.pending,
+                "lag": p.lag,
+                "last_delivered_id": p.last_delivered_id,
+            }
+            for p in info.partitions
+        ],
     }
 
 
@@ -53,8 +72,18 @@ def list_groups(env: Env, topic: str) -> None:
 
     infos = env.run(go())
     if env.json:
-        echo_json([{"group": i.group, "epoch": i.epoch, "members": len(i.members), "pending": i.pending,
-                    "lag": i.lag} for i in infos])
+        echo_json(
+            [
+                {
+                    "group": i.group,
+                    "epoch": i.epoch,
+                    "members": len(i.members),
+                    "pending": i.pending,
+                    "lag": i.lag,
+                }
+                for i in infos
+            ]
+        )
         return
     if not infos:
         click.echo(f"no groups on topic {topic}")
@@ -80,13 +109,25 @@ def describe_group(env: Env, topic: str, group: str) -> None:
         echo_json(group_json(info))
         return
     c = console()
-    c.print(f"group [bold]{info.group}[/] on topic [bold]{info.topic}[/]  epoch {info.epoch}  "
-            f"members {len(info.members)}  pending {info.pending}  lag {info.lag}")
+    c.print(
+        f"group [bold]{info.group}[/] on topic [bold]{info.topic}[/]  epoch {info.epoch}  "
+        f"members {len(info.members)}  pending {info.pending}  lag {info.lag}"
+    )
     if info.members:
-        rows = [(m.member_id, m.host, m.pid, ",".join(map(str, m.partitions)) or "-",
-                 ago(m.last_heartbeat)) for m in info.members]
+        rows = [
+            (
+                m.member_id,
+                m.host,
+                m.pid,
+                ",".join(map(str, m.partitions)) or "-",
+                ago(m.last_heartbeat),
+            )
+            for m in info.members
+        ]
         c.print(table("members", ["member", "host", "pid", "partitions", "last heartbeat"], rows))
     else:
         c.print("no live members")
     rows2 = [(p.partition, p.owner, p.pending, p.lag, p.last_delivered_id) for p in info.partitions]
-    c.print(table("partitions", ["partition", "owner", "pending", "lag", "last delivered id"], rows2))
+    c.print(
+        table("partitions", ["partition", "owner", "pending", "lag", "last delivered id"], rows2)
+    )

@@ -58,14 +58,30 @@ def console() -> Console:
 
 
 def err_console() -> Console:
-    return Console(stderr=True, width=None if sys.stderr.isatty() else NON_TTY_WIDTH, highlight=False)
+    return Console(
+        stderr=True, width=None if sys.stderr.isatty() else NON_TTY_WIDTH, highlight=False
+    )
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
     t = Table(title=title, title_justify="left", header_style="bold")
     for name in columns:
-        numeric = name in {"partitions", "messages", "length", "pending", "lag", "epoch", "members",
-                           "attempts", "partition", "maxlen", "retention_ms", "pid", "msg/s", "handled"}
+        numeric = name in {
+            "partitions",
+            "messages",
+            "length",
+            "pending",
+            "lag",
+            "epoch",
+            "members",
+            "attempts",
+            "partition",
+            "maxlen",
+            "retention_ms",
+            "pid",
+            "msg/s",
+            "handled",
+        }
         t.add_column(name, justify="right" if numeric else "left", overflow="fold")
     for row in rows:
         t.add_row(*("-" if v is None else str(v) for v in row))

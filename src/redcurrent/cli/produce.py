@@ -46,8 +46,12 @@ class StdinChunks:
     a slow server slows the reader instead of filling memory.
     """
 
-    def __init__(self, read: Callable[[int], bytes], loop: asyncio.AbstractEventLoop,
-                 on_bytes: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        read: Callable[[int], bytes],
+        loop: asyncio.AbstractEventLoop,
+        on_bytes: Callable[[int], None],
+    ) -> None:
         self._read = read
         self._loop = loop
         self._on_bytes = on_bytes
@@ -89,7 +93,9 @@ def _stdin_reader() -> tuple[Callable[[int], bytes], int | None]:
 class Encoder:
     """Line -> Record, per the options; raises ClickException naming the line."""
 
-    def __init__(self, raw: bool, key: str | None, key_field: str | None, headers: dict[str, str]) -> None:
+    def __init__(
+        self, raw: bool, key: str | None, key_field: str | None, headers: dict[str, str]
+    ) -> None:
         self.raw, self.key, self.key_field, self.headers = raw, key, key_field, headers or None
 
     def record(self, line: bytes, lineno: int) -> Record:
@@ -98,11 +104,15 @@ class Encoder:
         try:
             value = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            raise click.ClickException(f"line {lineno}: not valid JSON ({exc}); use --raw for plain text")
+            raise click.ClickException(
+                f"line {lineno}: not valid JSON ({exc}); use --raw for plain text"
+            )
         key = self.key
         if self.key_field is not None:
             if not isinstance(value, dict) or self.key_field not in value:
-                raise click.ClickException(f"line {lineno}: no field {self.key_field!r} for --key-field")
+                raise click.ClickException(
+                    f"line {lineno}: no field {self.key_field!r} for --key-field"
+                )
             found = value[self.key_field]
             key = found if isinstance(found, str) else orjson.dumps(found).decode()
         return Record(value, key=key, headers=self.headers)
@@ -122,12 +132,20 @@ def _file_size(fd: int) -> int | None:
 @click.argument("topic")
 @click.option("--key", "-k", metavar="K", help="Key of every message (picks the partition).")
 @click.option("--key-field", metavar="F", help="Key from this field of each JSON object.")
-@click.option("--header", "-H", "headers", multiple=True, metavar="NAME=VALUE", help="Header; repeatable.")
+@click.option(
+    "--header", "-H", "headers", multiple=True, metavar="NAME=VALUE", help="Header; repeatable."
+)
 @click.option("--raw", is_flag=True, help="Send each line as raw bytes instead of parsing JSON.")
 @json_option
 @pass_env
-def produce(env: Env, topic: str, key: str | None, key_field: str | None, headers: tuple[str, ...],
-            raw: bool) -> None:
+def produce(
+    env: Env,
+    topic: str,
+    key: str | None,
+    key_field: str | None,
+    headers: tuple[str, ...],
+    raw: bool,
+) -> None:
     """Send one message per line of stdin to TOPIC (JSON by default; blank lines are skipped).
 
     \b
@@ -145,16 +163,21 @@ def produce(env: Env, topic: str, key: str | None, key_field: str | None, header
         env.run(_produce(env, topic, encoder, counts))
         ok = True
     except UnknownTopicError:
-        raise click.ClickException(f"unknown topic {topic!r}: create it first with "
-                                   f"'redcurrent topics create {topic} --partitions N'")
+        raise click.ClickException(
+            f"unknown topic {topic!r}: create it first with "
+            f"'redcurrent topics create {topic} --partitions N'"
+        )
     finally:
         if ok or counts:
             _summary(env, topic, counts)
 
 
 def _summary(env: Env, topic: str, counts: Counter[int]) -> None:
-    summary = {"topic": topic, "sent": sum(counts.values()),
-               "partitions": {str(p): n for p, n in sorted(counts.items())}}
+    summary = {
+        "topic": topic,
+        "sent": sum(counts.values()),
+        "partitions": {str(p): n for p, n in sorted(counts.items())},
+    }
     if env.json:
         echo_json(summary)
     else:
@@ -164,9 +187,15 @@ def _summary(env: Env, topic: str, counts: Counter[int]) -> None:
 
 async def _produce(env: Env, topic: str, encoder: Encoder, counts: Counter[int]) -> None:
     read, size = _stdin_reader()
-    progress = Progress(TextColumn("producing"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                        console=err_console(), transient=True,
-                        disable=size is None or not sys.stderr.isatty())
+    progress = Progress(
+        TextColumn("producing"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=err_console(),
+        transient=True,
+        disable=size is None or not sys.stderr.isatty(),
+    )
     task = progress.add_task("stdin", total=size)
     reader = StdinChunks(read, asyncio.get_running_loop(), lambda n: progress.advance(task, n))
     async with Producer(env.url, namespace=env.namespace, auto_create_topics=False) as producer:
@@ -176,8 +205,9 @@ async def _produce(env: Env, topic: str, encoder: Encoder, counts: Counter[int])
             await _pump(producer, topic, reader, encoder, counts)
 
 
-async def _pump(producer: Producer, topic: str, reader: StdinChunks, encoder: Encoder,
-                counts: Counter[int]) -> None:
+async def _pump(
+    producer: Producer, topic: str, reader: StdinChunks, encoder: Encoder, counts: Counter[int]
+) -> None:
     lineno = 0
     while (chunk := await reader.queue.get()) is not None:
         if isinstance(chunk, BaseException):
@@ -199,5 +229,3 @@ async def _pump(producer: Producer, topic: str, reader: StdinChunks, encoder: En
                 counts[meta.partition] += 1
         if error is not None:
             raise error
-
-

@@ -18,12 +18,26 @@ __all__ = ["topic_json", "topics"]
 def topic_json(info: TopicInfo) -> dict[str, Any]:
     cfg = info.config
     return {
-        "name": info.name, "partitions": info.partitions, "version": info.version,
-        "created_at": info.created_at, "length": info.length,
-        "config": {"maxlen": cfg.maxlen, "retention_ms": cfg.retention_ms, "ttl_ms": cfg.ttl_ms,
-                   "dead_letter_expired": cfg.dead_letter_expired},
-        "partition_info": [{"partition": p.partition, "length": p.length, "first_id": p.first_id,
-                            "last_id": p.last_id} for p in info.partition_info],
+        "name": info.name,
+        "partitions": info.partitions,
+        "version": info.version,
+        "created_at": info.created_at,
+        "length": info.length,
+        "config": {
+            "maxlen": cfg.maxlen,
+            "retention_ms": cfg.retention_ms,
+            "ttl_ms": cfg.ttl_ms,
+            "dead_letter_expired": cfg.dead_letter_expired,
+        },
+        "partition_info": [
+            {
+                "partition": p.partition,
+                "length": p.length,
+                "first_id": p.first_id,
+                "last_id": p.last_id,
+            }
+            for p in info.partition_info
+        ],
     }
 
 
@@ -56,7 +70,9 @@ def list_topics(env: Env) -> None:
         click.echo(f"no topics in namespace {env.namespace!r}")
         return
     rows = [(i.name, i.partitions, i.length, i.config.maxlen, i.config.retention_ms) for i in infos]
-    console().print(table(None, ["topic", "partitions", "messages", "maxlen", "retention_ms"], rows))
+    console().print(
+        table(None, ["topic", "partitions", "messages", "maxlen", "retention_ms"], rows)
+    )
 
 
 @topics.command("create")
@@ -68,14 +84,27 @@ def list_topics(env: Env) -> None:
 @click.option("--if-not-exists", is_flag=True, help="Succeed if the topic already exists.")
 @json_option
 @pass_env
-def create(env: Env, name: str, partitions: int, maxlen: int | None, retention_ms: int | None,
-           ttl: float | None, if_not_exists: bool) -> None:
+def create(
+    env: Env,
+    name: str,
+    partitions: int,
+    maxlen: int | None,
+    retention_ms: int | None,
+    ttl: float | None,
+    if_not_exists: bool,
+) -> None:
     """Create topic NAME."""
 
     async def go() -> TopicInfo:
         async with env.admin() as admin:
-            return await admin.create_topic(name, partitions, maxlen=maxlen, retention_ms=retention_ms,
-                                            ttl=ttl, exist_ok=if_not_exists)
+            return await admin.create_topic(
+                name,
+                partitions,
+                maxlen=maxlen,
+                retention_ms=retention_ms,
+                ttl=ttl,
+                exist_ok=if_not_exists,
+            )
 
     info = env.run(go())
     if env.json:
@@ -102,10 +131,14 @@ def describe(env: Env, name: str) -> None:
         return
     cfg = info.config
     c = console()
-    c.print(f"topic [bold]{info.name}[/]  partitions {info.partitions}  messages {info.length}  "
-            f"version {info.version}")
-    c.print(f"config: maxlen={cfg.maxlen} retention_ms={cfg.retention_ms} ttl_ms={cfg.ttl_ms} "
-            f"dead_letter_expired={cfg.dead_letter_expired}")
+    c.print(
+        f"topic [bold]{info.name}[/]  partitions {info.partitions}  messages {info.length}  "
+        f"version {info.version}"
+    )
+    c.print(
+        f"config: maxlen={cfg.maxlen} retention_ms={cfg.retention_ms} ttl_ms={cfg.ttl_ms} "
+        f"dead_letter_expired={cfg.dead_letter_expired}"
+    )
     c.print(f"groups: {', '.join(group_names) or '-'}")
     rows = [(p.partition, p.length, p.first_id, p.last_id) for p in info.partition_info]
     c.print(table(None, ["partition", "length", "first id", "last id"], rows))
@@ -113,7 +146,9 @@ def describe(env: Env, name: str) -> None:
 
 @topics.command("alter", short_help="Grow a topic's partition count.")
 @click.argument("name")
-@click.option("--partitions", "-p", type=int, required=True, help="New partition count (only grows).")
+@click.option(
+    "--partitions", "-p", type=int, required=True, help="New partition count (only grows)."
+)
 @json_option
 @pass_env
 def alter(env: Env, name: str, partitions: int) -> None:
@@ -135,8 +170,11 @@ def alter(env: Env, name: str, partitions: int) -> None:
 @click.argument("name")
 @click.option("--maxlen", type=int, help="Keep at most about this many entries per partition.")
 @click.option("--retention-ms", type=int, help="Remove entries older than this.")
-@click.option("--unsafe", is_flag=True,
-              help="Apply the retention even to entries a group has not acked yet (they are lost).")
+@click.option(
+    "--unsafe",
+    is_flag=True,
+    help="Apply the retention even to entries a group has not acked yet (they are lost).",
+)
 @json_option
 @pass_env
 def trim(env: Env, name: str, maxlen: int | None, retention_ms: int | None, unsafe: bool) -> None:
@@ -173,5 +211,3 @@ def delete(env: Env, name: str) -> None:
         echo_json({"topic": name, "deleted": True})
     else:
         click.echo(f"deleted topic {name}")
-
-

@@ -36,7 +36,14 @@ class Handled:
 
     @classmethod
     def from_log(cls, rec: Mapping[str, Any]) -> Handled:
-        return cls(int(rec["t"]), str(rec["c"]), int(rec["p"]), str(rec["id"]), str(rec["k"]), int(rec["s"]))
+        return cls(
+            int(rec["t"]),
+            str(rec["c"]),
+            int(rec["p"]),
+            str(rec["id"]),
+            str(rec["k"]),
+            int(rec["s"]),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,17 +86,26 @@ def verdict(sent: Mapping[tuple[str, int], str], handled: list[Handled]) -> Verd
     unexpected = [h for h in handled if sent.get((h.key, h.seq)) != h.entry_id]
     lost = [ks for ks in sent if ks not in times]
     violations = order_violations(handled)
-    examples = ([f"lost: key {k} seq {s}" for k, s in lost[:3]] + violations[:3]
-                + [f"unexpected: key {h.key} seq {h.seq} id {h.entry_id}" for h in unexpected[:3]])
+    examples = (
+        [f"lost: key {k} seq {s}" for k, s in lost[:3]]
+        + violations[:3]
+        + [f"unexpected: key {h.key} seq {h.seq} id {h.entry_id}" for h in unexpected[:3]]
+    )
     return Verdict(
-        produced=len(sent), consumed=sum(1 for ks in times if ks in sent), deliveries=len(handled),
-        lost=len(lost), duplicated=sum(n - 1 for n in times.values()),
-        order_violations=len(violations), unexpected=len(unexpected), examples=tuple(examples),
+        produced=len(sent),
+        consumed=sum(1 for ks in times if ks in sent),
+        deliveries=len(handled),
+        lost=len(lost),
+        duplicated=sum(n - 1 for n in times.values()),
+        order_violations=len(violations),
+        unexpected=len(unexpected),
+        examples=tuple(examples),
     )
 
 
-def recovery_seconds(handled: Iterable[Handled], killed: str, partitions: Iterable[int],
-                     kill_ns: int) -> float | None:
+def recovery_seconds(
+    handled: Iterable[Handled], killed: str, partitions: Iterable[int], kill_ns: int
+) -> float | None:
     """From the SIGKILL until every partition the victim owned was handled again by a survivor.
 
     None when one of them saw no message afterwards (nothing to prove recovery with)."""

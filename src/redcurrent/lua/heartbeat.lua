@@ -32,7 +32,7 @@ local rearmed = 0
 if last_tick and now - last_tick > math.max(session / 2, 3 * hb) then
   local all = redis.call('ZRANGE', deadlines, 0, -1)
   for _, m in ipairs(all) do redis.call('ZADD', deadlines, now + session, m) end
-  rearmed = 1
+  if #all > 0 then rearmed = 1 end  -- an empty group has nobody to spare: not a gap
 end
 redis.call('HSET', state, 'last_tick', now)
 
