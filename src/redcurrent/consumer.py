@@ -128,6 +128,7 @@ class Consumer:
         self._stopped = asyncio.Event()
         self._state = "new"
         self._lock = asyncio.Lock()
+        self._error: BaseException | None = None
 
     def __repr__(self) -> str:
         return f"<Consumer group={self.group!r} topics={list(self.topics)} member={self.member_id!r} {self._state}>"
@@ -180,11 +181,22 @@ class Consumer:
         )
         self._coord = Coordinator(client, opt, self.topics, self.member_id, self.instance_id,
                                   self._ctx, self._listeners)
+        self._coord._on_fatal = self._fatal
         try:
             await self._coord.start()
         except Exception as exc:
             await self._coord.abort()
             raise translate(exc, "joining the group") from None
+
+    def _fatal(self, exc: BaseException) -> None:
+        """The coordinator cannot go on (this member id was taken over): end consuming."""
+        self._error = exc
+        self._queue.put_nowait(None)
+        self._stopped.set()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
 
     async def stop(self) -> None:
         """Graceful stop: finish in-flight, ack, release partitions, leave the group.
@@ -245,6 +257,7 @@ class Consumer:
             await self.start()
         self._use("process", EachDispatcher(handler, self._policy))
         await self._stopped.wait()
+        self._raise_if_failed()
 
     async def process_batch(self, handler: Callable[[list[Message]], Awaitable[Any]]) -> None:
         """Call ``await handler(msgs)`` with batches of one partition, in order; ack them together."""
@@ -254,6 +267,7 @@ class Consumer:
             await self.start()
         self._use("process_batch", BatchDispatcher(handler, self._policy))
         await self._stopped.wait()
+        self._raise_if_failed()
 
     def __aiter__(self) -> Consumer:
         return self
@@ -272,6 +286,7 @@ class Consumer:
             slot = await self._queue.get()
             if slot is None:
                 self._queue.put_nowait(None)  # wake every other waiter too
+                self._raise_if_failed()
                 raise StopAsyncIteration
             if slot.done.done() or slot.fetcher.stopping:
                 continue  # its partition was revoked before we got to it: not ours to hand out

@@ -25,7 +25,7 @@ import orjson
 
 from . import scripts
 from .config import ConsumerOptions
-from .errors import translate
+from .errors import FencedError, translate
 from .fetcher import FetchContext, PartitionFetcher
 from .structs import TopicPartition
 
@@ -85,6 +85,8 @@ class Coordinator:
         self._retry_at = 0.0
         self._rejoining = False
         self._last_beat_ok = False
+        self.fatal: BaseException | None = None
+        self._on_fatal: Callable[[BaseException], None] | None = None
         self.errors: list[BaseException] = []
 
     # -- lifecycle --
@@ -129,7 +131,7 @@ class Coordinator:
     # -- heartbeat --
     async def _heartbeat_loop(self) -> None:
         interval = self._opt.heartbeat_interval
-        while True:
+        while self.fatal is None:
             started = time.monotonic()
             try:
                 await self._heartbeat_once()
@@ -200,6 +202,19 @@ class Coordinator:
                 log.info("%s: epoch %d, assigned %s", topic, epoch, sorted(target))
             st.epoch, st.partitions, st.created, st.target, st.op = epoch, parts, created, target, "beat"
             return changed
+        if status == b"FENCED" and b"replaced" in reply[1]:
+            # Static membership: a newer process took this member id over. Like Kafka's
+            # fenced instance id, this one must stop, not fight it for the partitions.
+            log.error("%s: %s; this consumer stops", topic, reply[1].decode())
+            self._lose(list(self.fetchers))
+            self.fatal = FencedError(
+                f"member {self.member_id!r} was taken over by a newer instance; "
+                "give each running consumer its own member_id"
+            )
+            self._stopping = True
+            if self._on_fatal is not None:
+                self._on_fatal(self.fatal)
+            return False
         if status == b"FENCED":
             log.error("%s: %s; dropping its partitions and rejoining", topic, reply[1].decode())
             self._lose([tp for tp in self.fetchers if tp.topic == topic], release=True)
@@ -217,12 +232,12 @@ class Coordinator:
         for (tp, f), reply in zip(owned, replies, strict=True):
             if isinstance(reply, Exception):
                 raise reply
-            if self.fetchers.get(tp) is not f:
-                continue  # revoked or lost meanwhile
+            if self.fetchers.get(tp) is not f or f.stopping or self._stopping:
+                continue  # being revoked or released: its key may be gone on purpose
             if reply == b"FENCED":
-                self._lose([tp])
+                self.on_fenced(tp)
                 ok = False
-            elif reply == b"ABSENT":
+            elif reply == b"ABSENT" and tp.partition in self.state[tp.topic].target:
                 # Our key expired while Redis was away (restart, pause): nobody else
                 # holds it and the coordinator still assigns it to us. Claim it back.
                 ok = await self._reclaim(tp, f) and ok
@@ -233,7 +248,7 @@ class Coordinator:
         if reply[0] == b"OK":
             log.warning("%s[%d]: owner key had expired; reclaimed it", tp.topic, tp.partition)
             return True
-        self._lose([tp])
+        self.on_fenced(tp)
         return False
 
     def _info(self) -> str:

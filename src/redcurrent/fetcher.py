@@ -144,8 +144,10 @@ class PartitionFetcher:
         task = self._task
         if task is None or task.done():
             return
-        if not self._busy:
+        while not self._busy and not task.done():
+            # Nothing in hand: cancel now, and again if a library swallowed it.
             task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
         done, _ = await asyncio.wait({task}, timeout=timeout)
         if not done:
             log.warning("%r: in-flight handling exceeded %.1fs; cancelling it", self, timeout)
@@ -211,9 +213,9 @@ class PartitionFetcher:
         if self._idle_at is not None and not self.acks:
             # Drained: only the read-only blocking read until something new arrives,
             # so an idle partition costs Redis one XREAD per block period, nothing more.
-            if not await self._wait(self._idle_at):
-                return
-            self._idle_at = None
+            if await self._wait(self._idle_at):
+                self._idle_at = None
+            return  # the next step re-checks pause, lease and stop before fetching
         want = await self.ctx.credits.take(self.ctx.batch_size)
         try:
             reply = await self._fetch(want)

@@ -252,11 +252,6 @@ def _id_key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: pause() does not stop a partition blocked in its idle XREAD: when data arrives "
-    "fetcher.py _step goes from _wait() straight to the fetch without re-checking _resumed",
-)
 async def test_pause_stops_fetching_one_partition_and_resume_continues_it(
     redis_url: str, namespace: str, producer: Producer
 ) -> None:
@@ -362,13 +357,6 @@ async def test_graceful_stop_moves_partitions_to_the_survivor_within_2s_without_
     await scenarios.graceful_stop_hands_over_within_2s_without_duplicates(redis_url, namespace, r)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: fetcher.py PartitionFetcher.stop() cancels an idle fetcher once; when redis-py "
-    "swallows that cancellation (asyncio.wait_for in send_packed_command, Python 3.11) the "
-    "fetcher goes on into its 2 s blocking XREAD, so a graceful stop with nothing in flight "
-    "takes the whole block period (or the rebalance timeout)",
-)
 async def test_graceful_stop_with_nothing_in_flight_returns_at_once(
     redis_url: str, namespace: str, producer: Producer
 ) -> None:
@@ -387,12 +375,6 @@ async def test_graceful_stop_with_nothing_in_flight_returns_at_once(
         assert took[-1] < 0.5, f"stop #{i} took {took[-1]:.2f}s with nothing in flight: {took}"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: a heartbeat refresh that races a graceful release finds the "
-    "owner key ABSENT and reclaims the partition being given up (coordinator.py _refresh/"
-    "_reclaim)",
-)
 async def test_graceful_stop_leaves_no_owner_key_behind(
     redis_url: str, namespace: str, r: redis.asyncio.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -531,12 +513,6 @@ async def test_static_member_restarted_with_the_same_id_gets_its_partitions_back
         await stop_all((b, tb), *([(a2, t2)] if a2 is not None else []))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: two live instances of one static member fence each other in turn forever: the "
-    "replaced instance rejoins (heartbeat.lua op=join overwrites the members entry) and takes the "
-    "owner keys back (claim.lua accepts any instance of the member), so ownership flaps every beat",
-)
 async def test_a_new_instance_of_a_static_member_fences_the_old_one_for_good(
     redis_url: str, namespace: str, r: redis.asyncio.Redis
 ) -> None:
@@ -625,12 +601,6 @@ async def test_fenced_consumer_claims_its_partition_again_once_the_other_owner_i
         await stop_all((c, task))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG: when the heartbeat's owner-key refresh says FENCED, the partition is dropped "
-    "(coordinator.py _refreshed -> _lose) but never claimed again although the coordinator "
-    "still assigns it: nobody consumes it until the next epoch",
-)
 async def test_consumer_fenced_by_its_refresh_claims_its_partition_again_once_it_is_free(
     redis_url: str, namespace: str, r: redis.asyncio.Redis, producer: Producer
 ) -> None:
