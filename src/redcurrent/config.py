@@ -40,7 +40,7 @@ def check_ttl_ms(ttl: object) -> int:
     """A TTL in seconds, validated, as ms (ConfigError unless 0 < ttl <= 100 years)."""
     if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl) \
             or not 0 < ttl <= MAX_TTL_S:
-        raise ConfigError(f"ttl must be a number of seconds between 0 and {MAX_TTL_S:.0f}, got {ttl!r}")
+        raise ConfigError(f"ttl must be a positive number of seconds, at most {MAX_TTL_S:.0f} (100 years), got {ttl!r}")
     return max(1, int(ttl * 1000))
 
 

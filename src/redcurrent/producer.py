@@ -140,7 +140,7 @@ class Producer:
         if partition is not None and (isinstance(partition, bool) or not isinstance(partition, int)):
             raise TypeError(f"partition must be an int, not {type(partition).__name__}")
         if isinstance(partition, int) and partition < 0:
-            raise InvalidPartitionsError(f"partition must be >= 0, got {partition}")
+            raise InvalidPartitionsError(f"partition {partition} is out of range: partitions are numbered from 0")
 
     async def send(
         self,

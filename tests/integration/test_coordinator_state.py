@@ -128,7 +128,8 @@ class CoordinatorMachine(RuleBasedStateMachine):
         return reply
 
     def _predict(self, op: str, member: str, instance: str) -> tuple[str, bool, int]:
-        rearmed = 1 if self.gap_pending else 0
+        # An empty group has no deadline to re-arm: that is not reported as a gap.
+        rearmed = 1 if self.gap_pending and self.registry else 0
         if self.gap_pending:  # every deadline re-armed: the "crashed" live again
             self.crashed.clear()
             self.gap_pending = False

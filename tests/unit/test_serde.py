@@ -208,9 +208,12 @@ def test_serializer_must_return_bytes() -> None:
         encode_value({"a": 1}, lambda v: "text")  # type: ignore[arg-type, return-value]
 
 
-def test_nan_is_not_an_error_but_null() -> None:
-    # orjson's documented behaviour, pinned so a change of JSON library is noticed
-    assert encode_value(math.nan, None) == (b"json", b"null")
+def test_nan_and_infinities_are_refused_rather_than_stored_as_null() -> None:
+    # orjson writes them as null; a value must never change silently on the way
+    for bad in (math.nan, math.inf, -math.inf, {"x": [1.0, math.nan]}):
+        with pytest.raises(SerializationError):
+            encode_value(bad, None)
+    assert encode_value(None, None) == (b"json", b"null")
 
 
 # ----------------------------------------------------------------------------- decode errors
@@ -235,7 +238,8 @@ def corrupt(**changes: Any) -> list[Any]:
         ({"f": b"1j"}, "unknown format"),
         ({"f": b"1jsx"}, "unknown format"),
         ({"f": b""}, "missing format field: not a redcurrent entry"),
-        ({"f": b"-"}, "trimmed"),
+        ({"f": 0}, "trimmed"),  # the fetch script's integer marker for a deleted entry
+        ({"f": b"-"}, "unknown format"),  # a foreign "-" is not mistaken for it
         ({"v": b"{not json"}, "JSONDecodeError"),
         ({"v": b""}, "JSONDecodeError"),
         ({"f": b"1ps"}, "unknown value codec 'p'"),
