@@ -6,13 +6,12 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Iterable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from . import dlq, offsets, topics
 from . import groups as groups_mod
 from .config import DEFAULT_NAMESPACE, check_bool, check_ttl_ms
-from .connection import Client, Connection, connect
+from .connection import Client, Connection, Lifecycle, connect
 from .errors import ConfigError, GroupError, UnknownGroupError, UnknownTopicError, translate
 from .keys import Keys, validate_name
 from .structs import GroupInfo, PartitionInfo, TopicConfig, TopicInfo
@@ -22,7 +21,7 @@ __all__ = ["Admin"]
 log = logging.getLogger(__name__)
 
 
-class Admin:
+class Admin(Lifecycle):
     """Create, inspect, grow and delete topics; inspect groups.
 
     Example::
@@ -43,15 +42,6 @@ class Admin:
 
     def __repr__(self) -> str:
         return f"<Admin namespace={self._keys.namespace!r}>"
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
     async def start(self) -> None:
         """Connect (``async with`` does it for you)."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from typing import TypeAlias
+from types import TracebackType
+from typing import Self, TypeAlias
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline as _Pipeline
@@ -20,7 +21,7 @@ from redis.backoff import NoBackoff
 
 from .errors import ConfigError, RedcurrentError, translate
 
-__all__ = ["Capabilities", "Client", "Connection", "Pipeline", "connect", "default_url"]
+__all__ = ["Capabilities", "Client", "Connection", "Lifecycle", "Pipeline", "connect", "default_url"]
 
 Client: TypeAlias = "Redis | RedisCluster"
 Pipeline: TypeAlias = "_Pipeline | ClusterPipeline"
@@ -67,6 +68,25 @@ class Connection:
     def __repr__(self) -> str:  # never the URL: it may carry a password
         kind = "cluster" if self.caps.is_cluster else "single"
         return f"<Connection {self.caps.server} {'.'.join(map(str, self.caps.version))} {kind}>"
+
+
+class Lifecycle:
+    """``async with``: :meth:`start` on entry, :meth:`close` on exit (Producer, Consumer, Admin)."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
 
 
 def default_url() -> str:

@@ -8,12 +8,11 @@ import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 from . import topics as topics_mod
 from .config import DEFAULT_NAMESPACE, ConsumerOptions
-from .connection import Client, Connection, connect
+from .connection import Client, Connection, Lifecycle, connect
 from .coordinator import Coordinator, Listener
 from .deadletter import DeadLetterWriter
 from .errors import ConfigError, ConsumerStoppedError, FencedError, translate
@@ -29,7 +28,7 @@ __all__ = ["Consumer"]
 log = logging.getLogger(__name__)
 
 
-class Consumer:
+class Consumer(Lifecycle):
     """A member of consumer group ``group`` on ``topics``.
 
     Partitions are spread over the group's live members by a coordinator in Redis;
@@ -132,15 +131,6 @@ class Consumer:
 
     def __repr__(self) -> str:
         return f"<Consumer group={self.group!r} topics={list(self.topics)} member={self.member_id!r} {self._state}>"
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # -- lifecycle --
     async def start(self) -> None:
@@ -357,21 +347,20 @@ class Consumer:
 
     def pause(self, *partitions: TopicPartition | Iterable[TopicPartition]) -> None:
         """Stop fetching from ``partitions`` (they stay assigned; other partitions go on)."""
-        for tp in _flatten(partitions):
-            if self._coord is not None:
-                self._coord.paused.add(tp)
-                f = self._coord.fetchers.get(tp)
-                if f is not None:
-                    f.pause()
+        self._set_paused(_flatten(partitions), True)
 
     def resume(self, *partitions: TopicPartition | Iterable[TopicPartition]) -> None:
         """Fetch from paused ``partitions`` again."""
-        for tp in _flatten(partitions):
-            if self._coord is not None:
-                self._coord.paused.discard(tp)
-                f = self._coord.fetchers.get(tp)
-                if f is not None:
-                    f.resume()
+        self._set_paused(_flatten(partitions), False)
+
+    def _set_paused(self, partitions: list[TopicPartition], paused: bool) -> None:
+        if self._coord is None:
+            return
+        for tp in partitions:
+            (self._coord.paused.add if paused else self._coord.paused.discard)(tp)
+            f = self._coord.fetchers.get(tp)
+            if f is not None:
+                f.pause() if paused else f.resume()
 
     def paused(self) -> set[TopicPartition]:
         return set(self._coord.paused) if self._coord else set()

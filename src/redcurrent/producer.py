@@ -6,13 +6,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 from . import topics
 from .accumulator import Accumulator
 from .config import DEFAULT_NAMESPACE, MiB, ProducerOptions, check_ttl_ms
-from .connection import Client, Connection, connect
+from .connection import Client, Connection, Lifecycle, connect
 from .errors import (
     ConfigError,
     InvalidPartitionsError,
@@ -39,7 +38,7 @@ __all__ = ["Producer"]
 log = logging.getLogger(__name__)
 
 
-class Producer:
+class Producer(Lifecycle):
     """Sends keyed messages to topics; concurrent sends coalesce into few round trips.
 
     Example::
@@ -102,15 +101,6 @@ class Producer:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._acc else "new"
         return f"<Producer namespace={self._opt.keys.namespace!r} {state}>"
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
     async def start(self) -> None:
         """Connect and start the sender. ``async with`` calls it; ``send`` does too if needed."""
