@@ -8,6 +8,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
+import mmh3
+
 from . import topics
 from .accumulator import Accumulator
 from .config import DEFAULT_NAMESPACE, MiB, ProducerOptions, check_ttl_ms
@@ -34,6 +36,8 @@ from .serde import (
 from .structs import Record, RecordMetadata
 
 __all__ = ["Producer"]
+
+_murmur = mmh3.hash  # murmur3_32, bound once: this runs per record
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +158,7 @@ class Producer(Lifecycle):
             self._encode(topic, value, key, headers, ttl)
             n = await self._resolve(topic)
         record, nbytes = self._encode(topic, value, key, headers, ttl)
-        return await acc.append(topic, self._choose(topic, n, key, partition), record, nbytes)
+        return await acc.append(topic, self._choose(topic, n, key, partition, record[1]), record, nbytes)
 
     async def send_batch(
         self, topic: str, records: Iterable[Record | Any]
@@ -185,7 +189,7 @@ class Producer(Lifecycle):
             if not isinstance(rec, Record):
                 rec = Record(rec)
             encoded = encode(topic, rec.value, rec.key, rec.headers, rec.ttl)
-            p = choose(topic, n, rec.key, rec.partition)
+            p = choose(topic, n, rec.key, rec.partition, encoded[0][1])
             slot = by_partition.get(p)
             if slot is None:
                 slot = by_partition[p] = ([], [])
@@ -267,7 +271,7 @@ class Producer(Lifecycle):
         header = RECORD_HEADER.pack(kt, codec, len(kb), len(data), len(hb), len(expiry))
         return (header, kb, data, hb, expiry), nbytes
 
-    def _choose(self, topic: str, n: int, key: object, partition: int | None) -> int:
+    def _choose(self, topic: str, n: int, key: object, partition: int | None, kb: bytes | None = None) -> int:
         if partition is not None:
             if isinstance(partition, bool) or not isinstance(partition, int):
                 raise TypeError(f"partition must be an int, not {type(partition).__name__}")
@@ -278,6 +282,8 @@ class Producer(Lifecycle):
             return partition
         if key is None:
             return self._sticky.partition(topic, n)
+        if kb is not None:  # the key's bytes, already encoded by _encode
+            return int(_murmur(kb, 0, False)) % n
         return partition_for_key(key, n)  # type: ignore[arg-type]
 
     async def _resolve(self, topic: str) -> int:

@@ -41,13 +41,19 @@ local pos, n = 1, 0
 while pos <= #blob do
   local kt, codec, klen, vlen, hlen, xlen, p = struct.unpack('>BBI4I4I4B', blob, pos)
   local vs = p + klen
-  local f = {'f', FMT[codec * 3 + kt], 'v', string.sub(blob, vs, vs + vlen - 1)}
-  if kt ~= 0 then f[5] = 'k'; f[6] = string.sub(blob, p, vs - 1) end
   local hs = vs + vlen
-  if hlen > 0 then f[#f + 1] = 'h'; f[#f + 1] = string.sub(blob, hs, hs + hlen - 1) end
-  if xlen > 0 then f[#f + 1] = 'x'; f[#f + 1] = string.sub(blob, hs + hlen, hs + hlen + xlen - 1) end
   n = n + 1
-  ids[n] = redis.call('XADD', stream, '*', unpack(f))
+  if hlen == 0 and xlen == 0 and kt ~= 0 then
+    -- the common record (a key, no headers, no TTL): no table to build and unpack
+    ids[n] = redis.call('XADD', stream, '*', 'f', FMT[codec * 3 + kt],
+      'v', string.sub(blob, vs, hs - 1), 'k', string.sub(blob, p, vs - 1))
+  else
+    local f = {'f', FMT[codec * 3 + kt], 'v', string.sub(blob, vs, hs - 1)}
+    if kt ~= 0 then f[5] = 'k'; f[6] = string.sub(blob, p, vs - 1) end
+    if hlen > 0 then f[#f + 1] = 'h'; f[#f + 1] = string.sub(blob, hs, hs + hlen - 1) end
+    if xlen > 0 then f[#f + 1] = 'x'; f[#f + 1] = string.sub(blob, hs + hlen, hs + hlen + xlen - 1) end
+    ids[n] = redis.call('XADD', stream, '*', unpack(f))
+  end
   pos = hs + hlen + xlen
 end
 if ARGV[1] ~= '' then redis.call('XTRIM', stream, 'MAXLEN', '~', ARGV[1]) end
