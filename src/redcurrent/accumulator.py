@@ -81,6 +81,7 @@ class Accumulator:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.stats: dict[str, int] = {"sent": 0, "bytes": 0, "errors": 0, "batches": 0, "retries": 0}
+        self.on_version: Callable[[str, int], None] | None = None  # growth notification
 
     @property
     def producer_id(self) -> str:
@@ -254,6 +255,7 @@ class Accumulator:
             stream_keys = [
                 keys.stream(b.topic, b.partition),
                 keys.producer_seq(b.topic, b.partition, pid or "-"),
+                keys.topic_version(b.topic, b.partition),
             ]
             calls.append(scripts.Call(_PRODUCE, stream_keys, [*head, b"".join(b.args)]))
         return calls
@@ -309,6 +311,8 @@ class Accumulator:
             return
         ids = [i.decode() for i in result[1]]
         topic, partition = batch.topic, batch.partition
+        if len(result) > 2 and result[2] and self.on_version is not None:
+            self.on_version(topic, int(result[2]))
         self.stats["sent"] += len(batch.futures)
         self.stats["bytes"] += batch.size
         self.stats["batches"] += 1

@@ -13,6 +13,8 @@ Key map (``ns`` is the namespace, default ``rc``; ``{…}`` is a Redis Cluster h
     ns:{T:P}:owner:G                  string owner token of partition P for group G (fence)
     ns:{T:P}:pseq:PID                 string idempotent-producer sequence for producer PID
     ns:{T:P}:requeued:G               set    dead-letter ids of G already requeued here
+    ns:{T:P}:version                  string the topic metadata version, as this partition
+                                             last heard it (growth notification for producers)
 
 Topic-level and coordination keys share the tag ``{T}``; partition-level keys share the
 tag ``{T:P}``. No script and no MULTI touches two tags, so everything runs unchanged
@@ -111,6 +113,9 @@ class Keys:
 
     def producer_seq(self, topic: str, partition: int, producer_id: str) -> str:
         return f"{self.namespace}:{{{topic}:{partition}}}:pseq:{producer_id}"
+
+    def topic_version(self, topic: str, partition: int) -> str:
+        return f"{self.namespace}:{{{topic}:{partition}}}:version"
 
     def requeued(self, topic: str, partition: int, group: str) -> str:
         return f"{self.namespace}:{{{topic}:{partition}}}:requeued:{group}"

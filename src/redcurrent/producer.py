@@ -101,6 +101,7 @@ class Producer(Lifecycle):
         self._closed = False
         self._start_lock = asyncio.Lock()
         self._resolving: dict[str, asyncio.Future[int]] = {}
+        self._refresh_now: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._acc else "new"
@@ -121,6 +122,7 @@ class Producer(Lifecycle):
                     "Cluster use acks='leader' (WAIT cannot follow writes spread over nodes)"
                 )
             self._acc = Accumulator(self._conn, self._opt, self._topic_config)
+            self._acc.on_version = self._version_seen
             self._acc.start()
             self._refresher = asyncio.create_task(self._refresh_loop(), name="redcurrent-metadata")
 
@@ -221,9 +223,10 @@ class Producer(Lifecycle):
             except TimeoutError:
                 log.warning("producer closed with unsent records after %ss", self._opt.request_timeout)
             await self._acc.close()
-        if self._refresher is not None:
-            self._refresher.cancel()
-            await asyncio.gather(self._refresher, return_exceptions=True)
+        for task in (self._refresher, self._refresh_now):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._conn is not None:
             await self._conn.close()
 
@@ -337,6 +340,20 @@ class Producer(Lifecycle):
                 await self._refresh_once()
             except Exception as exc:  # the next round tries again; sends do not depend on it
                 log.debug("metadata refresh failed: %s", translate(exc, "metadata refresh"))
+
+    def _version_seen(self, topic: str, version: int) -> None:
+        """A produce reply carried the topic's metadata version: refresh now if it is newer."""
+        meta = self._meta.get(topic)
+        if meta is not None and version > meta.version and self._refresh_now is None:
+            self._refresh_now = asyncio.ensure_future(self._refresh_soon())
+
+    async def _refresh_soon(self) -> None:
+        try:
+            await self._refresh_once()
+        except Exception as exc:  # the periodic refresh is the fallback
+            log.debug("metadata refresh failed: %s", translate(exc, "metadata refresh"))
+        finally:
+            self._refresh_now = None
 
     async def _refresh_once(self) -> None:
         assert self._conn is not None

@@ -134,11 +134,21 @@ async def alter_partitions(client: Client, keys: Keys, name: str, new_count: int
         # Design §9 "growth": groups on new partitions start at 0, so nothing written
         # before consumers noticed the growth is skipped.
         await ensure_groups(client, keys, name, range(old, new_count), groups, "0")
+        await notify_version(client, keys, name, old, int(reply[3]))
         log.info("grew topic %s from %d to %d partitions", name, old, new_count)
     meta = await read_meta(client, keys, name)
     if meta is None:
         raise UnknownTopicError(f"unknown topic {name!r}")
     return meta
+
+
+async def notify_version(client: Client, keys: Keys, topic: str, partitions: int, version: int) -> None:
+    """Leave the new metadata version in every old partition's slot: the produce script
+    returns it, so producers learn of growth on their next batch, on one node or a cluster."""
+    pipe = client.pipeline(transaction=False)
+    for p in range(partitions):
+        pipe.set(keys.topic_version(topic, p), version)
+    await pipe.execute()
 
 
 async def ensure_groups(

@@ -687,3 +687,28 @@ def test_bad_options_fail_fast() -> None:
             Producer("redis://localhost:1", **options)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="serializer must be a callable"):
         Producer("redis://localhost:1", serializer=b"nope")  # type: ignore[arg-type]
+
+
+async def test_growth_reaches_a_producer_through_its_next_batch_not_only_the_periodic_refresh(
+    redis_url: str, namespace: str
+) -> None:
+    """alter_partitions leaves the new metadata version in every partition slot; the
+    produce script hands it back, so a producer with a slow periodic refresh still
+    uses the new partitions almost at once."""
+    import time
+
+    from redcurrent import Admin, Producer
+
+    async with Admin(redis_url, namespace=namespace) as admin:
+        await admin.create_topic("grow", partitions=2)
+        async with Producer(redis_url, namespace=namespace, metadata_max_age=60.0) as producer:
+            await producer.send("grow", "warm", key="a")
+            await admin.alter_partitions("grow", 8)
+            started = time.monotonic()
+            await producer.send("grow", "notify", key="a")  # carries the new version back
+            seen: set[int] = set()
+            while time.monotonic() - started < 1.0 and not seen & set(range(2, 8)):
+                metas = await producer.send_batch("grow", [Record(i, key=f"k{i}") for i in range(50)])
+                seen |= {m.partition for m in metas}
+            assert seen & set(range(2, 8)), "the producer did not learn of the growth within 1 s"
+            assert await producer.partitions_for("grow") == 8

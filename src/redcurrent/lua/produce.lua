@@ -1,6 +1,7 @@
 -- produce: append a batch of records to one partition, at most once per producer sequence.
 -- Slot:   {topic:partition}
 -- KEYS:   [1] partition stream  [2] producer sequence key (unused when ARGV[3] is "")
+--         [3] the topic-version key of this partition (growth notification; optional)
 -- ARGV:   [1] maxlen ("" = none, approximate trim)  [2] minid ("" = none, approximate)
 --         [3] producer id ("" = not idempotent)  [4] sequence of the first record
 --         [5] how long the sequence is remembered, ms
@@ -9,9 +10,11 @@
 --             1 bytes, 2 custom), key len, value len, headers len, expiry len;
 --             then the key, value, headers and expiry bytes.
 --             (One argument per batch: per-argument packing is the client's cost.)
--- Reply:  {"OK", {id, ...}}          written now
---         {"DUP", {id, ...}}         this exact batch was written before: its ids
---         {"STALE", last_seq}        an older sequence: nothing written
+-- Reply:  {"OK", {id, ...}, version}          written now
+--         {"DUP", {id, ...}, version}         this exact batch was written before: its ids
+--         {"STALE", last_seq}                 an older sequence: nothing written
+--         version: the topic metadata version alter_partitions left here ("" if none);
+--         a producer that sees a newer one than it knows refreshes its metadata at once.
 local pid = ARGV[3]
 local first = tonumber(ARGV[4])
 if pid ~= '' then
@@ -28,7 +31,7 @@ if pid ~= '' then
       else
         for id in string.gmatch(rest, '[^,]+') do out[#out + 1] = id end
       end
-      return {'DUP', out}
+      return {'DUP', out, KEYS[3] and redis.call('GET', KEYS[3]) or ''}
     end
   end
 end
@@ -71,4 +74,4 @@ if pid ~= '' and n > 0 then
   end
   redis.call('SET', KEYS[2], (first + n - 1) .. ' ' .. first .. ' ' .. ids_state, 'PX', ARGV[5])
 end
-return {'OK', ids}
+return {'OK', ids, KEYS[3] and redis.call('GET', KEYS[3]) or ''}
