@@ -151,11 +151,13 @@ class Consumer(Lifecycle):
     async def _join(self) -> None:
         assert self._conn is not None
         client, opt = self._conn.client, self._opt
+        missing: set[str] = set()
         for t in self.topics:
             meta = await topics_mod.read_meta(client, opt.keys, t)
             self._dle[t] = bool(meta and meta.config.dead_letter_expired)
             if meta is None:
                 log.warning("topic %r does not exist yet; waiting for it to be created", t)
+                missing.add(t)
         socket_timeout = _socket_timeout(client)
         block = opt.block if socket_timeout is None else min(opt.block, socket_timeout / 2)
         self._ctx = FetchContext(
@@ -172,6 +174,7 @@ class Consumer(Lifecycle):
         self._coord = Coordinator(client, opt, self.topics, self.member_id, self.instance_id,
                                   self._ctx, self._listeners)
         self._coord._on_fatal = self._fatal
+        self._coord.born_after_join = missing
         try:
             await self._coord.start()
         except Exception as exc:

@@ -77,6 +77,7 @@ class Coordinator:
         self.state = {t: _TopicState() for t in topics}
         self.fetchers: dict[TopicPartition, PartitionFetcher] = {}
         self.paused: set[TopicPartition] = set()
+        self.born_after_join: set[str] = set()  # topics that did not exist when we subscribed
         self.lease_deadline = 0.0
         self._wake_reconcile = asyncio.Event()
         self._wake_heartbeat = asyncio.Event()
@@ -287,7 +288,10 @@ class Coordinator:
 
     def _claim_args(self, tp: TopicPartition) -> list[str | int]:
         st = self.state[tp.topic]
-        start = "$" if self._opt.start == "latest" and tp.partition < st.created else "0"
+        # "latest" is where the group stood when it was created; a topic created after
+        # this consumer subscribed has nothing older than the subscription: start at 0.
+        latest = self._opt.start == "latest" and tp.topic not in self.born_after_join
+        start = "$" if latest and tp.partition < st.created else "0"
         return [self.token, self.member_id + "|", self._opt.session_ms, self._opt.group,
                 self.member_id, start]
 

@@ -433,3 +433,26 @@ async def test_entries_trimmed_while_pending_are_dead_lettered(
         dls = await admin.dead_letters("t", "g")
     assert [d.reason for d in dls] == ["trimmed"] * 3
     assert await pending(r, namespace, "t", 1) == 0
+
+
+async def test_a_consumer_subscribed_before_its_topic_exists_gets_the_first_messages(
+    redis_url: str, namespace: str
+) -> None:
+    """start="latest" means "from when I subscribed": a topic auto-created by the first
+    send after that has nothing older, so its first messages are delivered."""
+    got: list[Any] = []
+
+    async def handle(msg: Message) -> None:
+        got.append(msg.value)
+
+    c = Consumer("late", group="g", url=redis_url, namespace=namespace, heartbeat_interval=0.2,
+                 session_timeout=1.5)
+    async with c:
+        task = asyncio.create_task(c.process(handle))
+        async with Producer(redis_url, namespace=namespace, default_partitions=2) as p:
+            await p.send_batch("late", [Record(i, key=f"k{i}") for i in range(10)])
+        try:
+            await eventually(lambda: sorted(got) == list(range(10)), timeout=10)
+        finally:
+            await c.stop()
+            await task
