@@ -128,6 +128,7 @@ class Consumer(Lifecycle):
         self._state = "new"
         self._lock = asyncio.Lock()
         self._error: BaseException | None = None
+        self._inner_stop: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Consumer group={self.group!r} topics={list(self.topics)} member={self.member_id!r} {self._state}>"
@@ -194,8 +195,14 @@ class Consumer(Lifecycle):
     async def stop(self) -> None:
         """Graceful stop: finish in-flight, ack, release partitions, leave the group.
 
-        Survivors take the partitions over at their next heartbeat. Idempotent.
+        Survivors take the partitions over at their next heartbeat. Idempotent. Called
+        from inside a handler, it returns at once and the stop completes once the handler
+        has returned (a stop must wait for in-flight handlers, so it cannot wait inline).
         """
+        if self._coord is not None and self._coord.in_fetcher_task():
+            if self._inner_stop is None:
+                self._inner_stop = asyncio.get_running_loop().create_task(self.stop(), name="redcurrent-stop")
+            return
         async with self._lock:
             if self._state == "stopped":
                 return

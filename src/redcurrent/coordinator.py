@@ -120,6 +120,11 @@ class Coordinator:
         await cancel_all(self._tasks)
         self.fetchers.clear()
 
+    def in_fetcher_task(self) -> bool:
+        """True when called from a partition's fetch/handler task."""
+        me = asyncio.current_task()
+        return me is not None and any(f.task is me for f in self.fetchers.values())
+
     def lease_valid(self) -> bool:
         return time.monotonic() < self.lease_deadline
 

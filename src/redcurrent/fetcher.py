@@ -117,6 +117,10 @@ class PartitionFetcher:
     def __repr__(self) -> str:
         return f"<PartitionFetcher {self.tp.topic}[{self.tp.partition}]>"
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
     def start(self) -> None:
         self._task = asyncio.create_task(
             self._run(), name=f"redcurrent-fetch-{self.tp.topic}-{self.tp.partition}"

@@ -456,3 +456,25 @@ async def test_a_consumer_subscribed_before_its_topic_exists_gets_the_first_mess
         finally:
             await c.stop()
             await task
+
+
+async def test_stop_called_from_inside_a_handler_ends_processing_cleanly(
+    redis_url: str, namespace: str, r: Redis
+) -> None:
+    await make_topic(redis_url, namespace, partitions=2)
+    async with Producer(redis_url, namespace=namespace) as p:
+        await p.send_batch("t", [Record(i, key=f"k{i}") for i in range(20)])
+    got: list[int] = []
+    c = consumer(redis_url, namespace, "t")
+
+    async def handle(msg: Message) -> None:
+        got.append(msg.value)
+        if len(got) == 5:
+            await c.stop()  # returns at once; the stop completes after this handler
+
+    async with c:
+        await asyncio.wait_for(c.process(handle), 10)
+    assert len(got) >= 5
+    keys = Keys(namespace)
+    for p in range(2):
+        assert await r.get(keys.owner("t", p, "g")) is None  # released
