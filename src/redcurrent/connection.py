@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self, TypeAlias
@@ -70,14 +71,16 @@ class Connection:
         return f"<Connection {self.caps.server} {'.'.join(map(str, self.caps.version))} {kind}>"
 
 
-class Lifecycle:
+class Lifecycle(ABC):
     """``async with``: :meth:`start` on entry, :meth:`close` on exit (Producer, Consumer, Admin)."""
 
+    @abstractmethod
     async def start(self) -> None:
-        raise NotImplementedError
+        """Connect and begin work."""
 
+    @abstractmethod
     async def close(self) -> None:
-        raise NotImplementedError
+        """Finish work and release the connection."""
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -11,7 +11,7 @@ from redcurrent import Admin, DeadLetterRecord
 
 from .app import json_option, pass_env
 from .env import Env
-from .output import console, dumps, echo_json, table, text
+from .output import console, dumps, echo_json, outcome, table, text
 
 __all__ = ["dlq", "dlq_json"]
 
@@ -165,10 +165,11 @@ def requeue(env: Env, topic: str, group: str, ids: tuple[str, ...]) -> None:
             return await admin.requeue_dead_letters(topic, group, list(ids) if ids else None)
 
     moved = env.run(go())
-    if env.json:
-        echo_json({"topic": topic, "group": group, "requeued": moved})
-    else:
-        click.echo(f"requeued {moved} dead letter(s) for group {group} on {topic}")
+    outcome(
+        env.json,
+        {"topic": topic, "group": group, "requeued": moved},
+        f"requeued {moved} dead letter(s) for group {group} on {topic}",
+    )
 
 
 @dlq.command("delete")
@@ -186,10 +187,7 @@ def delete(env: Env, topic: str, group: str, ids: tuple[str, ...]) -> None:
             return await admin.delete_dead_letters(topic, group, ids)
 
     n = env.run(go())
-    if env.json:
-        echo_json({"topic": topic, "group": group, "deleted": n})
-    else:
-        click.echo(f"deleted {n} dead letter(s)")
+    outcome(env.json, {"topic": topic, "group": group, "deleted": n}, f"deleted {n} dead letter(s)")
 
 
 @dlq.command("purge")
@@ -211,7 +209,4 @@ def purge(env: Env, topic: str, group: str, yes: bool) -> None:
             return await admin.purge_dead_letters(topic, group)
 
     n = env.run(go())
-    if env.json:
-        echo_json({"topic": topic, "group": group, "purged": n})
-    else:
-        click.echo(f"purged {n} dead letter(s)")
+    outcome(env.json, {"topic": topic, "group": group, "purged": n}, f"purged {n} dead letter(s)")

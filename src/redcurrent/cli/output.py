@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import click
 from rich.console import Console
 from rich.table import Table
 
@@ -50,6 +51,14 @@ def dumps(obj: Any) -> str:
 def echo_json(obj: Any) -> None:
     sys.stdout.write(dumps(obj) + "\n")
     sys.stdout.flush()
+
+
+def outcome(as_json: bool, payload: Mapping[str, Any], line: str) -> None:
+    """A command's result: ``payload`` as JSON with ``--json``, else one line of text."""
+    if as_json:
+        echo_json(payload)
+    else:
+        click.echo(line)
 
 
 def console() -> Console:

@@ -10,7 +10,7 @@ from redcurrent import TopicInfo, UnknownTopicError
 
 from .app import json_option, pass_env
 from .env import Env
-from .output import console, echo_json, table
+from .output import console, echo_json, outcome, table
 
 __all__ = ["topic_json", "topics"]
 
@@ -160,10 +160,11 @@ def alter(env: Env, name: str, partitions: int) -> None:
             return before, await admin.alter_partitions(name, partitions)
 
     before, info = env.run(go())
-    if env.json:
-        echo_json({**topic_json(info), "previous_partitions": before})
-    else:
-        click.echo(f"topic {info.name} has {info.partitions} partitions (was {before})")
+    outcome(
+        env.json,
+        {**topic_json(info), "previous_partitions": before},
+        f"topic {info.name} has {info.partitions} partitions (was {before})",
+    )
 
 
 @topics.command("trim", short_help="Trim now (safe: keeps what groups need).")
@@ -189,10 +190,11 @@ def trim(env: Env, name: str, maxlen: int | None, retention_ms: int | None, unsa
             return await admin.trim(name, safe=not unsafe, maxlen=maxlen, retention_ms=retention_ms)
 
     removed = env.run(go())
-    if env.json:
-        echo_json({"topic": name, "removed": removed, "safe": not unsafe})
-    else:
-        click.echo(f"trimmed {removed} entries from topic {name}{'' if unsafe else ' (safe)'}")
+    outcome(
+        env.json,
+        {"topic": name, "removed": removed, "safe": not unsafe},
+        f"trimmed {removed} entries from topic {name}{'' if unsafe else ' (safe)'}",
+    )
 
 
 @topics.command("delete", short_help="Delete a topic, its groups and dead letters.")
@@ -207,7 +209,4 @@ def delete(env: Env, name: str) -> None:
             await admin.delete_topic(name)
 
     env.run(go())
-    if env.json:
-        echo_json({"topic": name, "deleted": True})
-    else:
-        click.echo(f"deleted topic {name}")
+    outcome(env.json, {"topic": name, "deleted": True}, f"deleted topic {name}")
