@@ -13,13 +13,16 @@ from .consumer import Consumer
 from .dlq import DeadLetterRecord
 from .errors import (
     AmbiguousWriteError,
+    ClientPoolExhaustedError,
     ConfigError,
     ConsumerStoppedError,
     DecodeError,
     FencedError,
     GroupError,
+    IllegalStateError,
     InvalidPartitionsError,
     MessageTooLargeError,
+    NotEnoughReplicasError,
     ProducerClosedError,
     RedcurrentConnectionError,
     RedcurrentError,
@@ -54,6 +57,7 @@ __all__ = (
     "Admin",
     # errors
     "AmbiguousWriteError",
+    "ClientPoolExhaustedError",
     # failure handling
     "Backoff",
     "BatchError",
@@ -66,6 +70,7 @@ __all__ = (
     "Deserializer",
     "FencedError",
     "GroupError",
+    "IllegalStateError",
     # values
     "DeadLetterRecord",
     "GroupInfo",
@@ -73,6 +78,7 @@ __all__ = (
     "MemberInfo",
     "Message",
     "MessageTooLargeError",
+    "NotEnoughReplicasError",
     "PartitionGroupInfo",
     "PartitionInfo",
     "Producer",

@@ -17,9 +17,12 @@ redis-py exceptions are translated into it in exactly one place
      ├── FencedError                           this consumer no longer owns the partition
      ├── DecodeError                           a stream entry redcurrent cannot read (dead-lettered)
      ├── ConsumerStoppedError                  the consumer was stopped
+     ├── IllegalStateError (also RuntimeError) a call that does not fit the object's state
      ├── ProducerClosedError                   the producer was closed
+     ├── NotEnoughReplicasError (retriable)    the primary stored it; too few replicas confirmed
      └── RedcurrentConnectionError (retriable) Redis is unreachable or timed out
-          └── AmbiguousWriteError              a non-idempotent write may or may not be stored
+          ├── AmbiguousWriteError              the write may or may not be stored
+          └── ClientPoolExhaustedError         this client ran out of pooled connections
 
 ``retriable`` tells whether retrying the same call later may succeed (aiokafka's
 convention). Messages never contain credentials: :func:`redact` scrubs URLs.
@@ -34,10 +37,13 @@ __all__ = [
     "ConfigError",
     "ConsumerStoppedError",
     "DecodeError",
+    "ClientPoolExhaustedError",
     "FencedError",
     "GroupError",
+    "IllegalStateError",
     "InvalidPartitionsError",
     "MessageTooLargeError",
+    "NotEnoughReplicasError",
     "ProducerClosedError",
     "RedcurrentConnectionError",
     "RedcurrentError",
@@ -132,6 +138,21 @@ class ProducerClosedError(RedcurrentError):
     """The producer has been closed."""
 
 
+class IllegalStateError(RedcurrentError, RuntimeError):
+    """The call does not fit the object's state (aiokafka's name): e.g. ``pause()``
+    before ``start()``, or a second concurrent ``process()`` on one consumer."""
+
+
+class NotEnoughReplicasError(RedcurrentError):
+    """``acks="replica"``: the primary stored the records, but fewer replicas than
+    required confirmed them in time (Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND).
+
+    Retrying through the idempotent producer stores them once.
+    """
+
+    retriable = True
+
+
 class RedcurrentConnectionError(RedcurrentError, ConnectionError):
     """Redis could not be reached or did not answer in time. Retry later."""
 
@@ -147,6 +168,13 @@ class AmbiguousWriteError(RedcurrentConnectionError):
     retriable = False
 
 
+class ClientPoolExhaustedError(RedcurrentConnectionError):
+    """The client's connection pool had no free connection (``max_connections``).
+
+    Redis itself may be fine: give the client a larger pool, or use fewer concurrent calls.
+    """
+
+
 def translate(exc: BaseException, what: str) -> RedcurrentError:
     """Turn a redis-py or OS error into a redcurrent error, without credentials."""
     from redis import exceptions as rex
@@ -154,6 +182,13 @@ def translate(exc: BaseException, what: str) -> RedcurrentError:
     if isinstance(exc, RedcurrentError):
         return exc
     detail = redact(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, rex.MaxConnectionsError):
+        return ClientPoolExhaustedError(
+            f"{what}: the client's connection pool is exhausted ({detail}); Redis itself may be "
+            "fine: raise max_connections on the client or make fewer concurrent calls"
+        )
+    if isinstance(exc, TimeoutError | rex.TimeoutError) and not str(exc):
+        detail = f"{type(exc).__name__}: no reply in time"
     if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError):
         return RedcurrentConnectionError(f"{what}: authentication failed ({detail}); check credentials")
     if isinstance(exc, rex.ConnectionError | rex.TimeoutError | OSError | TimeoutError):
