@@ -26,6 +26,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .errors import ConfigError
+
 __all__ = ["MAX_NAME_LENGTH", "Keys", "validate_name"]
 
 MAX_NAME_LENGTH = 200
@@ -34,18 +36,27 @@ _NAMESPACE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 
 
 def validate_name(name: object, what: str = "topic") -> str:
-    """Return ``name`` if it is a valid topic or group name, else raise ``ValueError``.
+    """Return ``name`` if it is a valid topic or group name, else raise ``ConfigError``.
 
     Allowed: 1 to 200 characters from ``A-Z a-z 0-9 . _ -`` (Kafka's rule; no ``:``,
-    ``{`` or ``}``, which would break key hash tags).
+    ``{`` or ``}``, which would break key hash tags), not made only of dots (``.``
+    and ``..`` read as directories, as Kafka also refuses), and not starting with
+    ``-`` (the ``redcurrent`` command would read it as an option).
+    ``ConfigError`` is also a ``ValueError``.
     """
     if not isinstance(name, str):
         raise TypeError(f"{what} name must be str, not {type(name).__name__}")
     if not name or len(name) > MAX_NAME_LENGTH:
-        raise ValueError(f"{what} name must be 1 to {MAX_NAME_LENGTH} characters, got {len(name)}")
+        raise ConfigError(f"{what} name must be 1 to {MAX_NAME_LENGTH} characters, got {len(name)}")
     if not _NAME.match(name):
-        raise ValueError(
+        raise ConfigError(
             f"invalid {what} name {name!r}: use only letters, digits, '.', '_' and '-'"
+        )
+    if not name.strip("."):
+        raise ConfigError(f"invalid {what} name {name!r}: a name cannot be made only of dots")
+    if name.startswith("-"):
+        raise ConfigError(
+            f"invalid {what} name {name!r}: a name cannot start with '-' (it reads as an option)"
         )
     return name
 

@@ -1087,6 +1087,23 @@ def test_the_reserved_requeue_header_is_rejected_or_delivered(
     runner.run(consuming.inbox.wait_for(meta.id, timeout=5))  # else it must reach group g
 
 
+@pytest.mark.parametrize("name", [".", "..", "...", "-", "--", "-orders"])
+def test_dot_only_and_dash_led_topic_names_are_rejected_before_anything_is_written(
+    runner: asyncio.Runner, world: World, name: str
+) -> None:
+    before = runner.run(snapshot(world.r, world.ns))
+    rule = "only of dots" if name.startswith(".") else "cannot start with '-'"
+    for call in (
+        lambda: world.admin.create_topic(name, 2),
+        lambda: world.producer.send(name, 1),  # would auto-create the topic
+        lambda: Consumer(name, group="g", url=world.url),
+        lambda: world.admin.describe_group("t", name),  # groups follow the same rule
+    ):
+        exc = runner.run(raises_typed(call, ConfigError))
+        assert rule in str(exc), exc
+    assert runner.run(snapshot(world.r, world.ns)) == before
+
+
 def test_a_bad_partition_is_rejected_before_the_topic_is_auto_created(
     runner: asyncio.Runner, world: World
 ) -> None:

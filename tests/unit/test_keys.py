@@ -14,10 +14,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
+from redcurrent import ConfigError
 from redcurrent.keys import MAX_NAME_LENGTH, Keys, validate_name
 
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"
 names = st.text(alphabet=NAME_CHARS, min_size=1, max_size=MAX_NAME_LENGTH)
+# What validate_name accepts: not only dots, no leading '-'.
+valid_names = names.filter(lambda n: n.strip(".") != "" and not n.startswith("-"))
 namespaces = st.text(alphabet=NAME_CHARS, min_size=1, max_size=64)
 
 
@@ -128,7 +131,7 @@ def test_namespaces_do_not_share_keys() -> None:
 # ----------------------------------------------------------------------------- validation
 
 
-@given(names)
+@given(valid_names)
 def test_valid_names_pass_unchanged(name: str) -> None:
     assert validate_name(name) == name
     assert validate_name(name, "group") == name
@@ -158,6 +161,32 @@ def test_invalid_characters_raise_value_error_naming_allowed_chars(bad: str) -> 
         validate_name(bad)
     assert repr(bad) in str(err.value)
     assert "topic" in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [".", "..", "...", "." * MAX_NAME_LENGTH])
+def test_names_made_only_of_dots_raise_config_error(bad: str) -> None:
+    with pytest.raises(ConfigError, match="cannot be made only of dots") as err:
+        validate_name(bad)
+    assert repr(bad) in str(err.value) and "topic" in str(err.value)
+
+
+@pytest.mark.parametrize("bad", ["-", "--", "-orders", "--partitions", "-.-"])
+def test_names_starting_with_a_dash_raise_config_error(bad: str) -> None:
+    """A topic called ``-p`` could not be named on the command line without ``--``."""
+    with pytest.raises(ConfigError, match="cannot start with '-'") as err:
+        validate_name(bad, "group")
+    assert repr(bad) in str(err.value) and "group" in str(err.value)
+
+
+@pytest.mark.parametrize("good", [".orders", "orders.", "a..b", "o-", "_-x", "1", ".-"])
+def test_dots_and_dashes_inside_a_name_are_fine(good: str) -> None:
+    assert validate_name(good) == good
+
+
+def test_every_name_rule_raises_config_error() -> None:
+    for bad in ("", "x" * (MAX_NAME_LENGTH + 1), "a:b", "..", "-x"):
+        with pytest.raises(ConfigError):
+            validate_name(bad)
 
 
 def test_error_names_what_was_validated() -> None:
