@@ -67,6 +67,7 @@ class ProducerOptions:
     auto_create_topics: bool = True
     default_partitions: int = 1
     request_timeout: float = 30.0
+    delivery_timeout: float = 120.0
     retry_backoff: float = 0.05
     metadata_max_age: float = 0.5
     idempotence_window: float = 86_400.0
@@ -79,6 +80,7 @@ class ProducerOptions:
         positive_int(self.max_message_bytes, "max_message_bytes")
         positive_int(self.default_partitions, "default_partitions")
         positive(self.request_timeout, "request_timeout")
+        positive(self.delivery_timeout, "delivery_timeout")
         positive(self.retry_backoff, "retry_backoff", allow_zero=True)
         positive(self.metadata_max_age, "metadata_max_age")
         positive(self.idempotence_window, "idempotence_window")
@@ -105,6 +107,7 @@ class ConsumerOptions:
     auto_ack: bool = True
     processing_timeout: float | None = None
     block: float = 2.0
+    request_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if self.start not in ("latest", "earliest"):
@@ -118,6 +121,7 @@ class ConsumerOptions:
         session = positive(self.session_timeout, "session_timeout")
         positive(self.rebalance_timeout, "rebalance_timeout")
         positive(self.block, "block")
+        positive(self.request_timeout, "request_timeout")
         if self.processing_timeout is not None:
             positive(self.processing_timeout, "processing_timeout")
         if session < 2 * hb:

@@ -8,6 +8,7 @@ import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from types import TracebackType
 from typing import Any, Literal
 
 from . import topics as topics_mod
@@ -15,13 +16,14 @@ from .config import DEFAULT_NAMESPACE, ConsumerOptions
 from .connection import Client, Connection, Lifecycle, connect
 from .coordinator import Coordinator, Listener
 from .deadletter import DeadLetterWriter
-from .errors import ConfigError, ConsumerStoppedError, FencedError, translate
-from .fetcher import Credits, FetchContext
+from .errors import ConfigError, ConsumerStoppedError, FencedError, IllegalStateError, translate
+from .fetcher import Credits, Dispatcher, FetchContext
 from .handlers import BatchDispatcher, EachDispatcher, Histogram, IteratorDispatcher, Policy, Slot
 from .keys import Keys, validate_name
 from .retry import Backoff, RetryPolicy
 from .serde import Deserializer
 from .structs import Message, TopicPartition
+from .waiter import IdleWaiter
 
 __all__ = ["Consumer"]
 
@@ -41,6 +43,18 @@ class Consumer(Lifecycle):
     or ``await consumer.process(handler)`` / ``await consumer.process_batch(handler)``,
     which ack after the handler returns and retry failures in place (``max_attempts``,
     ``backoff``) before dead-lettering. Delivery is at-least-once.
+
+    In ``async for``, a message counts as handled when you ask for the next one, ack
+    it, or leave the loop cleanly (``break``, end of iteration). If the ``async with``
+    body raises (any exception, cancellation or Ctrl-C included), the message in hand
+    is not acked: the group's next member gets it.
+
+    Acks travel with the partition's next fetch, and are sent at once when the
+    partition has nothing more to read, so an idle consumer holds no unsent acks.
+
+    Every Redis call of the consume path retries connection errors with ``backoff``
+    for up to ``request_timeout`` seconds; past that the error surfaces: ``process()``
+    (or the iterator) raises it and the partition is given up.
     """
 
     def __init__(
@@ -69,6 +83,7 @@ class Consumer(Lifecycle):
         handler_timeout: float | None = None,
         processing_timeout: float | None = None,
         block: float = 2.0,
+        request_timeout: float = 30.0,
     ) -> None:
         if not topics:
             raise ConfigError("Consumer needs at least one topic: Consumer('orders', group='billing')")
@@ -92,7 +107,7 @@ class Consumer(Lifecycle):
             session_timeout=session_timeout, rebalance_timeout=rebalance_timeout,
             max_in_flight=max_in_flight, assignor=assignor, auto_ack=auto_ack,
             processing_timeout=handler_timeout if handler_timeout is not None else processing_timeout,
-            block=block,
+            block=block, request_timeout=request_timeout,
         )
         self.topics = tuple(dict.fromkeys(topics))
         self.group = group
@@ -111,7 +126,8 @@ class Consumer(Lifecycle):
         for t, rp in (topic_retry or {}).items():
             if t not in topics or not isinstance(rp, RetryPolicy):
                 raise ConfigError(f"topic_retry maps subscribed topics to RetryPolicy; bad entry {t!r}")
-        self._policy = Policy(max_attempts, backoff or Backoff(), self._opt.processing_timeout,
+        self._backoff = backoff or Backoff()
+        self._policy = Policy(max_attempts, self._backoff, self._opt.processing_timeout,
                               self._stats, self._latency, dict(topic_retry or {}))
         self._conn: Connection | None = None
         self._coord: Coordinator | None = None
@@ -123,12 +139,16 @@ class Consumer(Lifecycle):
         # done as soon as it is handed out (its ack is the user's).
         self._yielded: list[Slot] = []
         self._mode: str | None = None
+        self._dispatcher: Dispatcher | None = None
         self._dle: dict[str, bool] = {}
         self._stopped = asyncio.Event()
+        self._ended = asyncio.Event()  # stop, a fatal error, or an error to surface
         self._state = "new"
         self._lock = asyncio.Lock()
-        self._error: BaseException | None = None
+        self._fatal_error: BaseException | None = None  # the consumer cannot go on
+        self._error: BaseException | None = None  # ends the current process() call
         self._inner_stop: asyncio.Task[None] | None = None
+        self._waiter: IdleWaiter | None = None
 
     def __repr__(self) -> str:
         return f"<Consumer group={self.group!r} topics={list(self.topics)} member={self.member_id!r} {self._state}>"
@@ -161,20 +181,30 @@ class Consumer(Lifecycle):
                 missing.add(t)
         socket_timeout = _socket_timeout(client)
         block = opt.block if socket_timeout is None else min(opt.block, socket_timeout / 2)
+        block_ms = max(1, int(block * 1000))
+        # Connections: the consume path uses at most `limit` pooled connections at once
+        # (plus one for the idle wait), so heartbeats and claims always find one.
+        pool = _pool_size(client)
+        limit = max(1, min(32, pool // 2))
+        if not self._conn.caps.is_cluster:
+            self._waiter = IdleWaiter(client, opt.keys.doorbell(self.instance_id), block_ms)  # type: ignore[arg-type]
+            self._waiter.start()
         self._ctx = FetchContext(
             client=client, group=opt.group, consumer=self.member_id,
             token=f"{self.member_id}|{self.instance_id}", batch_size=opt.batch_size,
-            block_ms=max(1, int(block * 1000)), fetch_timeout=opt.session_timeout,
+            block_ms=block_ms, fetch_timeout=opt.session_timeout,
+            request_timeout=opt.request_timeout, backoff=self._backoff,
             credits=Credits(opt.max_in_flight), deserializer=self._deserializer,
             lease_valid=lambda: self._coord is not None and self._coord.lease_valid(),
             on_fenced=lambda tp: self._coord.on_fenced(tp) if self._coord else None,
+            on_error=lambda tp, exc: self._coord.on_error(tp, exc) if self._coord else None,
             dead_letters=DeadLetterWriter(client, opt.keys, opt.group, self.member_id,
                                           lambda t: self._dle.get(t, False), self._stats),
-            stats=self._stats,
+            stats=self._stats, limit=asyncio.Semaphore(limit), waiter=self._waiter,
+            wait_slots=None if self._waiter is not None else asyncio.Semaphore(max(1, min(32, pool // 4))),
         )
         self._coord = Coordinator(client, opt, self.topics, self.member_id, self.instance_id,
-                                  self._ctx, self._listeners)
-        self._coord._on_fatal = self._fatal
+                                  self._ctx, self._listeners, on_fatal=self._fatal, on_error=self._surface)
         self._coord.born_after_join = missing
         try:
             await self._coord.start()
@@ -183,14 +213,39 @@ class Consumer(Lifecycle):
             raise translate(exc, "joining the group") from None
 
     def _fatal(self, exc: BaseException) -> None:
-        """The coordinator cannot go on (this member id was taken over): end consuming."""
-        self._error = exc
+        """The coordinator cannot go on (member id taken over, group deleted): end consuming."""
+        self._fatal_error = exc
         self._queue.put_nowait(None)
         self._stopped.set()
+        self._ended.set()
+
+    def _surface(self, exc: BaseException) -> None:
+        """A partition failed past its retries: the running process() call raises ``exc``."""
+        if self._error is None:
+            self._error = translate(exc, "consuming")
+        self._queue.put_nowait(None)
+        self._ended.set()
 
     def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise self._error
+        if self._fatal_error is not None:
+            raise self._fatal_error
+        exc, self._error = self._error, None
+        if not self._stopped.is_set():
+            self._ended.clear()
+        if exc is not None:
+            raise exc
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if e is not None:
+            # The body raised (or was cancelled) with messages in hand: they were not
+            # handled, so they are not acked; the partition's next owner gets them.
+            for slot in self._yielded:
+                if not slot.done.done():
+                    slot.done.set_result(False)
+            self._yielded.clear()
+        await self.close()
 
     async def stop(self) -> None:
         """Graceful stop: finish in-flight, ack, release partitions, leave the group.
@@ -216,8 +271,15 @@ class Consumer(Lifecycle):
             finally:
                 self._queue.put_nowait(None)
                 self._stopped.set()
-                if self._conn is not None:
-                    await self._conn.close()
+                self._ended.set()
+                await self._close_connection()
+
+    async def _close_connection(self) -> None:
+        if self._waiter is not None:
+            await self._waiter.close()
+            self._waiter = None
+        if self._conn is not None:
+            await self._conn.close()
 
     async def close(self) -> None:
         """Alias of :meth:`stop`."""
@@ -232,42 +294,75 @@ class Consumer(Lifecycle):
             await self._coord.abort()
         self._queue.put_nowait(None)
         self._stopped.set()
-        if not self._lock.locked() and self._conn is not None:
-            await self._conn.close()  # no graceful stop running that would close it
+        self._ended.set()
+        if not self._lock.locked():
+            await self._close_connection()  # no graceful stop running that would close it
 
     # -- consuming --
-    def _use(self, mode: str, dispatcher: Any) -> None:
+    def _use(self, mode: str, dispatcher: Dispatcher) -> None:
         if self._state != "running" or self._ctx is None:
             raise ConsumerStoppedError("start the consumer first: 'async with Consumer(...)'")
+        if self._mode == mode and mode != "iterator":
+            raise IllegalStateError(
+                f"{mode}() is already running on this consumer; one call at a time "
+                "(run more consumers, or raise max_in_flight, for more concurrency)"
+            )
         if self._mode is not None and self._mode != mode:
             raise ConfigError(f"this consumer is already consuming with {self._mode}; use one style")
         if self._mode is None:
             self._mode = mode
+            self._dispatcher = dispatcher
             self._ctx.dispatcher = dispatcher
             self._ctx.dispatcher_set.set()
+
+    def _detach(self) -> None:
+        """The process() call ended: its handler is never called again, and what it had
+        in hand unfinished is not acked (each partition re-reads it for the next call)."""
+        dispatcher, self._dispatcher = self._dispatcher, None
+        if dispatcher is not None:
+            dispatcher.closed = True
+        self._mode = None
+        if self._ctx is not None:
+            self._ctx.dispatcher = None
+            self._ctx.dispatcher_set.clear()
+        if self._coord is not None and self._state == "running":
+            for f in list(self._coord.fetchers.values()):
+                f.restart()
+
+    async def _run_dispatcher(self, mode: str, dispatcher: Dispatcher) -> None:
+        if self._state == "new":
+            await self.start()
+        if not self._opt.auto_ack:
+            raise ConfigError(
+                f"auto_ack=False means nothing to {mode}(), which acks each message after its "
+                "handler returns; use 'async for' for manual acks"
+            )
+        self._raise_if_failed()
+        self._use(mode, dispatcher)
+        try:
+            await self._ended.wait()
+            self._raise_if_failed()
+        finally:
+            if self._dispatcher is dispatcher:
+                self._detach()
 
     async def process(self, handler: Callable[[Message], Awaitable[Any]]) -> None:
         """Call ``await handler(msg)`` for every message; ack after it returns.
 
-        Runs until :meth:`stop`. Failures retry in place, then go to the dead-letter stream.
+        Runs until :meth:`stop`. Failures retry in place, then go to the dead-letter
+        stream. When this call ends (stopped, cancelled, or raising an error that
+        consuming met), ``handler`` is never called again and nothing it had in hand
+        unfinished is acked; a later ``process`` call goes on with its own handler.
         """
         if not callable(handler):
             raise TypeError("handler must be an async callable taking a Message")
-        if self._state == "new":
-            await self.start()
-        self._use("process", EachDispatcher(handler, self._policy))
-        await self._stopped.wait()
-        self._raise_if_failed()
+        await self._run_dispatcher("process", EachDispatcher(handler, self._policy))
 
     async def process_batch(self, handler: Callable[[list[Message]], Awaitable[Any]]) -> None:
         """Call ``await handler(msgs)`` with batches of one partition, in order; ack them together."""
         if not callable(handler):
             raise TypeError("handler must be an async callable taking a list of Message")
-        if self._state == "new":
-            await self.start()
-        self._use("process_batch", BatchDispatcher(handler, self._policy))
-        await self._stopped.wait()
-        self._raise_if_failed()
+        await self._run_dispatcher("process_batch", BatchDispatcher(handler, self._policy))
 
     def __aiter__(self) -> Consumer:
         return self
@@ -278,19 +373,23 @@ class Consumer(Lifecycle):
         if self._state == "stopped" and self._queue.empty():
             raise StopAsyncIteration
         if self._mode is None:
-            self._use("iterator", IteratorDispatcher(self._queue, self._opt.auto_ack, self._stats))
+            self._use("iterator", IteratorDispatcher(self._queue, self._opt.auto_ack, self._policy))
         for done in self._yielded:
             self._finish(done)
         self._yielded.clear()
         while True:
             slot = await self._queue.get()
             if slot is None:
+                if self._error is not None or self._fatal_error is not None:
+                    self._raise_if_failed()
+                if self._state != "stopped":
+                    continue  # a wake-up meant for another waiter
                 self._queue.put_nowait(None)  # wake every other waiter too
-                self._raise_if_failed()
                 raise StopAsyncIteration
             if slot.done.done() or slot.fetcher.stopping:
                 continue  # its partition was revoked before we got to it: not ours to hand out
             slot.yielded = True
+            slot.fetcher.invoking(slot.msg)
             if self._opt.auto_ack:
                 self._yielded.append(slot)
             else:
@@ -307,7 +406,7 @@ class Consumer(Lifecycle):
     @staticmethod
     def _finish(slot: Slot | None) -> None:
         if slot is not None and not slot.done.done():
-            slot.done.set_result(None)
+            slot.done.set_result(True)
 
     # -- acking --
     async def ack(self, msg: Message) -> None:
@@ -317,6 +416,8 @@ class Consumer(Lifecycle):
     async def ack_many(self, msgs: Iterable[Message]) -> None:
         """Ack several messages (grouped per partition). FencedError if any partition is not ours;
         the messages of partitions we own are acked regardless."""
+        if self._state == "new":
+            raise ConsumerStoppedError("start the consumer first: 'async with Consumer(...)' (nothing was acked)")
         by_tp: dict[TopicPartition, list[str]] = {}
         for m in msgs:
             if not isinstance(m, Message):
@@ -365,7 +466,7 @@ class Consumer(Lifecycle):
 
     def _set_paused(self, partitions: list[TopicPartition], paused: bool) -> None:
         if self._coord is None:
-            return
+            raise IllegalStateError("start the consumer before pausing or resuming partitions")
         for tp in partitions:
             (self._coord.paused.add if paused else self._coord.paused.discard)(tp)
             f = self._coord.fetchers.get(tp)
@@ -401,6 +502,15 @@ def _flatten(items: tuple[TopicPartition | Iterable[TopicPartition], ...]) -> li
 def _check_member_id(member_id: object) -> None:
     if not isinstance(member_id, str) or not member_id or len(member_id) > 200 or "|" in member_id:
         raise ConfigError(f"member_id must be 1-200 characters without '|', got {member_id!r}")
+
+
+def _pool_size(client: Any) -> int:
+    """The most connections the client may open (per node on a cluster)."""
+    for holder in (getattr(client, "connection_pool", None), client):
+        size = getattr(holder, "max_connections", None)
+        if isinstance(size, int) and size > 0:
+            return size
+    return 100
 
 
 def _socket_timeout(client: Any) -> float | None:

@@ -64,6 +64,9 @@ class Coordinator:
         instance_id: str,
         ctx: FetchContext,
         listeners: dict[str, Listener | None],
+        *,
+        on_fatal: Callable[[BaseException], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._client = client
         self._opt = options
@@ -87,8 +90,10 @@ class Coordinator:
         self._rejoining = False
         self._last_beat_ok = False
         self.fatal: BaseException | None = None
-        self._on_fatal: Callable[[BaseException], None] | None = None
+        self._on_fatal = on_fatal
+        self._on_error = on_error
         self.errors: list[BaseException] = []
+        self._last_beat_at = 0.0  # monotonic time of the last heartbeat that got a reply
 
     # -- lifecycle --
     async def start(self) -> None:
@@ -173,7 +178,8 @@ class Coordinator:
             )
             for t in self.topics
         ]
-        owned = list(self.fetchers.items()) if self._last_beat_ok else []
+        # Never renew the lease of a partition whose fetch task has ended.
+        owned = [(tp, f) for tp, f in self.fetchers.items() if f.alive] if self._last_beat_ok else []
         refresh_args: list[str | int] = [self.token, opt.session_ms]
         calls += [scripts.Call(_REFRESH, [f.owner], refresh_args) for _, f in owned]
         self._last_beat_ok = False
@@ -183,10 +189,12 @@ class Coordinator:
             replies = await scripts.execute_calls(self._client, calls)
         changed = False
         self._rejoining = False
+        late = time.monotonic() - self._last_beat_at if self._last_beat_at else 0.0
+        self._last_beat_at = time.monotonic()
         for topic, reply in zip(self.topics, replies[: len(self.topics)], strict=True):
             if isinstance(reply, Exception):
                 raise reply
-            changed |= self._apply(topic, reply)
+            changed |= self._apply(topic, reply, late)
         self._last_beat_ok = True
         ok = await self._refreshed(owned, replies[len(self.topics):]) if owned else not self.fetchers
         if ok and not any(s.op == "join" and s.target for s in self.state.values()) and not self._rejoining:
@@ -194,32 +202,34 @@ class Coordinator:
         if changed or time.monotonic() >= self._retry_at > 0:
             self._wake_reconcile.set()
 
-    def _apply(self, topic: str, reply: list[Any]) -> bool:
+    def _apply(self, topic: str, reply: list[Any], late: float = 0.0) -> bool:
         st = self.state[topic]
         status = reply[0]
         if status == b"OK":
             epoch, parts, created, mine = int(reply[1]), int(reply[2]), int(reply[3]), reply[4]
             target = frozenset(int(p) for p in mine.split(b",")) if mine else frozenset()
             if int(reply[5]):
-                log.warning("coordinator gap detected on %s: Redis was away; deadlines re-armed", topic)
+                self._log_gap(topic, late)
             changed = epoch != st.epoch or target != st.target
             if epoch != st.epoch:
                 self._ctx.stats["rebalances"] = self._ctx.stats.get("rebalances", 0) + 1
                 log.info("%s: epoch %d, assigned %s", topic, epoch, sorted(target))
             st.epoch, st.partitions, st.created, st.target, st.op = epoch, parts, created, target, "beat"
             return changed
+        if status == b"DELETED":
+            self._stop_for_good(topic, FencedError(
+                f"group {self._opt.group!r} on topic {topic!r} was deleted by an operator while this "
+                "consumer was a member; it stops instead of recreating the group"
+            ))
+            return False
         if status == b"FENCED" and b"replaced" in reply[1]:
             # Static membership: a newer process took this member id over. Like Kafka's
             # fenced instance id, this one must stop, not fight it for the partitions.
             log.error("%s: %s; this consumer stops", topic, reply[1].decode())
-            self._lose(list(self.fetchers))
-            self.fatal = FencedError(
+            self._stop_for_good(topic, FencedError(
                 f"member {self.member_id!r} was taken over by a newer instance; "
                 "give each running consumer its own member_id"
-            )
-            self._stopping = True
-            if self._on_fatal is not None:
-                self._on_fatal(self.fatal)
+            ))
             return False
         if status == b"FENCED":
             log.error("%s: %s; dropping its partitions and rejoining", topic, reply[1].decode())
@@ -231,6 +241,24 @@ class Coordinator:
         log.error("%s: unknown topic; nothing assigned", topic)
         st.target = frozenset()
         return True
+
+    def _stop_for_good(self, topic: str, exc: FencedError) -> None:
+        log.error("%s: %s", topic, exc)
+        self._lose(list(self.fetchers))
+        self.fatal = exc
+        self._stopping = True
+        if self._on_fatal is not None:
+            self._on_fatal(exc)
+
+    def _log_gap(self, topic: str, late: float) -> None:
+        gap = max(self._opt.session_timeout / 2, 3 * self._opt.heartbeat_interval)
+        if late >= gap:
+            log.warning(
+                "coordinator gap on %s: this client sent no heartbeat for %.1fs (its event loop "
+                "was blocked, or Redis was unreachable); deadlines re-armed", topic, late)
+        else:
+            log.warning("coordinator gap on %s: Redis was away (restart, pause or failover); "
+                        "deadlines re-armed", topic)
 
     async def _refreshed(self, owned: list[tuple[TopicPartition, PartitionFetcher]], replies: list[Any]) -> bool:
         """Act on the refresh replies; False if any owner key could not be extended."""
@@ -349,13 +377,41 @@ class Coordinator:
         timeout = self._opt.rebalance_timeout
         await asyncio.gather(*(f.stop(timeout) for f in fetchers))
         await self._notify("on_revoke", lost, timeout)
-        results = await asyncio.gather(*(f.release() for f in fetchers), return_exceptions=True)
-        for f, r in zip(fetchers, results, strict=True):
+        await self._release(fetchers)
+        for f in fetchers:
             self.fetchers.pop(f.tp, None)
-            if isinstance(r, BaseException):
-                log.warning("%r: release failed (%s); its owner key expires after the session timeout",
-                            f, translate(r, "release"))
         log.info("released %s", [f"{tp.topic}[{tp.partition}]" for tp in lost])
+
+    async def _release(self, fetchers: list[PartitionFetcher], *, quiet: bool = False) -> None:
+        """Release partitions in one pipeline (one round trip per node, one connection),
+        retrying connection errors until ``request_timeout``."""
+        deadline = time.monotonic() + self._opt.request_timeout
+        attempt = 0
+        todo = fetchers
+        while todo:
+            calls = [f.release_call() for f in todo]
+            try:
+                async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                    replies = await scripts.execute_calls(self._client, calls)
+            except Exception as exc:
+                replies = [exc] * len(todo)
+            failed: list[PartitionFetcher] = []
+            for f, r in zip(todo, replies, strict=True):
+                if isinstance(r, BaseException):
+                    failed.append(f)
+                else:
+                    f.released(r)
+            attempt += 1
+            if failed and time.monotonic() < deadline:
+                self._ctx.count("release_errors", len(failed))
+                await asyncio.sleep(min(self._ctx.backoff.delay(attempt), max(0.0, deadline - time.monotonic())))
+            elif failed:
+                error = next(r for r in replies if isinstance(r, BaseException))
+                (log.debug if quiet else log.warning)(
+                    "release of %s failed (%s); their owner keys expire after the session timeout",
+                    [repr(f) for f in failed], translate(error, "release"))
+                break
+            todo = failed
 
     def _lose(self, lost: list[TopicPartition], *, release: bool = False) -> None:
         """Partitions taken from us (fenced / lease lost): drop them without acking.
@@ -367,18 +423,20 @@ class Coordinator:
         for f in dropped:
             f.abort()
         if release and dropped:
-            self._tasks.append(asyncio.get_running_loop().create_task(self._release_quietly(dropped)))
+            self._tasks.append(asyncio.get_running_loop().create_task(self._release(dropped, quiet=True)))
         if gone:
             self._ctx.stats["partitions_lost"] = self._ctx.stats.get("partitions_lost", 0) + len(gone)
             log.warning("lost %s", [f"{tp.topic}[{tp.partition}]" for tp in gone])
             task = asyncio.get_running_loop().create_task(self._notify("on_lost", gone))
             self._tasks.append(task)
 
-    async def _release_quietly(self, fetchers: list[PartitionFetcher]) -> None:
-        results = await asyncio.gather(*(f.release() for f in fetchers), return_exceptions=True)
-        for f, r in zip(fetchers, results, strict=True):
-            if isinstance(r, BaseException):
-                log.debug("%r: release after fencing failed: %s", f, r)
+    def on_error(self, tp: TopicPartition, exc: BaseException) -> None:
+        """A partition's fetch task failed past its retries: give the partition up (so
+        it is never silently stalled, and its lease is not renewed) and surface the error."""
+        self._lose([tp], release=True)
+        if self._on_error is not None:
+            self._on_error(exc)
+        self._wake_reconcile.set()
 
     def on_fenced(self, tp: TopicPartition) -> None:
         """A fetcher's script said FENCED: forget the partition, check membership now,

@@ -1,15 +1,29 @@
 """Per owned partition: fenced fetch, takeover, in-order dispatch, idle wait.
 
 One :class:`PartitionFetcher` task runs per partition this consumer owns. It reads
-with the fenced ``fetch`` script (which also acks the previous batch: one round trip
-per batch), hands the batch to the consumer's dispatcher in stream order, and when
-the partition is drained waits with a read-only blocking XREAD, which changes no
-group state and so needs no fence.
+with the fenced ``fetch`` script (which also acks what was handled since the last
+call: one round trip per batch), hands the batch to the consumer's dispatcher in
+stream order, and when the partition is drained waits for new entries without
+changing group state (see :mod:`redcurrent.waiter`).
 
-Read order after a claim (design §9): the claim script moved the group's pending
-entries to us, so we first re-read our own pending list (from ``0``), then new
-entries (``>``). After a fetch that failed without a reply we re-read our own
-pending list after the last entry we handled.
+Read order after a claim (docs/architecture.md, "Takeover"): the claim script moved
+the group's pending entries to us, so we first re-read our own pending list (from
+``0``), then new entries (``>``). After a fetch that failed without a reply, or a
+batch abandoned part-way, we re-read our own pending list after the last entry we
+finished, restoring the delivery counts (the same owner reading an entry again is
+not a new delivery).
+
+Attempts: an entry's delivery count is the number of its next handler invocation.
+The fetcher remembers, for every entry it read and has not finished, how many
+invocations it has had (``held``); a graceful release writes those back, so a
+handoff costs no message an attempt. A crash writes nothing, so each entry the dead
+consumer held costs one attempt, and a message that kills its consumer every time
+still reaches the dead letters.
+
+Every Redis call here retries connection errors with the consumer's backoff until
+``request_timeout``; past it the error surfaces (``process()`` raises it), unless
+the local lease ran out first, in which case the partition is dropped without
+acking and claimed again once the lease is back.
 """
 
 from __future__ import annotations
@@ -19,7 +33,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -27,30 +41,44 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import scripts
 from .errors import DecodeError, FencedError, translate
+from .retry import Backoff
 from .serde import REQUEUE_HEADER, Deserializer, decode_entry
 from .structs import Message, TopicPartition
 
 if TYPE_CHECKING:
     from .connection import Client
     from .deadletter import DeadLetterWriter
+    from .waiter import IdleWaiter
 
-__all__ = ["Credits", "FetchContext", "PartitionFetcher"]
+__all__ = ["Credits", "Dispatcher", "FetchContext", "LeaseLost", "PartitionFetcher"]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 STRIDE = 8
 CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+POLL_S = 0.1  # idle poll period on a cluster when every blocking-wait slot is taken
 _FETCH = scripts.script("fetch")
 _RELEASE = scripts.script("release")
 _NACK = scripts.script("nack")
 
-# A dispatcher handles one fetched batch in order; it returns the ids it handed out
-# (in order) and whether the fetcher should ack them (False: the user acks manually).
-Dispatcher = Callable[["PartitionFetcher", list[Message]], Awaitable[tuple[list[str], bool]]]
+
+class LeaseLost(Exception):
+    """The local lease ran out while a call was being retried: drop the partition
+    without acking; it is claimed again once the heartbeat renews the lease."""
+
+
+class Dispatcher(Protocol):
+    """Hands one fetched batch of a partition to user code, in order. It finishes
+    each message through ``fetcher.finish`` (or leaves it pending by not doing so)."""
+
+    closed: bool
+
+    def __call__(self, fetcher: PartitionFetcher, msgs: list[Message]) -> Awaitable[None]: ...
 
 
 class Credits:
-    """Bounds messages fetched and not yet acked, over all partitions (max_in_flight)."""
+    """Bounds messages fetched and not yet finished, over all partitions (max_in_flight)."""
 
     def __init__(self, total: int) -> None:
         self.free = total
@@ -82,14 +110,25 @@ class FetchContext:
     batch_size: int
     block_ms: int
     fetch_timeout: float
+    request_timeout: float
+    backoff: Backoff
     credits: Credits
     deserializer: Deserializer | None
     lease_valid: Callable[[], bool]
     on_fenced: Callable[[TopicPartition], None]
+    on_error: Callable[[TopicPartition, BaseException], None]
     dead_letters: DeadLetterWriter
     stats: dict[str, int]
+    # Bounds concurrent commands of the consume path below the client's pool size, so
+    # heartbeats and claims always find a connection (a pool of 100 is redis-py's default).
+    limit: asyncio.Semaphore
+    waiter: IdleWaiter | None = None  # one blocking read for all idle partitions (single server)
+    wait_slots: asyncio.Semaphore | None = None  # per-partition blocking reads (cluster)
     dispatcher: Dispatcher | None = None
     dispatcher_set: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.stats[name] = self.stats.get(name, 0) + n
 
 
 class PartitionFetcher:
@@ -100,11 +139,15 @@ class PartitionFetcher:
         self.tp = tp
         self.stream = stream
         self.owner = owner
-        self.acks: list[str] = []  # handled, to ack on the next fetch or at release
+        self.acks: list[str] = []  # finished, to ack with the next fetch or at release
+        self.held: dict[str, int] = {}  # read, not finished: entry id -> invocations so far
+        self.manually_acked: set[str] = set()  # acked by the user inside a handler
         self.last_handled = "0"
         self._read_id = "0"
+        self._restore = False
         self._idle_at: Any = None  # the last entry id when drained; None while there is work
         self._stopping = False
+        self._restarting = False
         self._idle = False
         self._busy = False
         self.stop_event = asyncio.Event()
@@ -121,7 +164,13 @@ class PartitionFetcher:
     def task(self) -> asyncio.Task[None] | None:
         return self._task
 
+    @property
+    def alive(self) -> bool:
+        """Its task runs (or is being restarted): only then may its lease be renewed."""
+        return self._task is not None and (not self._task.done() or self._restarting)
+
     def start(self) -> None:
+        self._restarting = False
         self._task = asyncio.create_task(
             self._run(), name=f"redcurrent-fetch-{self.tp.topic}-{self.tp.partition}"
         )
@@ -139,6 +188,24 @@ class PartitionFetcher:
 
     def resume(self) -> None:
         self._resumed.set()
+
+    # -- finishing messages (called by dispatchers) --
+    def invoking(self, msg: Message) -> None:
+        """A handler is about to get ``msg`` (invocation number ``msg.attempts``)."""
+        self.held[msg.id] = msg.attempts
+
+    def finish(self, entry_id: str, *, ack: bool = True, advance: bool = True) -> None:
+        """``entry_id`` is done (handled, dead-lettered, expired or skipped).
+
+        ``last_handled`` means "everything up to here is finished"; entries finished
+        out of turn (before the batch is dispatched) pass ``advance=False``."""
+        self.held.pop(entry_id, None)
+        self.raw.pop(entry_id, None)
+        if ack and entry_id not in self.manually_acked:
+            self.acks.append(entry_id)
+        self.manually_acked.discard(entry_id)
+        if advance:
+            self.last_handled = entry_id
 
     # -- stopping --
     async def stop(self, timeout: float) -> None:
@@ -167,92 +234,182 @@ class PartitionFetcher:
         if self._task is not None:
             self._task.cancel()
 
-    async def release(self) -> bool:
-        """Ack what was handled and give the partition up. False if we were fenced."""
-        args: list[str] = [self.ctx.token, self.ctx.group, self.ctx.consumer, *self.acks]
-        reply = await scripts.run(self.ctx.client, _RELEASE, [self.stream, self.owner], args)
-        released = bool(reply[0] == b"OK")
+    def restart(self) -> None:
+        """The dispatcher was detached (its ``process()`` call ended): cancel what is
+        in hand without acking it, and start a fresh task that waits for the next
+        dispatcher and re-reads the unfinished entries first."""
+        task = self._task
+        if task is None or self._stopping:
+            return
+        self._restarting = True
+        if task.done():
+            self._restart_now(task)
+            return
+        task.add_done_callback(self._restart_now)
+        task.cancel()
+
+    def _restart_now(self, _task: asyncio.Task[None]) -> None:
+        if self._stopping or not self._restarting:
+            return
+        if self.held or self._idle_at is None:
+            self._read_id, self._restore = self.last_handled, True
+        self._idle_at = None
+        self.raw = {}
+        self.start()
+
+    def release_call(self) -> scripts.Call:
+        """The release script call: ack what was finished, give back the counts of what
+        was read and not finished (see the module docstring), give the partition up."""
+        c = self.ctx
+        counts: list[str | int] = []
+        for entry_id, invocations in self.held.items():
+            counts += [entry_id, max(0, invocations)]
+        args: list[str | int] = [c.token, c.group, c.consumer, len(self.acks), *self.acks, *counts]
+        return scripts.Call(_RELEASE, [self.stream, self.owner], args)
+
+    def released(self, reply: Any) -> bool:
+        """Act on the release reply; False if we were fenced (nothing was changed)."""
         self.acks.clear()
-        return released
+        self.held.clear()
+        return bool(reply[0] == b"OK")
 
     async def note_attempt(self, entry_id: str, attempts: int) -> None:
         """Persist a failed attempt in the pending entry's delivery count (fenced)."""
         args: list[str | int] = [self.ctx.token, self.ctx.group, self.ctx.consumer, entry_id, attempts]
-        reply = await scripts.run(self.ctx.client, _NACK, [self.stream, self.owner], args)
+        reply = await self.call(
+            "record a failed attempt",
+            lambda: scripts.run(self.ctx.client, _NACK, [self.stream, self.owner], args),
+        )
         if reply == b"FENCED":
             raise FencedError(f"partition {self.tp.topic}[{self.tp.partition}] is no longer owned")
 
     async def ack_now(self, ids: list[str]) -> None:
         """Ack ``ids`` at once (manual acks). Raises FencedError if not the owner."""
-        reply = await self._fetch_call(0, ">", ids)
+        reply = await self.call("ack", lambda: self._fetch_call(0, ">", ids))
         if reply[0] == b"FENCED":
             raise FencedError(f"partition {self.tp.topic}[{self.tp.partition}] is no longer owned")
+        for i in ids:
+            if i in self.held:
+                self.manually_acked.add(i)
+
+    async def call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run one Redis call of the consume path; connection errors are retried with
+        the consumer's backoff until ``request_timeout``, then raised (translated).
+        Raises LeaseLost when the local lease runs out meanwhile."""
+        c = self.ctx
+        deadline = time.monotonic() + c.request_timeout
+        attempt = 0
+        while True:
+            try:
+                async with c.limit:
+                    async with asyncio.timeout(c.fetch_timeout):
+                        return await fn()
+            except CONNECTION_ERRORS as exc:
+                attempt += 1
+                c.count("redis_errors")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise translate(exc, f"{what} on {self.tp.topic}[{self.tp.partition}]: "
+                                         f"gave up after request_timeout={c.request_timeout}s") from None
+                if not c.lease_valid():
+                    raise LeaseLost(what) from None
+                delay = min(left, c.backoff.delay(attempt))
+                log.warning("%r: %s failed (%s); retry %d in %.2fs", self, what,
+                            translate(exc, what), attempt, delay)
+                await asyncio.sleep(delay)
 
     # -- the loop --
     async def _run(self) -> None:
         try:
-            await self.ctx.dispatcher_set.wait()
             while not self._stopping:
                 await self._step()
         except asyncio.CancelledError:
-            if not self._stopping:
+            if not self._stopping and not self._restarting:
                 raise
         except FencedError:
             self.fenced = True
             self.ctx.on_fenced(self.tp)
+        except LeaseLost:
+            log.warning("%r: lease ran out while retrying; dropping the partition", self)
+            self.ctx.on_fenced(self.tp)
+        except Exception as exc:  # never a silent stall: the coordinator drops it, process() raises
+            self.ctx.count("partition_errors")
+            log.error("%r: consuming failed: %s", self, translate(exc, "consume"))
+            self.ctx.on_error(self.tp, exc)
 
     async def _step(self) -> None:
-        if not self._resumed.is_set():
+        c = self.ctx
+        if not c.dispatcher_set.is_set() or not self._resumed.is_set():
+            # Nobody to hand messages to (no process() running) or paused: ack what
+            # is finished, then wait; nothing new is read.
+            if self.acks:
+                await self._flush_acks()
+                return
             self._idle = True
-            await self._resumed.wait()
-            self._idle = False
+            try:
+                await (c.dispatcher_set.wait() if not c.dispatcher_set.is_set() else self._resumed.wait())
+            finally:
+                self._idle = False
             return
-        if not self.ctx.lease_valid():
-            # Design §3: past our local lease we hand nothing out; the coordinator
-            # will either refresh the lease or take the partition from us.
+        if not c.lease_valid():
+            # Past our local lease we hand nothing out; the coordinator will either
+            # refresh the lease or take the partition from us.
             await asyncio.sleep(0.05)
-            self._read_id = self.last_handled
-            self._idle_at = None
+            self._reread()
             return
         if self._idle_at is not None and not self.acks:
-            # Drained: only the read-only blocking read until something new arrives,
-            # so an idle partition costs Redis one XREAD per block period, nothing more.
+            # Drained, and every ack sent: only wait until something new arrives.
             if await self._wait(self._idle_at):
                 self._idle_at = None
             return  # the next step re-checks pause, lease and stop before fetching
-        want = await self.ctx.credits.take(self.ctx.batch_size)
+        want = await c.credits.take(c.batch_size)
         try:
             reply = await self._fetch(want)
         except BaseException:
-            self.ctx.credits.give(want)
+            c.credits.give(want)
             raise
         if reply is None:
-            self.ctx.credits.give(want)
+            c.credits.give(want)
             return
         n = (len(reply) - 2) // STRIDE
-        self.ctx.credits.give(want - n)
+        c.credits.give(want - n)
         if n == 0:
             if self._read_id != ">":
-                self._read_id = ">"
+                self._read_id, self._restore = ">", False
             else:
                 self._idle_at = reply[1]
             return
-        await self._dispatch(reply, n)
+        try:
+            await self._dispatch(reply, n)
+        finally:
+            c.credits.give(n)
+
+    def _reread(self) -> None:
+        """Read our own pending list again after the last finished entry."""
+        self._read_id, self._restore = self.last_handled, True
+        self._idle_at = None
+
+    async def _flush_acks(self) -> None:
+        acks, self.acks = self.acks, []
+        try:
+            reply = await self.call("ack", lambda: self._fetch_call(0, ">", acks))
+        except BaseException:
+            self.acks = acks + self.acks
+            raise
+        if reply[0] == b"FENCED":
+            raise FencedError(f"{self.tp} fenced")
 
     async def _fetch(self, count: int) -> list[Any] | None:
-        acks = self.acks
-        self.acks = []
+        acks, self.acks = self.acks, []
         try:
-            reply = await self._fetch_call(count, self._read_id, acks)
-        except CONNECTION_ERRORS as exc:
+            reply = await self.call("fetch", lambda: self._fetch_call(count, self._read_id, acks))
+        except BaseException:
             # Ambiguous: Redis may have run the script. Keep the acks (XACK is
-            # idempotent) and re-read our own pending list after what we handled.
+            # idempotent) and re-read our own pending list after what we finished.
             self.acks = acks + self.acks
-            self._read_id = self.last_handled
-            self.ctx.stats["fetch_errors"] = self.ctx.stats.get("fetch_errors", 0) + 1
-            log.warning("%r: fetch failed (%s); re-reading own pending entries", self, translate(exc, "fetch"))
-            await asyncio.sleep(0.1)
-            return None
+            if self._read_id == ">":
+                self._reread()
+            raise
         status = reply[0]
         if status == b"OK":
             return list(reply)
@@ -266,41 +423,59 @@ class PartitionFetcher:
 
     async def _fetch_call(self, count: int, read_id: str, acks: list[str]) -> Any:
         c = self.ctx
-        async with asyncio.timeout(c.fetch_timeout):
-            return await scripts.run(
-                c.client, _FETCH, [self.stream, self.owner],
-                [c.token, c.group, c.consumer, count, read_id, *acks],
-            )
+        restore = "1" if self._restore and read_id != ">" else "0"
+        return await scripts.run(
+            c.client, _FETCH, [self.stream, self.owner],
+            [c.token, c.group, c.consumer, count, read_id, restore, *acks],
+        )
 
     async def _recreate_group(self) -> None:
-        # Design §8: the group vanished (Redis restarted empty or the key was
-        # deleted). Recreate it at 0 (at-least-once), say so loudly, never crash-loop.
+        # The group vanished (Redis restarted empty or the key was deleted): recreate
+        # it at 0 (at-least-once), say so loudly, never crash-loop.
         log.error("%r: consumer group %r vanished; recreating it at 0", self, self.ctx.group)
-        self.ctx.stats["groups_recreated"] = self.ctx.stats.get("groups_recreated", 0) + 1
+        self.ctx.count("groups_recreated")
         try:
-            await self.ctx.client.execute_command(
-                "XGROUP", "CREATE", self.stream, self.ctx.group, "0", "MKSTREAM"
-            )
+            await self.call("recreate the group", lambda: self.ctx.client.execute_command(
+                "XGROUP", "CREATE", self.stream, self.ctx.group, "0", "MKSTREAM"))
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        self._read_id = "0"
+        self._read_id, self._restore = "0", False
         await asyncio.sleep(0.05)
 
     async def _wait(self, last_id: Any) -> bool:
-        """Block (read-only XREAD) until an entry newer than ``last_id`` arrives.
+        """Wait (read-only) until an entry newer than ``last_id`` arrives.
 
         True when there is something to fetch (or the wait failed: fetch to find out)."""
+        c = self.ctx
         self._idle = True
         try:
-            async with asyncio.timeout(self.ctx.block_ms / 1000 + self.ctx.fetch_timeout):
-                found = await self.ctx.client.xread({self.stream: last_id}, count=1, block=self.ctx.block_ms)
+            if c.waiter is not None:
+                fut = c.waiter.wait(self.stream, last_id)
+                try:
+                    return await asyncio.wait_for(asyncio.shield(fut), c.block_ms / 1000)
+                except TimeoutError:
+                    return False
+                finally:
+                    if not fut.done():
+                        c.waiter.discard(self.stream, fut)
+            return await self._wait_alone(last_id)
+        finally:
+            self._idle = False
+
+    async def _wait_alone(self, last_id: Any) -> bool:
+        slots = self.ctx.wait_slots
+        if slots is not None and slots.locked():
+            await asyncio.sleep(POLL_S)  # every blocking-wait slot is taken: poll
+            return True
+        try:
+            async with slots if slots is not None else _NO_LIMIT:
+                async with asyncio.timeout(self.ctx.block_ms / 1000 + self.ctx.fetch_timeout):
+                    found = await self.ctx.client.xread({self.stream: last_id}, count=1, block=self.ctx.block_ms)
             return bool(found)
         except CONNECTION_ERRORS:
             await asyncio.sleep(0.1)
             return True
-        finally:
-            self._idle = False
 
     async def _dispatch(self, reply: list[Any], n: int) -> None:
         c = self.ctx
@@ -313,58 +488,75 @@ class PartitionFetcher:
             try:
                 msg = decode_entry(topic, partition, slots, c.deserializer)
             except DecodeError as exc:
-                await self._poison(slots, str(exc))
+                await self._poison(slots, exc)
                 continue
             if msg.expires_at is not None and msg.expires_at <= now_ms:
-                await self._expired(slots, msg)
+                await self.expired(msg, slots, advance=False)
                 continue
             if msg.headers and msg.headers.get(REQUEUE_HEADER, c.group) != c.group:
                 # A dead letter requeued for another group: ack it, never handle it.
-                c.stats["requeue_skipped"] = c.stats.get("requeue_skipped", 0) + 1
-                self.acks.append(msg.id)
-                c.credits.give(1)
+                c.count("requeue_skipped")
+                self.finish(msg.id, advance=False)
                 continue
             messages.append(msg)
             raw[msg.id] = slots
+            self.held[msg.id] = msg.attempts - 1
         self.raw = raw
+        raw_last = reply[2 + (n - 1) * STRIDE]
+        batch_last = raw_last.decode() if isinstance(raw_last, bytes) else str(raw_last)
         if self._read_id != ">":
-            last = reply[2 + (n - 1) * STRIDE]
-            self._read_id = last.decode() if isinstance(last, bytes) else str(last)
+            self._read_id = batch_last
         if not messages:
+            self.last_handled = batch_last
             return
-        if not c.lease_valid():
-            c.credits.give(len(messages))
-            self._read_id = self.last_handled
+        dispatcher = c.dispatcher
+        if dispatcher is None or dispatcher.closed or not c.lease_valid():
+            self._reread()
             return
         self._busy = True
         try:
-            assert c.dispatcher is not None
-            done, ack = await c.dispatcher(self, messages)
+            await dispatcher(self, messages)
         finally:
             self._busy = False
-        if ack:
-            self.acks.extend(done)
-        c.credits.give(len(messages))
-        if done:
-            self.last_handled = done[-1]
-        if len(done) < len(messages) and not self._stopping:
-            # Stopped early (lease lost): the rest is still pending under our name.
-            self._read_id = self.last_handled
+        if self.last_handled == messages[-1].id:
+            self.last_handled = batch_last  # entries after it were finished out of turn
+        elif not self._stopping:
+            # Stopped part-way (lease lost, dispatcher detached): the rest is still
+            # pending under our name; read it again before anything new.
+            self._reread()
 
-    async def _poison(self, slots: list[Any], reason: str) -> None:
-        c = self.ctx
-        kind = "trimmed" if reason == "trimmed" else "decode_failures"
-        c.stats[kind] = c.stats.get(kind, 0) + 1
+    async def _poison(self, slots: list[Any], exc: DecodeError) -> None:
+        reason = str(exc)
+        trimmed = reason == "trimmed"
+        self.ctx.count("trimmed" if trimmed else "decode_failures")
         entry_id = slots[0].decode()
         log.error("%r: entry %s cannot be handled (%s); dead-lettering it", self, entry_id, reason)
-        await c.dead_letters.write_raw(self.tp, self.stream, entry_id, slots, reason, int(slots[1]))
-        self.acks.append(entry_id)
-        c.credits.give(1)
+        await self.dead_letter(entry_id, slots, "trimmed" if trimmed else "decode_error", int(slots[1]),
+                               None if trimmed else exc)
+        self.finish(entry_id, advance=False)
 
-    async def _expired(self, slots: list[Any], msg: Message) -> None:
+    async def expired(self, msg: Message, slots: list[Any] | None = None, *, advance: bool = True) -> None:
+        """``msg`` outlived its TTL: count it, dead-letter it if the topic asks, finish it."""
         c = self.ctx
-        c.stats["expired"] = c.stats.get("expired", 0) + 1
+        c.count("expired")
         if c.dead_letters.dead_letter_expired(self.tp.topic):
-            await c.dead_letters.write_raw(self.tp, self.stream, msg.id, slots, "expired", msg.attempts)
-        self.acks.append(msg.id)
-        c.credits.give(1)
+            await self.dead_letter(msg.id, slots or self.raw.get(msg.id), "expired", msg.attempts)
+        self.finish(msg.id, advance=advance)
+
+    async def dead_letter(self, entry_id: str, slots: list[Any] | None, reason: str, attempts: int,
+                          error: BaseException | None = None) -> None:
+        """Write one dead letter (retried like every call); the caller then finishes the entry."""
+        slots = slots or self.raw.get(entry_id) or [entry_id.encode(), attempts, b"", b"", b"", b"", b"", b""]
+        await self.call("dead-letter", lambda: self.ctx.dead_letters.write_raw(
+            self.tp, self.stream, entry_id, slots, reason, attempts, error))
+
+
+class _NoLimit:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *_: object) -> None:
+        return None
+
+
+_NO_LIMIT = _NoLimit()

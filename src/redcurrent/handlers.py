@@ -6,7 +6,13 @@
 
 Failed attempts retry in place (the partition waits, order is kept) with backoff;
 each failure is recorded in the entry's delivery count (fenced), so attempts survive
-restarts. After ``max_attempts`` the message is dead-lettered, then acked.
+restarts. After ``max_attempts`` the message is dead-lettered, then acked. Before
+every invocation, first or retry, the message's TTL is checked again, and a message
+whose count already exceeds ``max_attempts`` (its consumer died on it each time) is
+dead-lettered without another try.
+
+A dispatcher serves one ``process()`` call: when that call ends it is ``closed`` and
+calls no handler again.
 """
 
 from __future__ import annotations
@@ -80,8 +86,13 @@ class Policy:
         self.stats[name] = self.stats.get(name, 0) + n
 
 
-def _handing_out(fetcher: PartitionFetcher) -> bool:
-    return not fetcher.stopping and fetcher.ctx.lease_valid()
+class HandlerCancelledError(Exception):
+    """The handler raised CancelledError although nobody cancelled it (a library's own
+    timeout, say): a failed attempt like any other error, never a stop."""
+
+
+def _handing_out(fetcher: PartitionFetcher, dispatcher: _Base) -> bool:
+    return not dispatcher.closed and not fetcher.stopping and fetcher.ctx.lease_valid()
 
 
 async def _call(policy: Policy, fn: Callable[[Any], Awaitable[Any]], arg: Any) -> None:
@@ -97,6 +108,11 @@ async def _call(policy: Policy, fn: Callable[[Any], Awaitable[Any]], arg: Any) -
                 if cm.expired():
                     raise TimeoutError(f"handler exceeded handler_timeout={policy.handler_timeout}s") from exc
                 raise
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise  # a real cancellation: stop, revoke, or the process() call ended
+        raise HandlerCancelledError("the handler raised CancelledError without being cancelled") from None
     finally:
         policy.latency.observe(time.perf_counter() - started)
 
@@ -123,51 +139,74 @@ async def _failed(
     return delay
 
 
-async def _dead_letter(policy: Policy, fetcher: PartitionFetcher, msg: Message, exc: BaseException) -> None:
+async def _dead_letter(policy: Policy, fetcher: PartitionFetcher, msg: Message, exc: BaseException | None) -> None:
     reason = exc.reason if isinstance(exc, DeadLetter) else "max_attempts"
     if isinstance(exc, TimeoutError) and policy.handler_timeout is not None and reason == "max_attempts":
         reason = "handler_timeout"
-    slots = fetcher.raw.get(msg.id) or [msg.id.encode(), msg.attempts, b"", b"", b"", b"", b"", b""]
-    await fetcher.ctx.dead_letters.write_raw(
-        fetcher.tp, fetcher.stream, msg.id, slots, reason, msg.attempts, exc
-    )
+    await fetcher.dead_letter(msg.id, None, reason, msg.attempts, exc)
+    fetcher.finish(msg.id)
 
 
-async def _sleep_unless_stopped(fetcher: PartitionFetcher, delay: float) -> bool:
-    """Sleep ``delay``; False if the partition is being stopped meanwhile."""
+async def _ready(policy: Policy, fetcher: PartitionFetcher, msg: Message) -> bool:
+    """Checks before an invocation; False if ``msg`` was finished instead (expired, or
+    out of attempts because its consumer died while handling it)."""
+    if msg.expires_at is not None and msg.expires_at <= time.time() * 1000:
+        await fetcher.expired(msg)
+        return False
+    max_attempts, _ = policy.for_topic(fetcher.tp.topic)
+    if msg.attempts > max_attempts:
+        policy.count("failed")
+        await _dead_letter(policy, fetcher, msg, None)
+        return False
+    fetcher.invoking(msg)
+    return True
+
+
+async def _sleep_unless_stopped(fetcher: PartitionFetcher, dispatcher: _Base, delay: float) -> bool:
+    """Sleep ``delay``; False if the partition is being stopped (or the dispatcher closed) meanwhile."""
     try:
         async with asyncio.timeout(delay):
             await fetcher.stop_event.wait()
         return False
     except TimeoutError:
-        return not fetcher.stopping
+        return _handing_out(fetcher, dispatcher)
 
 
-class EachDispatcher:
+class _Base:
+    closed = False
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+
+class EachDispatcher(_Base):
     """Calls ``handler(message)`` for each message of a partition, in order."""
 
     def __init__(self, handler: Handler, policy: Policy) -> None:
+        super().__init__(policy)
         self.handler = handler
-        self.policy = policy
 
-    async def __call__(self, fetcher: PartitionFetcher, msgs: list[Message]) -> tuple[list[str], bool]:
-        done: list[str] = []
+    async def __call__(self, fetcher: PartitionFetcher, msgs: list[Message]) -> None:
         for msg in msgs:
-            if not _handing_out(fetcher):
-                break
-            if not await self._one(fetcher, msg):
-                break
-            done.append(msg.id)
-        return done, True
+            if not _handing_out(fetcher, self) or not await self._one(fetcher, msg):
+                return
 
     async def _one(self, fetcher: PartitionFetcher, msg: Message) -> bool:
+        """Handle one message to its end; False if it was left pending (stop, fenced)."""
         policy = self.policy
         while True:
+            if not await _ready(policy, fetcher, msg):
+                return True
             try:
                 await _call(policy, self.handler, msg)
                 policy.count("processed")
+                fetcher.finish(msg.id)
                 return True
-            except (TimeoutError, Exception) as exc:
+            except Exception as exc:
+                if msg.id in fetcher.manually_acked:  # acked by hand, then raised: done
+                    policy.count("processed")
+                    fetcher.finish(msg.id)
+                    return True
                 policy.count("failed")
                 try:
                     delay = await _failed(policy, fetcher, [msg], exc)
@@ -176,81 +215,93 @@ class EachDispatcher:
                 if delay is None:
                     await _dead_letter(policy, fetcher, msg, exc)
                     return True
-                if not await _sleep_unless_stopped(fetcher, delay):
+                if not await _sleep_unless_stopped(fetcher, self, delay):
                     return False
                 msg = msg._replace(attempts=msg.attempts + 1)
 
 
-class BatchDispatcher:
+class BatchDispatcher(_Base):
     """Calls ``handler(messages)`` with each fetched batch of one partition."""
 
     def __init__(self, handler: BatchHandler, policy: Policy) -> None:
+        super().__init__(policy)
         self.handler = handler
-        self.policy = policy
 
-    async def __call__(self, fetcher: PartitionFetcher, msgs: list[Message]) -> tuple[list[str], bool]:
-        return await self._batch(fetcher, msgs), True
-
-    async def _batch(self, fetcher: PartitionFetcher, msgs: list[Message]) -> list[str]:
+    async def __call__(self, fetcher: PartitionFetcher, msgs: list[Message]) -> None:
         policy = self.policy
         pending = msgs
-        done: list[str] = []
         while pending:
-            if not _handing_out(fetcher):
-                return done
+            if not _handing_out(fetcher, self):
+                return
+            pending = [m for m in pending if await _ready(policy, fetcher, m)]
+            if not pending:
+                return
             try:
                 await _call(policy, self.handler, pending)
                 policy.count("processed", len(pending))
-                return done + [m.id for m in pending]
-            except (TimeoutError, Exception) as exc:
+                for m in pending:
+                    fetcher.finish(m.id)
+                return
+            except Exception as exc:
                 failed = exc.failed if isinstance(exc, BatchError) else pending
-                failed_ids = {m.id for m in failed}
+                failed_ids = {m.id for m in failed} - fetcher.manually_acked
+                # Finish in stream order up to the first failed message; the ones after
+                # it are finished too (acks go out in any order), but ``last_handled``
+                # must not pass an entry still pending.
                 ok = [m for m in pending if m.id not in failed_ids]
                 policy.count("processed", len(ok))
-                policy.count("failed", len(failed))
-                done += [m.id for m in ok]
+                policy.count("failed", len(pending) - len(ok))
+                first_failed = next((m.id for m in pending if m.id in failed_ids), None)
+                advance = True
+                for m in pending:
+                    if m.id == first_failed:
+                        advance = False
+                    if m.id not in failed_ids:
+                        fetcher.finish(m.id, advance=advance)
                 pending = [m for m in pending if m.id in failed_ids]
                 if not pending:
-                    return done
+                    return
                 try:
                     delay = await _failed(policy, fetcher, pending, exc)
                 except FencedError:
-                    return done
+                    return
                 if delay is None:
                     for m in pending:
                         await _dead_letter(policy, fetcher, m, exc)
-                    return done + [m.id for m in pending]
-                if not await _sleep_unless_stopped(fetcher, delay):
-                    return done
+                    return
+                if not await _sleep_unless_stopped(fetcher, self, delay):
+                    return
                 pending = [m._replace(attempts=m.attempts + 1) for m in pending]
-        return done
 
 
 @dataclass(slots=True)
 class Slot:
-    """A message waiting in the iterator's queue."""
+    """A message waiting in the iterator's queue. ``done`` resolves True once the
+    message is handled, False if it was abandoned (the loop raised): not acked."""
 
     msg: Message
     fetcher: PartitionFetcher
-    done: asyncio.Future[None]
+    done: asyncio.Future[bool]
     yielded: bool = False
 
 
-class IteratorDispatcher:
+class IteratorDispatcher(_Base):
     """Feeds ``async for``: the next message of a partition is queued once the previous
     one was taken and the iterator moved on (or it was acked)."""
 
-    def __init__(self, queue: asyncio.Queue[Slot | None], auto_ack: bool, stats: dict[str, int]) -> None:
+    def __init__(self, queue: asyncio.Queue[Slot | None], auto_ack: bool, policy: Policy) -> None:
+        super().__init__(policy)
         self.queue = queue
         self.auto_ack = auto_ack
-        self.stats = stats
 
-    async def __call__(self, fetcher: PartitionFetcher, msgs: list[Message]) -> tuple[list[str], bool]:
+    async def __call__(self, fetcher: PartitionFetcher, msgs: list[Message]) -> None:
         loop = asyncio.get_running_loop()
-        done: list[str] = []
         for msg in msgs:
-            if not _handing_out(fetcher):
-                break
+            if not _handing_out(fetcher, self):
+                return
+            if msg.expires_at is not None and msg.expires_at <= time.time() * 1000:
+                await fetcher.expired(msg)
+                continue
             slot = Slot(msg, fetcher, loop.create_future())
             self.queue.put_nowait(slot)
             stop: asyncio.Future[Any] = asyncio.ensure_future(fetcher.stop_event.wait())
@@ -258,12 +309,13 @@ class IteratorDispatcher:
                 waiting: set[asyncio.Future[Any]] = {slot.done, stop}
                 await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if not slot.done.done() and slot.yielded:
-                    await slot.done  # in the user's hands: let it finish (stop() bounds this)
+                    await asyncio.shield(slot.done)  # in the user's hands: let it finish (stop() bounds this)
             finally:
                 stop.cancel()
             if not slot.done.done():
                 slot.done.cancel()  # never yielded: stays pending for the next owner
-                break
-            done.append(msg.id)
-            self.stats["processed"] = self.stats.get("processed", 0) + 1
-        return done, self.auto_ack
+                return
+            if slot.done.cancelled() or not slot.done.result():
+                return  # abandoned: the loop raised with it in hand; not acked
+            fetcher.finish(msg.id, ack=self.auto_ack)
+            self.policy.count("processed")

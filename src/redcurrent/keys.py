@@ -8,11 +8,13 @@ Key map (``ns`` is the namespace, default ``rc``; ``{…}`` is a Redis Cluster h
     ns:{T}:g:G:members                hash   member id -> member info (json)
     ns:{T}:g:G:deadlines              zset   member id -> deadline (ms, Redis clock)
     ns:{T}:g:G:state                  hash   epoch, last_tick, assignment, ...
+    ns:{T}:g:G:fenced                 set    member|instance tokens fenced for good (group deleted)
     ns:{T}:dlq:G                      stream dead letters of group G on topic T
     ns:{T:P}                          stream partition P of topic T
     ns:{T:P}:owner:G                  string owner token of partition P for group G (fence)
     ns:{T:P}:pseq:PID                 string idempotent-producer sequence for producer PID
     ns:{T:P}:requeued:G               set    dead-letter ids of G already requeued here
+    ns:doorbell:I                     stream wake-up of consumer instance I's idle wait (no tag)
     ns:{T:P}:version                  string the topic metadata version, as this partition
                                              last heard it (growth notification for producers)
 
@@ -104,6 +106,7 @@ class Keys:
             self.members(topic, group),
             self.deadlines(topic, group),
             self.group_state(topic, group),
+            self.group_fence(topic, group),
         ]
 
     def group_keys(self, topic: str, group: str) -> list[str]:
@@ -127,6 +130,14 @@ class Keys:
 
     def topic_version(self, topic: str, partition: int) -> str:
         return f"{self.namespace}:{{{topic}:{partition}}}:version"
+
+    def doorbell(self, instance_id: str) -> str:
+        """A consumer instance's private wake-up stream for its idle wait (single server only)."""
+        return f"{self.namespace}:doorbell:{instance_id}"
+
+    def group_fence(self, topic: str, group: str) -> str:
+        """Members fenced for good (their group was deleted by force): member|instance tokens."""
+        return f"{self.namespace}:{{{topic}}}:g:{group}:fenced"
 
     def requeued(self, topic: str, partition: int, group: str) -> str:
         return f"{self.namespace}:{{{topic}:{partition}}}:requeued:{group}"

@@ -664,6 +664,7 @@ async def test_an_idle_consumer_sends_only_blocking_reads_and_heartbeats(
         "zrangebyscore",
         "get",
         "pexpire",
+        "sismember",
     }
     assert set(delta) <= {"evalsha", "xread"} | script_internals, delta
     assert "xreadgroup" not in delta and "xrevrange" not in delta, delta

@@ -5,7 +5,9 @@
 -- KEYS:   [1] partition stream  [2] owner key
 -- ARGV:   [1] token  [2] group  [3] consumer  [4] count (0 = ack only)
 --         [5] read id: ">" for new entries, or an id to re-read my own pending list after it
---         [6...] entry ids to ack first
+--         [6] "1" to restore the delivery counts of a re-read (a re-read after an ambiguous
+--             or abandoned fetch by the same owner is not a new delivery), else "0"
+--         [7...] entry ids to ack first
 -- Reply:  {"OK", last_id, id, attempts, f, v, k, h, x, t, id, ...}   flat, 8 per entry
 --           last_id is the newest entry id of the stream ("0-0" if empty) when a ">" read
 --           found nothing (what an idle wait blocks on), else "".
@@ -14,8 +16,8 @@
 local stream, owner = KEYS[1], KEYS[2]
 local token, group, consumer, count, read_id = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 if redis.call('GET', owner) ~= token then return {'FENCED'} end
-if #ARGV > 5 then
-  local ok = pcall(redis.call, 'XACK', stream, group, unpack(ARGV, 6))
+if #ARGV > 6 then
+  local ok = pcall(redis.call, 'XACK', stream, group, unpack(ARGV, 7))
   if not ok then return {'NOGROUP'} end
 end
 if count == 0 then return {'OK', ''} end
@@ -39,6 +41,16 @@ if read_id ~= '>' then
   local pend = redis.call('XPENDING', stream, group, entries[1][1], entries[#entries][1],
     #entries, consumer)
   for _, p in ipairs(pend) do attempts[p[1]] = p[4] end
+  if ARGV[6] == '1' then
+    -- XREADGROUP counted this re-read as a delivery: put each count back, so the
+    -- count stays the number of the next handler invocation (docs/architecture.md).
+    for _, p in ipairs(pend) do
+      if p[4] > 1 then
+        redis.call('XCLAIM', stream, group, consumer, 0, p[1], 'RETRYCOUNT', p[4] - 1, 'JUSTID')
+        attempts[p[1]] = p[4] - 1
+      end
+    end
+  end
 end
 local slot = {f = 1, v = 2, k = 3, h = 4, x = 5, t = 6}
 local n = 2

@@ -3,11 +3,14 @@
 -- Slot:   {topic}
 -- KEYS:   [1] topic meta hash  [2] topic groups set  [3] group members hash
 --         [4] group deadlines zset  [5] group state hash
+--         [6] fenced-members set (instances whose group an operator deleted)
 -- ARGV:   [1] group  [2] member id  [3] instance id  [4] session_ms  [5] heartbeat_ms
 --         [6] op: "join" | "beat" | "leave"  [7] member info json (join)
 --         [8] assignor: "round_robin" | "sticky"
 -- Reply:  {"OK", epoch, partitions, created_partitions, "p,p,...", rearmed}
 --         {"FENCED", reason}     this instance is not (or no longer) a member: rejoin
+--         {"DELETED"}            an operator deleted this group while this instance was in
+--                                it: stop for good, never recreate it
 --         {"UNKNOWN_TOPIC"}
 -- Members hash values are "<instance>|<info json>". Deadlines are ms by Redis's clock.
 redis.replicate_commands()
@@ -17,6 +20,10 @@ local session, hb, op, assignor = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6],
 
 local nparts = tonumber(redis.call('HGET', meta, 'partitions'))
 if not nparts then return {'UNKNOWN_TOPIC'} end
+if KEYS[6] and redis.call('SISMEMBER', KEYS[6], mid .. '|' .. inst) == 1 then
+  if op == 'leave' then return {'OK', 0, nparts, 0, '', 0} end
+  return {'DELETED'}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('SADD', groups, group)
