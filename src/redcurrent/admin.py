@@ -12,7 +12,14 @@ from . import dlq, offsets, topics
 from . import groups as groups_mod
 from .config import DEFAULT_NAMESPACE, check_bool, check_ttl_ms
 from .connection import Client, Connection, Lifecycle, connect
-from .errors import ConfigError, GroupError, UnknownGroupError, UnknownTopicError, translate
+from .errors import (
+    ConfigError,
+    GroupError,
+    RequeueError,
+    UnknownGroupError,
+    UnknownTopicError,
+    translate,
+)
 from .keys import Keys, validate_name
 from .structs import GroupInfo, PartitionInfo, TopicConfig, TopicInfo
 
@@ -301,7 +308,23 @@ class Admin(Lifecycle):
         self, topic: str, group: str, ids: Iterable[str] | None = None
     ) -> int:
         """Move dead letters (all, or ``ids``) back to their original partitions, with
-        their key and headers; attempts start again. Idempotent. Returns how many moved."""
+        their key and headers; attempts start again. Idempotent. Returns how many moved.
+
+        A dead letter that cannot be put back (its headers are not a JSON object, or its
+        message was not kept, as for ``reason="trimmed"``) stays in the dead-letter
+        stream and does not stop the others: once every one was tried, ``RequeueError``
+        is raised with ``.moved`` (how many moved) and ``.failed`` (dead-letter id ->
+        why)::
+
+            try:
+                moved = await admin.requeue_dead_letters("orders", "billing")
+            except RequeueError as exc:
+                moved = exc.moved
+                for dead_letter_id, why in exc.failed.items():
+                    print("left in place:", dead_letter_id, why)
+
+        Ids not in the dead-letter stream are skipped.
+        """
         ids = _id_list(ids) if ids is not None else None
         client = await self._client()
         key = self._dlq(topic, group)
@@ -312,11 +335,25 @@ class Admin(Lifecycle):
             for i in ids:
                 entries += await self._call(client.xrange(key, i, i), "requeue_dead_letters")
         moved = 0
+        failed: dict[str, str] = {}
         for dlq_id, fields in entries:
             eid = dlq_id.decode() if isinstance(dlq_id, bytes) else str(dlq_id)
-            if await self._call(dlq.requeue_one(client, self._keys, group, eid, fields), "requeue"):
+            try:
+                plan = dlq.plan_requeue(fields, topic, group)
+            except ValueError as exc:
+                failed[eid] = str(exc)
+                continue
+            if await self._call(dlq.requeue_one(client, self._keys, group, eid, plan), "requeue"):
                 moved += 1
             await client.xdel(key, eid)
+        if failed:
+            listed = "; ".join(f"{i}: {why}" for i, why in failed.items())
+            raise RequeueError(
+                f"requeued {moved} dead letter(s) of group {group!r} on topic {topic!r}; "
+                f"{len(failed)} could not be and stay in the dead-letter stream ({listed})",
+                moved,
+                failed,
+            )
         return moved
 
     async def delete_dead_letters(self, topic: str, group: str, ids: Iterable[str]) -> int:

@@ -4,6 +4,8 @@ A requeued message goes back to its original partition with its key, value and
 headers, plus the header ``rc-requeue-group`` naming the group it is meant for:
 other groups on the topic ack it and skip it (counted as ``requeue_skipped``), so a
 requeue never delivers a message twice to groups that handled it the first time.
+A dead letter that cannot be put back (headers that are not a JSON object, a message
+that was not kept) stays in the dead-letter stream: :func:`plan_requeue` says why.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from .keys import Keys
 from .serde import decode_entry
 from .structs import TopicPartition
 
-__all__ = ["REQUEUE_HEADER", "DeadLetterRecord", "parse", "requeue_one"]
+__all__ = ["REQUEUE_HEADER", "DeadLetterRecord", "Requeue", "parse", "plan_requeue", "requeue_one"]
 
 from .serde import REQUEUE_HEADER
 
@@ -92,10 +94,33 @@ def parse(dlq_id: Any, raw: dict[Any, Any]) -> DeadLetterRecord:
     )
 
 
-def requeue_fields(raw: dict[Any, Any], group: str) -> list[bytes]:
-    """The fields of the entry that puts this dead letter back (no expiry: an operator's call)."""
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    """Where one dead letter goes back to, and the fields of the entry that puts it there."""
+
+    topic: str
+    partition: int
+    fields: list[bytes]
+
+
+def plan_requeue(raw: dict[Any, Any], topic: str, group: str) -> Requeue:
+    """The requeue of one dead letter of ``topic``; ``ValueError`` saying why it cannot be.
+
+    Only what is read here can fail per dead letter; the write itself is one script call.
+    """
     fields = {k if isinstance(k, bytes) else str(k).encode(): v for k, v in raw.items()}
-    headers = orjson.loads(fields[b"h"]) if fields.get(b"h") else {}
+    source = _s(fields, b"topic")
+    if source != topic:  # it would be written to another topic's partition
+        raise ValueError(f"it names topic {source!r}, not {topic!r}")
+    partition_raw = fields.get(b"partition", b"")
+    if not (partition_raw.isascii() and partition_raw.isdigit()):
+        raise ValueError(f"its partition field is not a partition number: {partition_raw!r}")
+    return Requeue(topic, int(partition_raw), requeue_fields(fields, group))
+
+
+def requeue_fields(fields: dict[bytes, bytes], group: str) -> list[bytes]:
+    """The fields of the entry that puts this dead letter back (no expiry: an operator's call)."""
+    headers = _headers(fields.get(b"h"))
     headers[REQUEUE_HEADER] = group
     out: list[bytes] = []
     if len(fields.get(b"f", b"")) == 3:
@@ -106,17 +131,30 @@ def requeue_fields(raw: dict[Any, Any], group: str) -> list[bytes]:
         for name, value in fields.items():
             if name.startswith(b"raw."):
                 out += [name[4:], value]
+    if not out:  # e.g. trimmed while pending: an entry of headers alone is no message
+        reason = _s(fields, b"reason") or "unknown"
+        raise ValueError(f"nothing to put back: the message itself was not kept (reason {reason!r})")
     return [*out, b"h", orjson.dumps(headers)]
 
 
-async def requeue_one(client: Client, keys: Keys, group: str, dlq_id: str, raw: dict[Any, Any]) -> bool:
+def _headers(raw: bytes | None) -> dict[str, str]:
+    """The original headers, checked as a consumer would read them."""
+    if not raw:
+        return {}
+    try:
+        headers = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"its headers field 'h' is not JSON: {exc}") from None
+    if not isinstance(headers, dict) or not all(type(v) is str for v in headers.values()):
+        raise ValueError("its headers field 'h' is not a JSON object of str to str")
+    return headers
+
+
+async def requeue_one(client: Client, keys: Keys, group: str, dlq_id: str, requeue: Requeue) -> bool:
     """Requeue one dead letter; False if it had already been requeued."""
-    fields = {k if isinstance(k, bytes) else str(k).encode(): v for k, v in raw.items()}
-    topic = fields[b"topic"].decode()
-    partition = int(fields[b"partition"])
     reply = await scripts.run(
         client, _REQUEUE,
-        [keys.stream(topic, partition), keys.requeued(topic, partition, group)],
-        [dlq_id, REQUEUE_MEMORY_MS, *requeue_fields(raw, group)],
+        [keys.stream(requeue.topic, requeue.partition), keys.requeued(requeue.topic, requeue.partition, group)],
+        [dlq_id, REQUEUE_MEMORY_MS, *requeue.fields],
     )
     return bool(reply[0] == b"OK")

@@ -19,6 +19,7 @@ redis-py exceptions are translated into it in exactly one place
      ├── ConsumerStoppedError                  the consumer was stopped
      ├── IllegalStateError (also RuntimeError) a call that does not fit the object's state
      ├── ProducerClosedError                   the producer was closed
+     ├── RequeueError                          some dead letters could not be requeued (.moved, .failed)
      ├── NotEnoughReplicasError (retriable)    the primary stored it; too few replicas confirmed
      └── RedcurrentConnectionError (retriable) Redis is unreachable or timed out
           ├── AmbiguousWriteError              the write may or may not be stored
@@ -47,6 +48,7 @@ __all__ = [
     "ProducerClosedError",
     "RedcurrentConnectionError",
     "RedcurrentError",
+    "RequeueError",
     "SerializationError",
     "TopicError",
     "TopicExistsError",
@@ -198,3 +200,17 @@ def translate(exc: BaseException, what: str) -> RedcurrentError:
             or "can't run this command" in text:
         return RedcurrentError(f"{what}: the Redis ACL user lacks a permission ({detail})")
     return RedcurrentError(f"{what}: {detail}")
+
+
+class RequeueError(RedcurrentError):
+    """Some dead letters could not be requeued; every other one was.
+
+    ``moved`` is how many went back to their partitions, ``failed`` maps the
+    dead-letter id of each one left in the dead-letter stream to why (inspect it with
+    ``Admin.dead_letters``, fix or delete it).
+    """
+
+    def __init__(self, message: str, moved: int, failed: dict[str, str]) -> None:
+        super().__init__(message)
+        self.moved = moved
+        self.failed = failed
