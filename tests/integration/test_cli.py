@@ -7,21 +7,26 @@ error contract: one line on stderr, a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import pytest_asyncio
 from support.eventually import eventually
 
 from redcurrent import Admin, Consumer, Message, Producer, partition_for_key
+from redcurrent.keys import Keys
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 CHILD_ENV = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
@@ -374,7 +379,10 @@ async def test_safe_trim_never_removes_unacked_entries(
 # -- dead letters --------------------------------------------------------------------
 
 
-async def _dead_letters(redis_url: str, namespace: str, admin: Admin, n: int) -> None:
+async def _dead_letters(
+    redis_url: str, namespace: str, admin: Admin, n: int, raw: tuple[dict[bytes, bytes], ...] = ()
+) -> None:
+    """``n`` messages whose handler fails, then the ``raw`` entries: all dead-lettered."""
     await admin.create_topic("pay", 1)
 
     async def fail(msg: Message) -> None:
@@ -383,6 +391,9 @@ async def _dead_letters(redis_url: str, namespace: str, admin: Admin, n: int) ->
     async with Producer(redis_url, namespace=namespace) as producer:
         for i in range(n):
             await producer.send("pay", {"n": i}, key=f"k{i}", headers={"trace": str(i)})
+    for fields in raw:
+        await admin.connection.client.xadd(Keys(namespace).stream("pay", 0), fields)  # type: ignore[arg-type]
+    n += len(raw)
     async with Consumer(
         "pay",
         group="g",
@@ -436,12 +447,62 @@ async def test_dlq_list_show_requeue_delete_purge(
 
     assert (await cli("dlq", "delete", "pay", "g", second))["deleted"] == 1
     assert (await cli("dlq", "list", "pay", "g"))["total"] == 2
+    again = await arun(redis_url, namespace, "dlq", "delete", "pay", "g", third, second)
+    assert_one_line_error(again, "no dead letter", second)  # ...and nothing was deleted
+    assert again.returncode == 1
+    assert (await cli("dlq", "list", "pay", "g"))["total"] == 2
     missing = await arun(redis_url, namespace, "dlq", "show", "pay", "g", second)
     assert_one_line_error(missing, "no dead letter")
     human = await arun(redis_url, namespace, "dlq", "list", "pay", "g")
     assert third in human.stdout
     assert (await cli("dlq", "purge", "pay", "g"))["purged"] == 2
     assert (await cli("dlq", "list", "pay", "g")) == {"total": 0, "dead_letters": []}
+
+
+async def test_dlq_requeue_moves_the_others_and_fails_naming_an_undecodable_dead_letter(
+    redis_url: str, namespace: str, admin: Admin
+) -> None:
+    broken = {b"f": b"1jn", b"v": b'{"n": 9}', b"h": b"not json"}
+    await _dead_letters(redis_url, namespace, admin, 1, raw=(broken,))
+    await _dead_letters_after(admin, redis_url, namespace)
+    letters = await admin.dead_letters("pay", "g")
+    assert len(letters) == 3
+    [bad_id] = [d.dead_letter_id for d in letters if d.reason != "max_attempts"]
+
+    done = await arun(redis_url, namespace, "--json", "dlq", "requeue", "pay", "g")
+    assert_one_line_error(done, "could not be requeued", bad_id, "not JSON")
+    assert done.returncode == 1
+    out = json.loads(done.stdout)
+    assert (out["requeued"], list(out["failed"])) == (2, [bad_id])
+    assert "not JSON" in out["failed"][bad_id]
+    assert [d.dead_letter_id for d in await admin.dead_letters("pay", "g")] == [bad_id]
+    back = json_lines(
+        (await arun(redis_url, namespace, "--json", "consume", "pay", "--from-beginning")).stdout
+    )
+    assert [m["value"] for m in back if "rc-requeue-group" in m["headers"]] == [{"n": 0}, {"n": 1}]
+
+    human = await arun(redis_url, namespace, "dlq", "requeue", "pay", "g", bad_id)
+    assert human.stdout.startswith("requeued 0 dead letter(s)")
+    assert_one_line_error(human, bad_id)
+
+
+async def _dead_letters_after(admin: Admin, redis_url: str, namespace: str) -> None:
+    """One more good message of topic pay, dead-lettered after what is there."""
+    async with Producer(redis_url, namespace=namespace) as producer:
+        await producer.send("pay", {"n": 1}, key="k1")
+
+    async def fail(msg: Message) -> None:
+        raise RuntimeError("card declined")
+
+    before = await admin.count_dead_letters("pay", "g")
+    async with Consumer(
+        "pay", group="g", url=redis_url, namespace=namespace, max_attempts=1,
+        heartbeat_interval=0.2, session_timeout=2.0,
+    ) as consumer:
+        task = asyncio.create_task(consumer.process(fail))
+        await eventually(_count_is(admin, before + 1), 10)
+        await consumer.stop()
+        await task
 
 
 # -- errors: one line, non-zero, no traceback ----------------------------------------
@@ -464,9 +525,21 @@ async def test_dlq_list_show_requeue_delete_purge(
         (("offsets", "reset", "t", "g"), "exactly one of", 2),
         (("offsets", "reset", "t", "g", "--to-datetime", "yesterday"), "ISO 8601", 2),
         (("offsets", "reset", "t", "nogroup", "--to-earliest"), "unknown group", 1),
-        (("offsets", "reset", "t", "g", "--to-id", "bogus"), "not a stream entry id", 1),
+        (("offsets", "reset", "t", "g", "--to-id", "bogus"), "not a stream entry id", 2),
         (("dlq", "list", "t", "nogroup"), "unknown group", 1),
         (("dlq", "delete", "t", "g"), "IDS", 2),
+        # a malformed id is a usage error in every dlq command; a missing one is not
+        (("dlq", "delete", "t", "g", "bogus"), "'bogus' is not a stream entry id", 2),
+        (("dlq", "show", "t", "g", "bogus"), "'bogus' is not a stream entry id", 2),
+        (("dlq", "requeue", "t", "g", "1-x"), "'1-x' is not a stream entry id", 2),
+        (("dlq", "list", "t", "g", "--after", "x"), "'x' is not a stream entry id", 2),
+        (("dlq", "delete", "t", "g", "1-0"), "no dead letter 1-0", 1),
+        (("dlq", "show", "t", "g", "1"), "no dead letter 1-0", 1),
+        (("dlq", "requeue", "t", "g", "1-0"), "no dead letter 1-0", 1),
+        (("consume", "t", "--idle-timeout", "-1"), "--idle-timeout", 2),
+        (("consume", "t", "-g", "g", "--idle-timeout", "nan"), "--idle-timeout", 2),
+        (("topics", "create", "..", "-p", "1"), "made only of dots", 1),
+        (("topics", "create", "-p", "1", "--", "-t"), "cannot start with '-'", 1),
         (("nosuchcommand",), "No such command", 2),
     ],
 )
@@ -510,6 +583,73 @@ def test_unreachable_redis_is_one_line(namespace: str) -> None:
     )
     assert_one_line_error(done, "unreachable")
     assert done.returncode == 1
+
+
+def test_a_url_whose_database_is_not_a_number_is_refused_without_echoing_it(
+    redis_url: str, namespace: str
+) -> None:
+    """redis-py reads ``redis://host:port/abc`` as database 0: the command would work on
+    the wrong database instead of saying so."""
+    where = urlsplit(redis_url)
+    bad = f"redis://someone:s3cret-pw@{where.hostname}:{where.port}/abc"
+    by_option = subprocess.run(
+        _cmd(bad, namespace, ("topics", "list")),
+        capture_output=True, text=True, timeout=60, env=CHILD_ENV,
+    )
+    by_env = subprocess.run(
+        [sys.executable, "-m", "redcurrent", "--namespace", namespace, "topics", "list"],
+        capture_output=True, text=True, timeout=60, env={**CHILD_ENV, "REDIS_URL": bad},
+    )
+    for done in (by_option, by_env):
+        assert_one_line_error(done, "--url", "database", "'/abc'")
+        assert done.returncode == 2
+        assert "s3cret-pw" not in done.stderr
+    for good in (f"redis://{where.hostname}:{where.port}", f"redis://{where.hostname}:{where.port}/0/"):
+        ok = subprocess.run(
+            _cmd(good, namespace, ("topics", "list")),
+            capture_output=True, text=True, timeout=60, env=CHILD_ENV,
+        )
+        assert ok.returncode == 0, ok.stderr
+
+
+def test_produce_stopped_by_a_bad_key_field_line_prints_only_its_error(
+    rc: Run, rcj: Callable[..., Any]
+) -> None:
+    rcj("topics", "create", "t", "--partitions", "1")
+    lines = '{"id": 1}\n{"no id": 2}\n' + "".join(f'{{"id": {i}}}\n' for i in range(5000))
+    done = rc("produce", "t", "--key-field", "id", input=lines)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "sent 1 messages to t (per partition 0:1)",
+        "redcurrent: error: line 2: no field 'id' for --key-field",
+    ]
+
+
+def test_the_stdin_reader_leaves_no_coroutine_unawaited_when_the_command_ended_first() -> None:
+    """``produce`` stops at a bad line while its stdin thread may still be handing over
+    chunks; one handed over after the command's event loop closed used to leave a
+    ``Queue.put`` coroutine never awaited (a RuntimeWarning printed at exit)."""
+    from redcurrent.cli.app import cli  # noqa: F401  (app imports the commands first)
+    from redcurrent.cli.produce import StdinChunks
+
+    go = threading.Event()
+    chunks = [b'{"n": 1}\n{"n": 2}\n']
+
+    def read(_n: int) -> bytes:
+        go.wait(10)
+        return chunks.pop() if chunks else b""
+
+    loop = asyncio.new_event_loop()
+    StdinChunks(read, loop, lambda _n: None).start()
+    loop.close()  # the command is over before the thread reads its next chunk
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        go.set()
+        for thread in threading.enumerate():
+            if thread.name == "redcurrent-stdin":
+                thread.join(10)
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
 
 
 def test_bad_json_input_is_one_line_and_keeps_what_came_before(

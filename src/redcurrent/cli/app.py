@@ -21,6 +21,7 @@ import redcurrent
 from redcurrent import RedcurrentError
 
 from .env import Env
+from .params import check_url
 
 __all__ = ["cli", "json_option", "pass_env", "run_main"]
 
@@ -58,6 +59,7 @@ def json_option(f: F) -> F:
     "--url",
     envvar="REDIS_URL",
     metavar="URL",
+    callback=check_url,
     help="Redis URL (default: $REDIS_URL, else localhost:6379 if it answers, "
     "else a private embedded server for this run).",
 )

@@ -27,6 +27,7 @@ from redcurrent.keys import Keys
 from .app import json_option, pass_env
 from .env import Env
 from .output import dumps, text
+from .params import check_idle_timeout
 
 __all__ = ["consume", "decode_fields"]
 
@@ -110,6 +111,7 @@ def line(m: dict[str, Any], json_mode: bool) -> str:
     "--idle-timeout",
     type=float,
     default=2.0,
+    callback=check_idle_timeout,
     show_default=True,
     help="With --group and without --follow: stop after this long without a message.",
 )

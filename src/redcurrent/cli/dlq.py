@@ -7,11 +7,12 @@ from typing import Any
 
 import click
 
-from redcurrent import Admin, DeadLetterRecord
+from redcurrent import Admin, DeadLetterRecord, RequeueError
 
 from .app import json_option, pass_env
 from .env import Env
 from .output import console, dumps, echo_json, outcome, table, text
+from .params import check_entry_id, check_entry_ids
 
 __all__ = ["dlq", "dlq_json"]
 
@@ -39,21 +40,20 @@ def dlq_json(d: DeadLetterRecord, full: bool = False) -> dict[str, Any]:
 
 
 def _before(entry_id: str) -> str:
-    """The greatest id below ``entry_id``: reading after it starts at ``entry_id``."""
+    """The greatest id below ``entry_id`` (``ms-seq``): reading after it starts at ``entry_id``."""
     ms_s, _, seq_s = entry_id.partition("-")
-    if not ms_s.isdigit() or (seq_s and not seq_s.isdigit()):
-        raise click.BadParameter(f"{entry_id!r} is not an entry id (like 1700000000000-0)")
-    ms, seq = int(ms_s), int(seq_s or 0)
+    ms, seq = int(ms_s), int(seq_s)
     return f"{ms}-{seq - 1}" if seq else f"{ms - 1}-18446744073709551615" if ms else "0-0"
 
 
 async def _find(
     admin: Admin, topic: str, group: str, ids: tuple[str, ...]
 ) -> list[DeadLetterRecord]:
+    """The dead letters ``ids`` (each ``ms-seq``); ClickException for the first one missing."""
     found = []
     for i in ids:
         page = await admin.dead_letters(topic, group, count=1, after=_before(i))
-        if not page or page[0].dead_letter_id != (i if "-" in i else f"{i}-0"):
+        if not page or page[0].dead_letter_id != i:
             raise click.ClickException(f"no dead letter {i} for group {group!r} on topic {topic!r}")
         found.append(page[0])
     return found
@@ -74,7 +74,9 @@ def dlq() -> None:
 @click.argument("topic")
 @click.argument("group")
 @click.option("--count", "-n", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--after", metavar="ID", help="Start after this dead-letter id (paging).")
+@click.option(
+    "--after", metavar="ID", callback=check_entry_id, help="Start after this dead-letter id (paging)."
+)
 @json_option
 @pass_env
 def list_(env: Env, topic: str, group: str, count: int, after: str | None) -> None:
@@ -116,7 +118,7 @@ def list_(env: Env, topic: str, group: str, count: int, after: str | None) -> No
 @dlq.command("show")
 @click.argument("topic")
 @click.argument("group")
-@click.argument("ids", nargs=-1)
+@click.argument("ids", nargs=-1, callback=check_entry_ids)
 @json_option
 @pass_env
 def show(env: Env, topic: str, group: str, ids: tuple[str, ...]) -> None:
@@ -151,31 +153,44 @@ def show(env: Env, topic: str, group: str, ids: tuple[str, ...]) -> None:
 @dlq.command("requeue")
 @click.argument("topic")
 @click.argument("group")
-@click.argument("ids", nargs=-1)
+@click.argument("ids", nargs=-1, callback=check_entry_ids)
 @json_option
 @pass_env
 def requeue(env: Env, topic: str, group: str, ids: tuple[str, ...]) -> None:
-    """Put dead letters IDS (default: all) back on their partitions, for GROUP only."""
+    """Put dead letters IDS (default: all) back on their partitions, for GROUP only.
 
-    async def go() -> int:
+    A dead letter that cannot be put back (e.g. its headers are not JSON) stays where it
+    is; the others are requeued, then the command fails naming it.
+    """
+
+    async def go() -> tuple[int, dict[str, str]]:
         async with env.admin() as admin:
             await _check_group(admin, topic, group)
             if ids:
                 await _find(admin, topic, group, ids)
-            return await admin.requeue_dead_letters(topic, group, list(ids) if ids else None)
+            try:
+                return await admin.requeue_dead_letters(topic, group, list(ids) if ids else None), {}
+            except RequeueError as exc:
+                return exc.moved, exc.failed
 
-    moved = env.run(go())
+    moved, failed = env.run(go())
     outcome(
         env.json,
-        {"topic": topic, "group": group, "requeued": moved},
+        {"topic": topic, "group": group, "requeued": moved, "failed": failed},
         f"requeued {moved} dead letter(s) for group {group} on {topic}",
     )
+    if failed:
+        listed = "; ".join(f"{i}: {why}" for i, why in failed.items())
+        raise click.ClickException(
+            f"{len(failed)} dead letter(s) could not be requeued and stay in the dead-letter "
+            f"stream: {listed}"
+        )
 
 
 @dlq.command("delete")
 @click.argument("topic")
 @click.argument("group")
-@click.argument("ids", nargs=-1, required=True)
+@click.argument("ids", nargs=-1, required=True, callback=check_entry_ids)
 @json_option
 @pass_env
 def delete(env: Env, topic: str, group: str, ids: tuple[str, ...]) -> None:
@@ -184,6 +199,7 @@ def delete(env: Env, topic: str, group: str, ids: tuple[str, ...]) -> None:
     async def go() -> int:
         async with env.admin() as admin:
             await _check_group(admin, topic, group)
+            await _find(admin, topic, group, ids)  # a missing id: an error, nothing deleted
             return await admin.delete_dead_letters(topic, group, ids)
 
     n = env.run(go())

@@ -11,6 +11,7 @@ from redcurrent import GroupError
 from .app import json_option, pass_env
 from .env import Env
 from .output import console, echo_json, table
+from .params import check_entry_id
 
 __all__ = ["offsets"]
 
@@ -54,7 +55,9 @@ def _target(
     metavar="ISO",
     help="Start at the first entry at or after this time (naive times are UTC).",
 )
-@click.option("--to-id", metavar="ID", help="Start at this entry id (inclusive).")
+@click.option(
+    "--to-id", metavar="ID", callback=check_entry_id, help="Start at this entry id (inclusive)."
+)
 @click.option("--partition", "-p", type=int, help="Only this partition (default: all).")
 @click.option("--dry-run", is_flag=True, help="Show what would be set; change nothing.")
 @click.option("--force", is_flag=True, help="Reset even while the group has live members.")

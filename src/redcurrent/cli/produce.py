@@ -42,8 +42,12 @@ class StdinChunks:
     """Complete lines from stdin, read by a thread, handed to the loop a chunk at a time.
 
     ``os.read`` returns whatever is available, so typed lines go out at once while a big
-    file still travels in 64 KB chunks (one ``send_batch`` each). The queue is bounded:
-    a slow server slows the reader instead of filling memory.
+    file still travels in 64 KB chunks (one ``send_batch`` each). At most QUEUED_CHUNKS
+    wait: a slow server slows the reader instead of filling memory.
+
+    The thread never makes a coroutine: one made for a loop that closes before running
+    it (the command failed on a bad line while the thread was still reading) is never
+    awaited, and Python prints a RuntimeWarning on the way out.
     """
 
     def __init__(
@@ -55,14 +59,33 @@ class StdinChunks:
         self._read = read
         self._loop = loop
         self._on_bytes = on_bytes
-        self.queue: asyncio.Queue[list[bytes] | BaseException | None] = asyncio.Queue(QUEUED_CHUNKS)
+        self._queue: asyncio.Queue[list[bytes] | BaseException | None] = asyncio.Queue()
+        self._slots = threading.Semaphore(QUEUED_CHUNKS)  # the bound, taken on the thread
+        self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="redcurrent-stdin", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def close(self) -> None:
+        """The command is over: the thread stops handing out chunks."""
+        self._closed.set()
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+
+    async def get(self) -> list[bytes] | BaseException | None:
+        """The next lines, a read error, or None at the end of stdin."""
+        item = await self._queue.get()
+        self._slots.release()
+        return item
+
     def _put(self, item: list[bytes] | BaseException | None) -> None:
-        asyncio.run_coroutine_threadsafe(self.queue.put(item), self._loop).result()
+        while not self._slots.acquire(timeout=0.1):
+            if self._closed.is_set():
+                raise EOFError("the command is over")
+        # RuntimeError once the loop is closed; nothing is left behind to await.
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
     def _run(self) -> None:
         try:
@@ -77,8 +100,9 @@ class StdinChunks:
         except BaseException as exc:
             # Either reading failed (hand it to the command) or the command is over and
             # its loop closed (nobody is listening): never print from this thread.
-            with contextlib.suppress(BaseException):
-                self._put(exc)
+            if not self._closed.is_set():
+                with contextlib.suppress(BaseException):
+                    self._put(exc)
 
 
 def _stdin_reader() -> tuple[Callable[[int], bytes], int | None]:
@@ -201,15 +225,18 @@ async def _produce(env: Env, topic: str, encoder: Encoder, counts: Counter[int])
     async with Producer(env.url, namespace=env.namespace, auto_create_topics=False) as producer:
         await producer.partitions_for(topic)  # unknown topic: fail before reading anything
         reader.start()
-        with progress:
-            await _pump(producer, topic, reader, encoder, counts)
+        try:
+            with progress:
+                await _pump(producer, topic, reader, encoder, counts)
+        finally:
+            reader.close()
 
 
 async def _pump(
     producer: Producer, topic: str, reader: StdinChunks, encoder: Encoder, counts: Counter[int]
 ) -> None:
     lineno = 0
-    while (chunk := await reader.queue.get()) is not None:
+    while (chunk := await reader.get()) is not None:
         if isinstance(chunk, BaseException):
             raise chunk
         records: list[Record] = []
