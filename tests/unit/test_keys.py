@@ -1,6 +1,6 @@
 """keys.py: every key carries the hash tag of its slot, and names cannot break the tags.
 
-Design §2: topic-level and group coordination keys share ``{topic}``; partition-level
+Topic-level and group coordination keys share ``{topic}``; partition-level
 keys share ``{topic:partition}``. A slot is computed here exactly as Redis Cluster does
 (``redis.crc.key_slot`` on the key bytes), not by re-parsing the key in the test.
 """

@@ -1,8 +1,8 @@
 """The root ``redcurrent`` group, its global options, and the one place errors become exit codes.
 
 Every failure ends as ONE line on stderr and a non-zero exit, never a traceback:
-usage errors exit 2, library and server errors exit 1, Ctrl-C exits 130. Set
-``REDCURRENT_DEBUG=1`` to get the traceback of an unexpected error.
+usage errors exit 2, library and server errors exit 1, Ctrl-C exits 130, SIGTERM
+exits 143 (env.py). Set ``REDCURRENT_DEBUG=1`` to get the traceback of an unexpected error.
 """
 
 from __future__ import annotations
