@@ -185,7 +185,7 @@ class Consumer(Lifecycle):
         # Connections: the consume path uses at most `limit` pooled connections at once
         # (plus one for the idle wait), so heartbeats and claims always find one.
         pool = _pool_size(client)
-        limit = max(1, min(32, pool // 2))
+        limit = max(1, min(8, pool // 2))
         if not self._conn.caps.is_cluster:
             self._waiter = IdleWaiter(client, opt.keys.doorbell(self.instance_id), block_ms)  # type: ignore[arg-type]
             self._waiter.start()
