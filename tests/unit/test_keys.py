@@ -33,7 +33,8 @@ def key_families(k: Keys, topic: str, partition: int, group: str, pid: str) -> d
 
     Found by introspection, so a key family added later is checked without editing here.
     """
-    values = {"topic": topic, "partition": partition, "group": group, "producer_id": pid}
+    values = {"topic": topic, "partition": partition, "group": group, "producer_id": pid,
+              "instance_id": "0123456789abcdef"}
     levels: dict[str, list[str]] = {"registry": [], "topic": [], "partition": []}
     for name, method in inspect.getmembers(Keys, inspect.isfunction):
         if name.startswith("_") or name == "partition_keys_pattern":  # a SCAN pattern, not a key
@@ -61,7 +62,8 @@ def partition_level_keys(k: Keys, topic: str, partition: int, group: str) -> lis
 
 def test_every_key_family_is_classified() -> None:
     families = key_families(Keys("rc"), "orders", 3, "billing", "p1")
-    assert families["registry"] == ["rc:topics"]  # the one key without a tag
+    # the keys without a tag: the topic registry and a consumer instance's doorbell
+    assert families["registry"] == ["rc:doorbell:0123456789abcdef", "rc:topics"]
     assert "rc:{orders}:meta" in families["topic"]
     assert "rc:{orders:3}" in families["partition"]
     assert len(families["topic"]) >= 6 and len(families["partition"]) >= 3
