@@ -108,6 +108,10 @@ class Coordinator:
     async def stop(self) -> None:
         """Graceful: finish in-flight, ack, release every partition, then leave."""
         self._stopping = True
+        # No claim may land after the revoke below took its list (its fetchers would
+        # outlive the stop); heartbeats go on meanwhile, so the lease holds while
+        # in-flight handlers finish.
+        await cancel_all([t for t in self._tasks if t.get_name() == "redcurrent-rebalance"])
         await self._revoke(list(self.fetchers))
         await cancel_all(self._tasks)
         self._tasks = []
@@ -476,11 +480,12 @@ async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
     On Python 3.11 a cancellation can be swallowed inside a library's own
     ``wait_for``; a single cancel() then leaves a loop running forever.
     """
-    pending = {t for t in tasks if not t.done()}
+    me = asyncio.current_task()
+    pending = {t for t in tasks if not t.done() and t is not me}  # never wait for ourselves
     while pending:
         for t in pending:
             t.cancel()
         _, pending = await asyncio.wait(pending, timeout=0.5)
     for t in tasks:
-        if not t.cancelled() and t.exception() is not None:
+        if t.done() and not t.cancelled() and t.exception() is not None:
             log.debug("background task %s ended with %r", t.get_name(), t.exception())

@@ -498,9 +498,15 @@ class PartitionFetcher:
                 c.count("requeue_skipped")
                 self.finish(msg.id, advance=False)
                 continue
+            before = self.held.get(msg.id)
+            if before is not None and before >= msg.attempts:
+                # Read again by the same owner after an invocation that was abandoned
+                # (not a failure it recorded): that invocation still counts.
+                msg = msg._replace(attempts=before + 1)
+            else:
+                self.held[msg.id] = msg.attempts - 1
             messages.append(msg)
             raw[msg.id] = slots
-            self.held[msg.id] = msg.attempts - 1
         self.raw = raw
         raw_last = reply[2 + (n - 1) * STRIDE]
         batch_last = raw_last.decode() if isinstance(raw_last, bytes) else str(raw_last)

@@ -131,9 +131,11 @@ class IdleWaiter:
                 reply = await self._read(self._reading)
             except asyncio.CancelledError:
                 raise
-            except _ERRORS as exc:
+            except Exception as exc:
                 # Wake everyone: each partition fetches to find out, then waits again.
-                log.debug("idle wait failed (%s); waking the idle partitions", exc)
+                # Never let this task die: idle partitions would wait for it forever.
+                (log.debug if isinstance(exc, _ERRORS) else log.exception)(
+                    "idle wait failed (%s); waking the idle partitions", exc)
                 self._wake(list(self._idle))
                 await asyncio.sleep(0.1)
                 continue
