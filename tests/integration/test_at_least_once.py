@@ -572,3 +572,21 @@ async def test_a_decode_failure_is_dead_lettered_with_its_error(
         [dl] = await admin.dead_letters("t", "g")
     assert dl.reason == "decode_error"
     assert dl.error and dl.error_type == "DecodeError"
+
+
+async def test_a_blocked_event_loop_is_not_reported_as_redis_being_away(
+    redis_url: str, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await make_topic(redis_url, namespace)
+    c = consumer(redis_url, namespace, "t")
+    caplog.set_level(logging.WARNING, logger="redcurrent")
+    async with c:
+        task = asyncio.create_task(c.process(lambda m: asyncio.sleep(0)))
+        await eventually(lambda: c.assignment(), timeout=10)
+        time.sleep(2.0)  # a blocking call in the user's code: no heartbeat for 2 s  # noqa: ASYNC251
+        await eventually(lambda: any("coordinator gap" in r.getMessage() for r in caplog.records), timeout=5)
+        await c.stop()
+        await task
+    gaps = [r.getMessage() for r in caplog.records if "coordinator gap" in r.getMessage()]
+    assert all("this client sent no heartbeat" in g for g in gaps), gaps
+    assert not any("Redis was away" in g for g in gaps), gaps
