@@ -6,7 +6,7 @@ call: one round trip per batch), hands the batch to the consumer's dispatcher in
 stream order, and when the partition is drained waits for new entries without
 changing group state (see :mod:`redcurrent.waiter`).
 
-Read order after a claim (docs/architecture.md, "Takeover"): the claim script moved
+Read order after a claim (docs/architecture.md §5 "Takeover"): the claim script moved
 the group's pending entries to us, so we first re-read our own pending list (from
 ``0``), then new entries (``>``). After a fetch that failed without a reply, or a
 batch abandoned part-way, we re-read our own pending list after the last entry we
@@ -63,9 +63,12 @@ _RELEASE = scripts.script("release")
 _NACK = scripts.script("nack")
 
 
-class LeaseLost(Exception):
-    """The local lease ran out while a call was being retried: drop the partition
-    without acking; it is claimed again once the heartbeat renews the lease."""
+class LeaseLost(FencedError):
+    """The local lease ran out while a call was being retried (Redis unreachable).
+
+    Nothing more is handed out; what was finished keeps waiting to be acked, and the
+    loop goes on once the heartbeat renews the lease (a Redis restart must cost no
+    rebalance and no duplicate). To user code it is a FencedError: nothing was acked."""
 
 
 class Dispatcher(Protocol):
@@ -292,14 +295,21 @@ class PartitionFetcher:
             if i in self.held:
                 self.manually_acked.add(i)
 
-    async def call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def call(self, what: str, fn: Callable[[], Awaitable[T]],
+                   on_error: Callable[[], None] | None = None) -> T:
         """Run one Redis call of the consume path; connection errors are retried with
         the consumer's backoff until ``request_timeout``, then raised (translated).
-        Raises LeaseLost when the local lease runs out meanwhile."""
+        ``on_error`` runs after each failure, before the retry (an ambiguous fetch must
+        be retried as a re-read). Raises LeaseLost when the local lease runs out meanwhile."""
         c = self.ctx
         deadline = time.monotonic() + c.request_timeout
         attempt = 0
         while True:
+            if attempt and not c.lease_valid():
+                # Redis was away longer than the lease: the owner key may have expired
+                # meanwhile, and a fenced reply would drop what we finished. Wait for
+                # the heartbeat to renew (or reclaim) the lease instead.
+                raise LeaseLost(what)
             try:
                 async with c.limit:
                     async with asyncio.timeout(c.fetch_timeout):
@@ -307,12 +317,12 @@ class PartitionFetcher:
             except CONNECTION_ERRORS as exc:
                 attempt += 1
                 c.count("redis_errors")
+                if on_error is not None:
+                    on_error()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise translate(exc, f"{what} on {self.tp.topic}[{self.tp.partition}]: "
                                          f"gave up after request_timeout={c.request_timeout}s") from None
-                if not c.lease_valid():
-                    raise LeaseLost(what) from None
                 delay = min(left, c.backoff.delay(attempt))
                 log.warning("%r: %s failed (%s); retry %d in %.2fs", self, what,
                             translate(exc, what), attempt, delay)
@@ -322,15 +332,16 @@ class PartitionFetcher:
     async def _run(self) -> None:
         try:
             while not self._stopping:
-                await self._step()
+                try:
+                    await self._step()
+                except LeaseLost:
+                    self._reread()  # unfinished entries are read again once the lease is back
+                    await asyncio.sleep(0.05)
         except asyncio.CancelledError:
             if not self._stopping and not self._restarting:
                 raise
         except FencedError:
             self.fenced = True
-            self.ctx.on_fenced(self.tp)
-        except LeaseLost:
-            log.warning("%r: lease ran out while retrying; dropping the partition", self)
             self.ctx.on_fenced(self.tp)
         except Exception as exc:  # never a silent stall: the coordinator drops it, process() raises
             self.ctx.count("partition_errors")
@@ -384,6 +395,10 @@ class PartitionFetcher:
         finally:
             c.credits.give(n)
 
+    def _reread_if_new(self) -> None:
+        if self._read_id == ">":
+            self._reread()
+
     def _reread(self) -> None:
         """Read our own pending list again after the last finished entry."""
         self._read_id, self._restore = self.last_handled, True
@@ -402,13 +417,15 @@ class PartitionFetcher:
     async def _fetch(self, count: int) -> list[Any] | None:
         acks, self.acks = self.acks, []
         try:
-            reply = await self.call("fetch", lambda: self._fetch_call(count, self._read_id, acks))
+            # A failed fetch is ambiguous (Redis may have run it): the acks are resent
+            # (XACK is idempotent) and the retry re-reads our own pending list after
+            # what we finished, never ">" again, or entries it delivered would be
+            # stranded and handled later, out of order.
+            reply = await self.call("fetch", lambda: self._fetch_call(count, self._read_id, acks),
+                                    on_error=self._reread_if_new)
         except BaseException:
-            # Ambiguous: Redis may have run the script. Keep the acks (XACK is
-            # idempotent) and re-read our own pending list after what we finished.
             self.acks = acks + self.acks
-            if self._read_id == ">":
-                self._reread()
+            self._reread_if_new()
             raise
         status = reply[0]
         if status == b"OK":

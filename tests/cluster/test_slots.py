@@ -1,4 +1,4 @@
-"""Design §2 on a real 3-master cluster: no script and no MULTI ever touches two slots.
+"""docs/architecture.md §2 on a real 3-master cluster: no script and no MULTI touches two slots.
 
 The proof is taken from the servers themselves: every node logs every command it runs
 (SLOWLOG with a threshold of 0 µs), so after a full topic life cycle we check the keys of
@@ -208,7 +208,8 @@ def test_every_key_family_maps_to_the_slot_of_its_tag(cluster: Cluster) -> None:
     partition_keys: list[str] = []
     for name, method in inspect.getmembers(Keys, inspect.isfunction):
         params = [p for p in inspect.signature(method).parameters if p != "self"]
-        if name.startswith("_") or name == "partition_keys_pattern" or not params:
+        # untagged: the registry and a consumer's doorbell (single server only), no script touches them
+        if name.startswith("_") or name in ("partition_keys_pattern", "doorbell") or not params:
             continue
         built = method(k, **{p: values[p] for p in params})
         (partition_keys if "partition" in params else topic_keys).extend(
@@ -226,8 +227,8 @@ def test_every_key_family_maps_to_the_slot_of_its_tag(cluster: Cluster) -> None:
             assert key_slot(key.encode()) == server_slot(key) == topic_slot, key
         for key in partition_keys:
             assert key_slot(key.encode()) == server_slot(key) == partition_slot, key
-    # the only key without a tag is the registry, which no script touches
-    assert "{" not in k.topics()
+    # the only keys without a tag are the registry and the doorbell, which no script touches
+    assert "{" not in k.topics() and "{" not in k.doorbell("i")
 
 
 def test_the_command_log_would_catch_a_cross_slot_script(cluster: Cluster) -> None:
