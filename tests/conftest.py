@@ -1,4 +1,4 @@
-"""Shared fixtures: real servers only (design.md section 7), never mocks or fakeredis.
+"""Shared fixtures: real servers only (docs/architecture.md §11), never mocks or fakeredis.
 
 Server choice: ``--server auto|valkey|redis62|system`` (default: $REDCURRENT_TEST_SERVER,
 else ``auto``). When $REDIS_URL is set the single-node fixtures use it and start nothing;
@@ -66,7 +66,7 @@ def redis_server(request: pytest.FixtureRequest) -> Iterator[ServerProcess | Non
     except Exception:
         binary = ""
     if not binary:
-        # design §7, last resort: a container, when a Docker engine answers.
+        # docs/architecture.md §11, last resort: a container, when a Docker engine answers.
         request.getfixturevalue("_docker_redis")
         yield None
         return

@@ -1,6 +1,6 @@
 """From a URL or a client to a ready connection: Redis or RedisCluster, probed once.
 
-Clients we build ourselves have redis-py's own retries off (design §9: the library
+Clients we build ourselves have redis-py's own retries off (docs/architecture.md §12: the library
 retries where it knows a command is safe to resend), TCP keepalive on, a health
 check, and a socket timeout well above the longest blocking read we issue.
 """

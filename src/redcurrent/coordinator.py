@@ -3,7 +3,7 @@
 The coordinator itself is the ``heartbeat`` Lua script (topic slot): it keeps the
 member registry and deadlines by Redis's clock, bumps the epoch on any change and
 computes the assignment, in one place. This module runs it every heartbeat interval,
-keeps a local lease by the monotonic clock (design §3), and reconciles what this
+keeps a local lease by the monotonic clock (docs/architecture.md §4), and reconciles what this
 consumer owns with its target: lost partitions are revoked cooperatively (finish
 in-flight, ack, on_revoke, release), gained ones claimed with the fenced claim script.
 Heartbeats run on their own task and never wait on handlers.

@@ -14,7 +14,7 @@ each stream is read from the last id its partition saw, not from ``$``.
 
 On a cluster a multi-stream XREAD fails with CROSSSLOT (every partition has its own
 slot), so each idle partition blocks on its own, bounded by :class:`WaitSlots`;
-partitions that find no free slot poll instead (docs/architecture.md, "Idle wait").
+partitions that find no free slot poll instead (docs/architecture.md §8 "Idle wait").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The consumer-group protocol on a 3-master Redis Cluster (design §2, §6).
+"""The consumer-group protocol on a 3-master Redis Cluster (docs/architecture.md §2, §11).
 
 The same behaviours as the single-node suite (``support.group_scenarios``), where the
 partitions of a topic live on different nodes and the coordinator keys on one of them.

@@ -1,4 +1,4 @@
-"""Cancellation fuzz through a latency proxy (issue 7, "Bad input": cancellation).
+"""Cancellation fuzz through a latency proxy.
 
 Every connection goes through ``support.proxy.FaultProxy`` with 5-20 ms of latency
 each way (jitter included), so requests are really in flight when callers give up.

@@ -1,4 +1,4 @@
-"""Consumer groups on one node: delivery, order, acks, fencing, rebalancing (design §3, §4).
+"""Consumer groups on one node: delivery, order, acks, fencing, rebalancing (docs/architecture.md §3, §4, §7).
 
 Every test runs real consumers against a real server in a namespace of its own, with a
 heartbeat of 0.2 s and a session timeout of 1.5 s.
@@ -589,7 +589,7 @@ async def test_fenced_consumer_claims_its_partition_again_once_the_other_owner_i
         await r.set(Keys(namespace).owner(TOPIC, 0, "g"), "intruder|1", px=1000)
         await producer.send(TOPIC, {"seq": 0}, key="k")
         await eventually(lambda: lost, 3, message="fenced")
-        # design §3: a fenced consumer drops the partition and rejoins; the coordinator
+        # docs/architecture.md §4: a fenced consumer drops the partition; the coordinator
         # still assigns partition 0 to it, so it must claim it back once the key is free
         await eventually(
             lambda: c.assignment() == tps(TOPIC, 0),

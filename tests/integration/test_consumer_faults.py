@@ -1,4 +1,4 @@
-"""Consumer processes under faults: SIGKILL, SIGSTOP, a Redis restart (design §3, §8).
+"""Consumer processes under faults: SIGKILL, SIGSTOP, a Redis restart (docs/architecture.md §3, §4, §12).
 
 Three consumer processes (``tests/support/worker.py``) share 8 partitions while this
 test produces 100 keys x N sequence numbers; every scenario ends with the history
@@ -36,7 +36,7 @@ PARTITIONS = 8
 KEYS = [f"key-{i:03d}" for i in range(100)]
 MEMBERS = ("w1", "w2", "w3")
 WORKER = Path(__file__).resolve().parents[1] / "support" / "worker.py"
-RESUME_BOUND = SESSION + 2 * HB  # design §3: a dead member's partitions resume within this
+RESUME_BOUND = SESSION + 2 * HB  # docs/architecture.md §3: a dead member's partitions resume within this
 SLACK = 0.6  # scheduling on a 2-core machine running 3 consumers, a producer and Redis
 
 

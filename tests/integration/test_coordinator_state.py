@@ -1,4 +1,4 @@
-"""The group coordinator, driven as a state machine against a real server (issue 7).
+"""The group coordinator, driven as a state machine against a real server (docs/architecture.md §3).
 
 A hypothesis ``RuleBasedStateMachine`` calls the coordinator itself — the ``heartbeat``
 Lua script, through ``redcurrent.scripts.run`` with the keys from ``Keys.coordinator`` —

@@ -1,5 +1,5 @@
 """Security: TLS with verification, a least-privilege ACL user, no password anywhere
-(issue 7, "Security"; design §8 "Security").
+(docs/security.md).
 
 * TLS: a test CA and a server certificate are made here (``cryptography``). The group
   round trip (producer, two consumers of one group, ``Admin.describe_group``) runs over

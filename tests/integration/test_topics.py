@@ -195,7 +195,7 @@ async def test_shrinking_partitions_is_rejected(admin: Admin) -> None:
 async def test_alter_creates_known_groups_on_new_partitions_at_zero(
     admin: Admin, target_client: AsyncClient, namespace: str
 ) -> None:
-    """Design §9: nothing written before consumers noticed the growth is skipped."""
+    """docs/architecture.md §10: nothing written before consumers noticed the growth is skipped."""
     keys = Keys(namespace)
     await admin.create_topic("g", partitions=1)
     await target_client.sadd(keys.groups("g"), "billing")

@@ -1,4 +1,4 @@
-"""Real Redis/Valkey server processes for the test-suite (design.md section 7).
+"""Real Redis/Valkey server processes for the test-suite (docs/architecture.md §11).
 
 Never a mock: every server here is a real ``redis-server``/``valkey-server`` process on
 loopback, in its own temporary directory, tracked by PID so that an ``atexit`` hook can
