@@ -131,8 +131,8 @@ async def alter_partitions(client: Client, keys: Keys, name: str, new_count: int
     if status == b"OK":
         old = int(reply[1])
         groups = [_text(g) for g in await client.smembers(keys.groups(name))]
-        # Design §9 "growth": groups on new partitions start at 0, so nothing written
-        # before consumers noticed the growth is skipped.
+        # Groups on new partitions start at 0, so nothing written before consumers
+        # noticed the growth is skipped (docs/architecture.md §10).
         await ensure_groups(client, keys, name, range(old, new_count), groups, "0")
         await notify_version(client, keys, name, old, int(reply[3]))
         log.info("grew topic %s from %d to %d partitions", name, old, new_count)

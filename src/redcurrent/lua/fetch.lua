@@ -43,7 +43,7 @@ if read_id ~= '>' then
   for _, p in ipairs(pend) do attempts[p[1]] = p[4] end
   if ARGV[6] == '1' then
     -- XREADGROUP counted this re-read as a delivery: put each count back, so the
-    -- count stays the number of the next handler invocation (docs/architecture.md).
+    -- count stays the number of the next handler invocation (docs/architecture.md §6).
     for _, p in ipairs(pend) do
       if p[4] > 1 then
         redis.call('XCLAIM', stream, group, consumer, 0, p[1], 'RETRYCOUNT', p[4] - 1, 'JUSTID')
