@@ -8,6 +8,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
+
 from . import dlq, offsets, topics
 from . import groups as groups_mod
 from .config import DEFAULT_NAMESPACE, check_bool, check_ttl_ms
@@ -26,6 +28,9 @@ from .structs import GroupInfo, PartitionInfo, TopicConfig, TopicInfo
 __all__ = ["Admin"]
 
 log = logging.getLogger(__name__)
+
+FENCE_TOKEN = "\x00deleted-group"  # an owner-key value no member token can equal
+FENCE_MEMORY_MS = 3600 * 1000  # how long a deleted group's old instances stay fenced
 
 
 class Admin(Lifecycle):
@@ -152,8 +157,11 @@ class Admin(Lifecycle):
         groups = [g.decode() if isinstance(g, bytes) else g for g in await client.smembers(k.groups(name))]
         topic_keys = [k.meta(name), k.groups(name)] + [x for g in groups for x in k.group_keys(name, g)]
         await self._call(client.delete(*topic_keys), "delete_topic")  # one slot: {topic}
+        # Metadata first, then each partition's marker, then its stream: once the marker
+        # is gone no producer writes there, so no acked record outlives the topic.
         pipe = client.pipeline(transaction=False)
         for p in range(meta.partitions):
+            pipe.delete(k.topic_version(name, p))
             pipe.delete(k.stream(name, p))
             for g in groups:
                 pipe.delete(k.owner(name, p, g))
@@ -199,13 +207,41 @@ class Admin(Lifecycle):
             raise GroupError(f"group {group!r} has {len(info.members)} live member(s); stop them or pass force=True")
         client = await self._client()
         k = self._keys
+        fence_ms = await self._fence_members(client, topic, group, info)
         pipe = client.pipeline(transaction=False)
         for p in range(len(info.partitions)):
+            # Live members must not recreate what we delete: their partitions' owner keys
+            # become a tombstone for one session (fetch, ack and claim all see another
+            # owner), and the members themselves are fenced for good by the coordinator.
+            if fence_ms:
+                pipe.set(k.owner(topic, p, group), FENCE_TOKEN, px=fence_ms)
+            else:
+                pipe.delete(k.owner(topic, p, group))
             pipe.execute_command("XGROUP", "DESTROY", k.stream(topic, p), group)
-            pipe.delete(k.owner(topic, p, group))
         await self._call(pipe.execute(raise_on_error=False), "delete_group")
         await self._call(client.delete(*k.group_keys(topic, group)), "delete_group")
         await client.srem(k.groups(topic), group)
+
+    async def _fence_members(self, client: Client, topic: str, group: str, info: GroupInfo) -> int:
+        """Fence the group's live members (their next heartbeat says DELETED and they stop).
+        Returns how long their partitions stay fenced, ms (0 if nobody is live)."""
+        if not info.members:
+            return 0
+        raw = await self._call(client.hgetall(self._keys.members(topic, group)), "delete_group")
+        tokens, session_ms = [], 0
+        for mid, value in raw.items():
+            instance, _, info_json = value.decode().partition("|")
+            tokens.append(f"{mid.decode()}|{instance}")
+            try:
+                session_ms = max(session_ms, int(orjson.loads(info_json).get("session_ms", 0)))
+            except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+                pass
+        fence = self._keys.group_fence(topic, group)
+        pipe = client.pipeline(transaction=False)
+        pipe.sadd(fence, *tokens)
+        pipe.pexpire(fence, FENCE_MEMORY_MS)
+        await self._call(pipe.execute(), "delete_group")
+        return max(session_ms, 1000)
 
     async def lag(self, topic: str, group: str) -> dict[int, int]:
         """Per partition, entries not yet delivered to ``group`` (exact on Redis 7+, counted on 6.2)."""

@@ -155,6 +155,7 @@ class PartitionFetcher:
         self._busy = False
         self.stop_event = asyncio.Event()
         self.raw: dict[str, list[Any]] = {}  # entry id -> fetch slots, for dead letters
+        self.plain = False  # the batch in dispatch needs no check before its first invocation
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._task: asyncio.Task[None] | None = None
@@ -203,12 +204,30 @@ class PartitionFetcher:
         ``last_handled`` means "everything up to here is finished"; entries finished
         out of turn (before the batch is dispatched) pass ``advance=False``."""
         self.held.pop(entry_id, None)
-        self.raw.pop(entry_id, None)
-        if ack and entry_id not in self.manually_acked:
+        if self.manually_acked and entry_id in self.manually_acked:
+            self.manually_acked.discard(entry_id)
+        elif ack:
             self.acks.append(entry_id)
-        self.manually_acked.discard(entry_id)
         if advance:
             self.last_handled = entry_id
+
+    def finish_all(self, msgs: list[Message]) -> None:
+        """Every message of ``msgs`` (in stream order) was handled: the batch form of finish."""
+        if self.manually_acked:
+            for m in msgs:
+                self.finish(m.id)
+            return
+        held = self.held
+        ids = [m.id for m in msgs]
+        for i in ids:
+            del held[i]
+        self.acks += ids
+        self.last_handled = ids[-1]
+
+    def invoking_all(self, msgs: list[Message]) -> None:
+        held = self.held
+        for m in msgs:
+            held[m.id] = m.attempts
 
     # -- stopping --
     async def stop(self, timeout: float) -> None:
@@ -443,7 +462,7 @@ class PartitionFetcher:
         restore = "1" if self._restore and read_id != ">" else "0"
         return await scripts.run(
             c.client, _FETCH, [self.stream, self.owner],
-            [c.token, c.group, c.consumer, count, read_id, restore, *acks],
+            [c.token, c.group, c.consumer, count, read_id, restore, ",".join(acks)],
         )
 
     async def _recreate_group(self) -> None:
@@ -496,34 +515,43 @@ class PartitionFetcher:
 
     async def _dispatch(self, reply: list[Any], n: int) -> None:
         c = self.ctx
-        topic, partition = self.tp.topic, self.tp.partition
+        topic, partition, deserializer = self.tp.topic, self.tp.partition, c.deserializer
         messages: list[Message] = []
         raw: dict[str, list[Any]] = {}
+        held = self.held
+        fresh = self._read_id == ">"  # new entries: none can be held already
+        plain = fresh  # nothing to check before the first invocation (no TTL, attempts 1)
         now_ms = int(time.time() * 1000)
         for i in range(2, 2 + n * STRIDE, STRIDE):
             slots = reply[i : i + STRIDE]
             try:
-                msg = decode_entry(topic, partition, slots, c.deserializer)
+                msg = decode_entry(topic, partition, slots, deserializer)
             except DecodeError as exc:
                 await self._poison(slots, exc)
                 continue
-            if msg.expires_at is not None and msg.expires_at <= now_ms:
-                await self.expired(msg, slots, advance=False)
-                continue
+            if msg.expires_at is not None:
+                plain = False
+                if msg.expires_at <= now_ms:
+                    await self.expired(msg, slots, advance=False)
+                    continue
             if msg.headers and msg.headers.get(REQUEUE_HEADER, c.group) != c.group:
                 # A dead letter requeued for another group: ack it, never handle it.
                 c.count("requeue_skipped")
                 self.finish(msg.id, advance=False)
                 continue
-            before = self.held.get(msg.id)
-            if before is not None and before >= msg.attempts:
-                # Read again by the same owner after an invocation that was abandoned
-                # (not a failure it recorded): that invocation still counts.
-                msg = msg._replace(attempts=before + 1)
-            else:
-                self.held[msg.id] = msg.attempts - 1
+            if not fresh:
+                before = held.get(msg.id)
+                if before is not None and before >= msg.attempts:
+                    # Read again by the same owner after an invocation that was abandoned
+                    # (not a failure it recorded): that invocation still counts.
+                    msg = msg._replace(attempts=before + 1)
+                    messages.append(msg)
+                    raw[msg.id] = slots
+                    continue
+            held[msg.id] = msg.attempts - 1
             messages.append(msg)
             raw[msg.id] = slots
+        self.plain = plain
         self.raw = raw
         raw_last = reply[2 + (n - 1) * STRIDE]
         batch_last = raw_last.decode() if isinstance(raw_last, bytes) else str(raw_last)

@@ -187,16 +187,20 @@ class EachDispatcher(_Base):
         self.handler = handler
 
     async def __call__(self, fetcher: PartitionFetcher, msgs: list[Message]) -> None:
+        plain = fetcher.plain
         for msg in msgs:
-            if not _handing_out(fetcher, self) or not await self._one(fetcher, msg):
+            if not _handing_out(fetcher, self) or not await self._one(fetcher, msg, plain):
                 return
 
-    async def _one(self, fetcher: PartitionFetcher, msg: Message) -> bool:
+    async def _one(self, fetcher: PartitionFetcher, msg: Message, plain: bool = False) -> bool:
         """Handle one message to its end; False if it was left pending (stop, fenced)."""
         policy = self.policy
         while True:
-            if not await _ready(policy, fetcher, msg):
+            if plain:
+                fetcher.held[msg.id] = msg.attempts  # _ready's bookkeeping, nothing to check
+            elif not await _ready(policy, fetcher, msg):
                 return True
+            plain = False
             try:
                 await _call(policy, self.handler, msg)
                 policy.count("processed")
@@ -230,17 +234,21 @@ class BatchDispatcher(_Base):
     async def __call__(self, fetcher: PartitionFetcher, msgs: list[Message]) -> None:
         policy = self.policy
         pending = msgs
+        plain = fetcher.plain
         while pending:
             if not _handing_out(fetcher, self):
                 return
-            pending = [m for m in pending if await _ready(policy, fetcher, m)]
-            if not pending:
-                return
+            if plain:
+                fetcher.invoking_all(pending)  # _ready's bookkeeping, nothing to check
+                plain = False
+            else:
+                pending = [m for m in pending if await _ready(policy, fetcher, m)]
+                if not pending:
+                    return
             try:
                 await _call(policy, self.handler, pending)
                 policy.count("processed", len(pending))
-                for m in pending:
-                    fetcher.finish(m.id)
+                fetcher.finish_all(pending)
                 return
             except Exception as exc:
                 failed = exc.failed if isinstance(exc, BatchError) else pending

@@ -102,7 +102,9 @@ def encode_key(key: object) -> tuple[bytes, bytes]:
         try:
             return b"s", key.encode()
         except UnicodeEncodeError as exc:
-            raise ValueError(f"a str key must be valid Unicode text ({exc}); send bytes instead") from exc
+            raise SerializationError(
+                f"a str key must be valid Unicode text ({exc}); send bytes instead; nothing was written"
+            ) from None
     if isinstance(key, bytes):
         return b"b", key
     raise TypeError(f"key must be str, bytes or None, not {type(key).__name__}")
@@ -130,6 +132,9 @@ def encode_headers(headers: Mapping[str, str] | None) -> bytes:
 
 
 _EMPTY_HEADERS: Mapping[str, str] = {}
+_PLAIN_JSON = frozenset((b"1js", b"1jn"))
+_loads = orjson.loads
+_tuple_new = tuple.__new__
 
 
 def decode_entry(
@@ -143,6 +148,17 @@ def decode_entry(
     Raises DecodeError with a reason for anything that is not a valid format-1 entry.
     """
     entry_id, attempts, fmt, value, key, headers, expiry, ts = slots
+    if deserializer is None and not headers and not expiry and not ts and fmt in _PLAIN_JSON:
+        # The common entry (JSON value, str or no key, no headers, no TTL): no checks
+        # that cannot fail here, the Message built in one step.
+        try:
+            eid = entry_id.decode()
+            msg: Message = _tuple_new(Message, (topic, partition, eid, key.decode() if fmt == b"1js" else None,
+                                                _loads(value), _EMPTY_HEADERS, int(eid[: eid.index("-")]),
+                                                attempts, None))
+            return msg
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
     eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
     if not isinstance(fmt, bytes) or len(fmt) != 3 or fmt[0] != FORMAT_VERSION:
         raise DecodeError(_format_problem(fmt))
