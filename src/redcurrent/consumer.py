@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
@@ -330,13 +331,13 @@ class Consumer(Lifecycle):
                 f.restart()
 
     async def _run_dispatcher(self, mode: str, dispatcher: Dispatcher) -> None:
-        if self._state == "new":
-            await self.start()
         if not self._opt.auto_ack:
             raise ConfigError(
                 f"auto_ack=False means nothing to {mode}(), which acks each message after its "
                 "handler returns; use 'async for' for manual acks"
             )
+        if self._state == "new":
+            await self.start()
         self._raise_if_failed()
         self._use(mode, dispatcher)
         try:
@@ -388,6 +389,9 @@ class Consumer(Lifecycle):
                 raise StopAsyncIteration
             if slot.done.done() or slot.fetcher.stopping:
                 continue  # its partition was revoked before we got to it: not ours to hand out
+            if slot.msg.expires_at is not None and slot.msg.expires_at <= time.time() * 1000:
+                slot.done.set_result(None)  # expired in the queue: never handed out
+                continue
             slot.yielded = True
             slot.fetcher.invoking(slot.msg)
             if self._opt.auto_ack:

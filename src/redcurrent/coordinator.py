@@ -352,8 +352,11 @@ class Coordinator:
                                  k.owner(tp.topic, tp.partition, g))
             if tp in self.paused:
                 f.pause()
+            # XAUTOCLAIM (Redis 7+) reported pending entries that were trimmed away and
+            # dropped them from the pending list: the fetcher dead-letters them first
+            # (with its retries), never silently.
+            f.trimmed = [raw_id.decode() for raw_id in reply[2]]
             self.fetchers[tp] = f
-            await self._dead_letter_trimmed(f, reply[2])
             f.start()
             claimed.append(tp)
         self._retry_at = time.monotonic() + min(busy_ms) / 1000 if busy_ms else 0.0
@@ -364,15 +367,6 @@ class Coordinator:
         if claimed:
             log.info("claimed %s", [f"{tp.topic}[{tp.partition}]" for tp in claimed])
             await self._notify("on_assign", claimed)
-
-    async def _dead_letter_trimmed(self, f: PartitionFetcher, deleted: list[bytes]) -> None:
-        # XAUTOCLAIM (Redis 7+) reports pending entries that were trimmed away and
-        # drops them from the pending list: dead-letter them, never drop silently.
-        for raw_id in deleted:
-            entry_id = raw_id.decode()
-            self._ctx.stats["trimmed"] = self._ctx.stats.get("trimmed", 0) + 1
-            slots: list[Any] = [raw_id, 0, 0, b"", b"", b"", b"", b""]
-            await self._ctx.dead_letters.write_raw(f.tp, f.stream, entry_id, slots, "trimmed", 0)
 
     async def _revoke(self, lost: list[TopicPartition]) -> None:
         fetchers = [self.fetchers[tp] for tp in lost if tp in self.fetchers]

@@ -156,6 +156,7 @@ class PartitionFetcher:
         self.stop_event = asyncio.Event()
         self.raw: dict[str, list[Any]] = {}  # entry id -> fetch slots, for dead letters
         self.plain = False  # the batch in dispatch needs no check before its first invocation
+        self.trimmed: list[str] = []  # pending ids the claim found trimmed away: dead-letter them
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._task: asyncio.Task[None] | None = None
@@ -220,7 +221,7 @@ class PartitionFetcher:
         held = self.held
         ids = [m.id for m in msgs]
         for i in ids:
-            del held[i]
+            held.pop(i, None)
         self.acks += ids
         self.last_handled = ids[-1]
 
@@ -369,6 +370,12 @@ class PartitionFetcher:
 
     async def _step(self) -> None:
         c = self.ctx
+        if self.trimmed:
+            entry_id = self.trimmed[0]
+            await self.dead_letter(entry_id, [entry_id.encode(), 0, 0, b"", b"", b"", b"", b""], "trimmed", 0)
+            c.count("trimmed")
+            self.trimmed.pop(0)
+            return
         if not c.dispatcher_set.is_set() or not self._resumed.is_set():
             # Nobody to hand messages to (no process() running) or paused: ack what
             # is finished, then wait; nothing new is read.
@@ -414,6 +421,10 @@ class PartitionFetcher:
         finally:
             c.credits.give(n)
 
+    def _fetch_failed(self) -> None:
+        self.ctx.count("fetch_errors")
+        self._reread_if_new()
+
     def _reread_if_new(self) -> None:
         if self._read_id == ">":
             self._reread()
@@ -441,7 +452,7 @@ class PartitionFetcher:
             # what we finished, never ">" again, or entries it delivered would be
             # stranded and handled later, out of order.
             reply = await self.call("fetch", lambda: self._fetch_call(count, self._read_id, acks),
-                                    on_error=self._reread_if_new)
+                                    on_error=self._fetch_failed)
         except BaseException:
             self.acks = acks + self.acks
             self._reread_if_new()
@@ -569,8 +580,9 @@ class PartitionFetcher:
             await dispatcher(self, messages)
         finally:
             self._busy = False
-        if self.last_handled == messages[-1].id:
-            self.last_handled = batch_last  # entries after it were finished out of turn
+        held = self.held
+        if self.last_handled == messages[-1].id or not any(m.id in held for m in messages):
+            self.last_handled = batch_last  # every entry of the batch is finished
         elif not self._stopping:
             # Stopped part-way (lease lost, dispatcher detached): the rest is still
             # pending under our name; read it again before anything new.

@@ -119,12 +119,11 @@ async def _call(policy: Policy, fn: Callable[[Any], Awaitable[Any]], arg: Any) -
 
 async def _failed(
     policy: Policy, fetcher: PartitionFetcher, msgs: list[Message], exc: BaseException
-) -> float | None:
-    """Record a failed attempt; the delay before the next one, or None to dead-letter."""
+) -> float:
+    """Record a failed attempt of each message (its own count + 1); the delay before the
+    next one. The caller dead-letters the messages out of attempts first (``_exhausted``)."""
     attempts = max(m.attempts for m in msgs)
     max_attempts, backoff = policy.for_topic(fetcher.tp.topic)
-    if isinstance(exc, DeadLetter) or attempts >= max_attempts:
-        return None
     delay = exc.after if isinstance(exc, Retry) and exc.after is not None else backoff.delay(attempts)
     policy.count("retried", len(msgs))
     log.warning(
@@ -135,28 +134,34 @@ async def _failed(
                "entry_id": msgs[0].id, "attempts": attempts},
     )
     for m in msgs:
-        await fetcher.note_attempt(m.id, attempts + 1)
+        await fetcher.note_attempt(m.id, m.attempts + 1)
     return delay
 
 
-async def _dead_letter(policy: Policy, fetcher: PartitionFetcher, msg: Message, exc: BaseException | None) -> None:
+def _exhausted(policy: Policy, fetcher: PartitionFetcher, msg: Message, exc: BaseException) -> bool:
+    """No more tries for ``msg`` after this failure: the handler said so, or it had its last."""
+    return isinstance(exc, DeadLetter) or msg.attempts >= policy.for_topic(fetcher.tp.topic)[0]
+
+
+async def _dead_letter(policy: Policy, fetcher: PartitionFetcher, msg: Message, exc: BaseException | None,
+                       *, advance: bool = True) -> None:
     reason = exc.reason if isinstance(exc, DeadLetter) else "max_attempts"
     if isinstance(exc, TimeoutError) and policy.handler_timeout is not None and reason == "max_attempts":
         reason = "handler_timeout"
     await fetcher.dead_letter(msg.id, None, reason, msg.attempts, exc)
-    fetcher.finish(msg.id)
+    fetcher.finish(msg.id, advance=advance)
 
 
-async def _ready(policy: Policy, fetcher: PartitionFetcher, msg: Message) -> bool:
+async def _ready(policy: Policy, fetcher: PartitionFetcher, msg: Message, *, advance: bool = True) -> bool:
     """Checks before an invocation; False if ``msg`` was finished instead (expired, or
     out of attempts because its consumer died while handling it)."""
     if msg.expires_at is not None and msg.expires_at <= time.time() * 1000:
-        await fetcher.expired(msg)
+        await fetcher.expired(msg, advance=advance)
         return False
     max_attempts, _ = policy.for_topic(fetcher.tp.topic)
     if msg.attempts > max_attempts:
         policy.count("failed")
-        await _dead_letter(policy, fetcher, msg, None)
+        await _dead_letter(policy, fetcher, msg, None, advance=advance)
         return False
     fetcher.invoking(msg)
     return True
@@ -212,13 +217,13 @@ class EachDispatcher(_Base):
                     fetcher.finish(msg.id)
                     return True
                 policy.count("failed")
+                if _exhausted(policy, fetcher, msg, exc):
+                    await _dead_letter(policy, fetcher, msg, exc)
+                    return True
                 try:
                     delay = await _failed(policy, fetcher, [msg], exc)
                 except FencedError:
                     return False
-                if delay is None:
-                    await _dead_letter(policy, fetcher, msg, exc)
-                    return True
                 if not await _sleep_unless_stopped(fetcher, self, delay):
                     return False
                 msg = msg._replace(attempts=msg.attempts + 1)
@@ -242,7 +247,7 @@ class BatchDispatcher(_Base):
                 fetcher.invoking_all(pending)  # _ready's bookkeeping, nothing to check
                 plain = False
             else:
-                pending = [m for m in pending if await _ready(policy, fetcher, m)]
+                pending = [m for m in pending if await _ready(policy, fetcher, m, advance=False)]
                 if not pending:
                     return
             try:
@@ -253,29 +258,22 @@ class BatchDispatcher(_Base):
             except Exception as exc:
                 failed = exc.failed if isinstance(exc, BatchError) else pending
                 failed_ids = {m.id for m in failed} - fetcher.manually_acked
-                # Finish in stream order up to the first failed message; the ones after
-                # it are finished too (acks go out in any order), but ``last_handled``
-                # must not pass an entry still pending.
+                # Messages finished out of turn never move ``last_handled`` past one still
+                # pending; the fetcher moves it once the whole batch is finished.
                 ok = [m for m in pending if m.id not in failed_ids]
                 policy.count("processed", len(ok))
                 policy.count("failed", len(pending) - len(ok))
-                first_failed = next((m.id for m in pending if m.id in failed_ids), None)
-                advance = True
-                for m in pending:
-                    if m.id == first_failed:
-                        advance = False
-                    if m.id not in failed_ids:
-                        fetcher.finish(m.id, advance=advance)
+                for m in ok:
+                    fetcher.finish(m.id, advance=False)
                 pending = [m for m in pending if m.id in failed_ids]
+                for m in [m for m in pending if _exhausted(policy, fetcher, m, exc)]:
+                    await _dead_letter(policy, fetcher, m, exc, advance=False)
+                pending = [m for m in pending if m.id in fetcher.held]
                 if not pending:
                     return
                 try:
                     delay = await _failed(policy, fetcher, pending, exc)
                 except FencedError:
-                    return
-                if delay is None:
-                    for m in pending:
-                        await _dead_letter(policy, fetcher, m, exc)
                     return
                 if not await _sleep_unless_stopped(fetcher, self, delay):
                     return
@@ -285,11 +283,12 @@ class BatchDispatcher(_Base):
 @dataclass(slots=True)
 class Slot:
     """A message waiting in the iterator's queue. ``done`` resolves True once the
-    message is handled, False if it was abandoned (the loop raised): not acked."""
+    message is handled, False if it was abandoned (the loop raised): not acked, and
+    None if it expired while it waited in the queue."""
 
     msg: Message
     fetcher: PartitionFetcher
-    done: asyncio.Future[bool]
+    done: asyncio.Future[bool | None]
     yielded: bool = False
 
 
@@ -304,11 +303,17 @@ class IteratorDispatcher(_Base):
 
     async def __call__(self, fetcher: PartitionFetcher, msgs: list[Message]) -> None:
         loop = asyncio.get_running_loop()
+        max_attempts, _ = self.policy.for_topic(fetcher.tp.topic)
         for msg in msgs:
             if not _handing_out(fetcher, self):
                 return
             if msg.expires_at is not None and msg.expires_at <= time.time() * 1000:
                 await fetcher.expired(msg)
+                continue
+            if msg.attempts > max_attempts:
+                # Its consumers died with it in hand every time: dead letters, not a crash loop.
+                self.policy.count("failed")
+                await _dead_letter(self.policy, fetcher, msg, None)
                 continue
             slot = Slot(msg, fetcher, loop.create_future())
             self.queue.put_nowait(slot)
@@ -323,7 +328,10 @@ class IteratorDispatcher(_Base):
             if not slot.done.done():
                 slot.done.cancel()  # never yielded: stays pending for the next owner
                 return
-            if slot.done.cancelled() or not slot.done.result():
+            if slot.done.cancelled() or slot.done.result() is False:
                 return  # abandoned: the loop raised with it in hand; not acked
+            if slot.done.result() is None:
+                await fetcher.expired(msg)  # its TTL passed while it waited to be handed out
+                continue
             fetcher.finish(msg.id, ack=self.auto_ack)
             self.policy.count("processed")

@@ -590,3 +590,69 @@ async def test_a_blocked_event_loop_is_not_reported_as_redis_being_away(
     gaps = [r.getMessage() for r in caplog.records if "coordinator gap" in r.getMessage()]
     assert all("this client sent no heartbeat" in g for g in gaps), gaps
     assert not any("Redis was away" in g for g in gaps), gaps
+
+
+async def test_an_async_for_message_that_kills_its_consumer_each_time_reaches_the_dead_letters(
+    redis_url: str, namespace: str
+) -> None:
+    await make_topic(redis_url, namespace)
+    await send_values(redis_url, namespace, ["poison", "next"])
+    seen: list[tuple[str, int]] = []
+    for _ in range(3):
+        # batch_size=1: a crash costs one attempt to every message its consumer had
+        # read, handed out or not (as a Kafka share group's delivery count does)
+        c = consumer(redis_url, namespace, "t", max_attempts=2, batch_size=1)
+        await c.start()
+        msg = await asyncio.wait_for(c.getone(), 10)
+        seen.append((msg.value, msg.attempts))
+        await c.abort()  # the process dies with it in hand
+        if msg.value != "poison":
+            break
+    assert seen == [("poison", 1), ("poison", 2), ("next", 1)]
+    async with Admin(redis_url, namespace=namespace) as admin:
+        [dl] = await admin.dead_letters("t", "g")
+    assert (dl.value, dl.reason, dl.attempts) == ("poison", "max_attempts", 3)
+
+
+async def test_a_batch_records_each_message_s_own_attempts(redis_url: str, namespace: str) -> None:
+    """A message tried twice and one never tried land in one batch after a handoff: a
+    failure of the batch costs each one attempt, not the highest count plus one."""
+    await make_topic(redis_url, namespace)
+    await send_values(redis_url, namespace, ["A", "B"])
+    twice = asyncio.Event()
+    tries: list[int] = []
+
+    async def fail_a(msg: Message) -> None:
+        tries.append(msg.attempts)
+        if len(tries) == 2:
+            twice.set()
+        raise RuntimeError("A fails")
+
+    slow = Backoff(initial=0.2, multiplier=1.0, max=0.2, jitter=0.0)
+    c = consumer(redis_url, namespace, "t", max_attempts=5, backoff=slow, batch_size=100)
+    async with c:  # process(): B waits, prefetched, behind A
+        task = asyncio.create_task(c.process(fail_a))
+        await asyncio.wait_for(twice.wait(), 10)
+        await asyncio.sleep(0.05)
+        await c.stop()
+        await task
+    seen: dict[str, list[int]] = {"A": [], "B": []}
+
+    async def fail_all(msgs: list[Message]) -> None:
+        for m in msgs:
+            seen[m.value].append(m.attempts)
+        raise RuntimeError("everything fails")
+
+    c = consumer(redis_url, namespace, "t", max_attempts=5)
+    async with c:
+        task = asyncio.create_task(c.process_batch(fail_all))
+        async with Admin(redis_url, namespace=namespace) as admin:
+            await eventually(lambda: _count_is(admin, 2), timeout=10)
+        await c.stop()
+        await task
+    assert tries == [1, 2]
+    assert seen == {"A": [3, 4, 5], "B": [1, 2, 3, 4, 5]}
+
+
+async def _count_is(admin: Admin, n: int) -> bool:
+    return await admin.count_dead_letters("t", "g") == n

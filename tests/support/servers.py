@@ -479,7 +479,7 @@ class Cluster:
         return self
 
     def _assign_slots(self) -> None:
-        for epoch, (node, slots) in enumerate(zip(self.nodes, _slot_ranges(len(self.nodes))), 1):
+        for epoch, (node, slots) in enumerate(zip(self.nodes, _slot_ranges(len(self.nodes)), strict=True), 1):
             with node.client() as client:
                 client.execute_command("CLUSTER SET-CONFIG-EPOCH", epoch)
                 for start in range(slots.start, slots.stop, 1000):

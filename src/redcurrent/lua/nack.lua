@@ -1,5 +1,5 @@
 -- nack: record a failed attempt on a pending entry I own, by setting its delivery
--- count, so attempts survive a restart or a handoff. Fenced like every write.
+-- count, so attempts survive a restart or a handoff. Fenced by the owner token.
 -- Slot:   {topic:partition}
 -- KEYS:   [1] partition stream  [2] owner key
 -- ARGV:   [1] token  [2] group  [3] consumer  [4] entry id  [5] attempts so far
