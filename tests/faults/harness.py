@@ -32,7 +32,7 @@ from support.history import Event, History, Sent, check_history, read_log
 from support.proxy import FaultProxy
 from support.servers import ServerProcess
 
-from redcurrent import Admin, Producer, RedcurrentError, Record
+from redcurrent import Admin, Producer, Record, RedcurrentError
 from redcurrent.keys import Keys
 
 WORKER = Path(__file__).resolve().parents[1] / "support" / "worker.py"

@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from harness import NS, TOPIC, FaultRun, Report
 from support.history import Event, Sent, check_history
 
-from harness import FaultRun, Report, TOPIC, NS
 from redcurrent import Admin
 
 S, H = 1.5, 0.2

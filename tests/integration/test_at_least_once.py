@@ -363,7 +363,7 @@ async def test_graceful_handoffs_during_backoff_cost_no_attempts(
     for step in range(6):
         failed_once = asyncio.Event()
 
-        async def handle(msg: Message) -> None:
+        async def handle(msg: Message, failed_once: asyncio.Event = failed_once) -> None:
             seen.append(msg.attempts)
             failed_once.set()
             raise RuntimeError("always")
@@ -400,7 +400,7 @@ async def test_rolling_restarts_of_five_steps_leave_first_deliveries_at_attempt_
     for _ in range(5):
         one = asyncio.Event()
 
-        async def handle(msg: Message) -> None:
+        async def handle(msg: Message, one: asyncio.Event = one) -> None:
             first_seen.setdefault(msg.value, msg.attempts)
             one.set()
             await asyncio.sleep(0.2)  # the rest of the batch waits, prefetched
@@ -445,7 +445,7 @@ async def test_a_message_that_kills_its_consumer_each_time_still_reaches_the_dea
     for _ in range(3):
         started = asyncio.Event()
 
-        async def crash(msg: Message) -> None:
+        async def crash(msg: Message, started: asyncio.Event = started) -> None:
             seen.append(msg.attempts)
             started.set()
             await asyncio.sleep(60)

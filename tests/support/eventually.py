@@ -63,7 +63,7 @@ async def eventually(
             error = None
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - "not yet", reported on timeout
+        except Exception as exc:
             error = exc
         if time.monotonic() >= deadline:
             raise AssertionError(_timeout_error(message, timeout, value, error)) from error
@@ -86,7 +86,7 @@ def wait_until(
             error = None
             if value:
                 return cast(T, value)
-        except Exception as exc:  # noqa: BLE001 - "not yet", reported on timeout
+        except Exception as exc:
             error = exc
         if time.monotonic() >= deadline:
             raise AssertionError(_timeout_error(message, timeout, value, error)) from error
