@@ -42,7 +42,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import scripts
 from .errors import DecodeError, FencedError, translate
 from .retry import Backoff
-from .serde import REQUEUE_HEADER, Deserializer, decode_entry
+from .serde import REQUEUE_HEADER, Deserializer, decode_fields, entry_slots
 from .structs import Message, TopicPartition
 
 if TYPE_CHECKING:
@@ -55,7 +55,6 @@ __all__ = ["Credits", "Dispatcher", "FetchContext", "LeaseLost", "PartitionFetch
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-STRIDE = 8
 CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 POLL_S = 0.1  # idle poll period on a cluster when every blocking-wait slot is taken
 _FETCH = scripts.script("fetch")
@@ -154,7 +153,7 @@ class PartitionFetcher:
         self._idle = False
         self._busy = False
         self.stop_event = asyncio.Event()
-        self.raw: dict[str, list[Any]] = {}  # entry id -> fetch slots, for dead letters
+        self.raw: dict[str, list[bytes] | None] = {}  # entry id -> its fields, for dead letters
         self.plain = False  # the batch in dispatch needs no check before its first invocation
         self.trimmed: list[str] = []  # pending ids the claim found trimmed away: dead-letter them
         self._resumed = asyncio.Event()
@@ -408,7 +407,7 @@ class PartitionFetcher:
         if reply is None:
             c.credits.give(want)
             return
-        n = (len(reply) - 2) // STRIDE
+        n = len(reply[2])
         c.credits.give(want - n)
         if n == 0:
             if self._read_id != ">":
@@ -417,7 +416,7 @@ class PartitionFetcher:
                 self._idle_at = reply[1]
             return
         try:
-            await self._dispatch(reply, n)
+            await self._dispatch(reply[2], reply[3])
         finally:
             c.credits.give(n)
 
@@ -524,26 +523,29 @@ class PartitionFetcher:
             await asyncio.sleep(0.1)
             return True
 
-    async def _dispatch(self, reply: list[Any], n: int) -> None:
+    async def _dispatch(self, entries: list[Any], counts: list[int]) -> None:
+        """Decode a fetched batch (XREADGROUP's entries; ``counts`` for a re-read) and
+        hand it to the dispatcher."""
         c = self.ctx
         topic, partition, deserializer = self.tp.topic, self.tp.partition, c.deserializer
         messages: list[Message] = []
-        raw: dict[str, list[Any]] = {}
+        raw: dict[str, list[bytes] | None] = {}
         held = self.held
-        fresh = self._read_id == ">"  # new entries: none can be held already
+        fresh = not counts  # new entries: none can be held already, every count is 1
         plain = fresh  # nothing to check before the first invocation (no TTL, attempts 1)
         now_ms = int(time.time() * 1000)
-        for i in range(2, 2 + n * STRIDE, STRIDE):
-            slots = reply[i : i + STRIDE]
+        for j, (entry_id, fields) in enumerate(entries):
             try:
-                msg = decode_entry(topic, partition, slots, deserializer)
+                msg = decode_fields(topic, partition, entry_id, 1 if fresh else counts[j], fields, deserializer)
             except DecodeError as exc:
-                await self._poison(slots, exc)
+                await self._poison(entry_id, 1 if fresh else counts[j], fields, exc)
                 continue
             if msg.expires_at is not None:
                 plain = False
                 if msg.expires_at <= now_ms:
-                    await self.expired(msg, slots, advance=False)
+                    raw[msg.id] = fields
+                    self.raw = raw
+                    await self.expired(msg, advance=False)
                     continue
             if msg.headers and msg.headers.get(REQUEUE_HEADER, c.group) != c.group:
                 # A dead letter requeued for another group: ack it, never handle it.
@@ -557,14 +559,14 @@ class PartitionFetcher:
                     # (not a failure it recorded): that invocation still counts.
                     msg = msg._replace(attempts=before + 1)
                     messages.append(msg)
-                    raw[msg.id] = slots
+                    raw[msg.id] = fields
                     continue
             held[msg.id] = msg.attempts - 1
             messages.append(msg)
-            raw[msg.id] = slots
+            raw[msg.id] = fields
         self.plain = plain
         self.raw = raw
-        raw_last = reply[2 + (n - 1) * STRIDE]
+        raw_last = entries[-1][0]
         batch_last = raw_last.decode() if isinstance(raw_last, bytes) else str(raw_last)
         if self._read_id != ">":
             self._read_id = batch_last
@@ -588,30 +590,35 @@ class PartitionFetcher:
             # pending under our name; read it again before anything new.
             self._reread()
 
-    async def _poison(self, slots: list[Any], exc: DecodeError) -> None:
+    async def _poison(self, entry_id: bytes, attempts: int, fields: list[bytes] | None,
+                      exc: DecodeError) -> None:
         reason = str(exc)
         trimmed = reason == "trimmed"
         self.ctx.count("trimmed" if trimmed else "decode_failures")
-        entry_id = slots[0].decode()
-        log.error("%r: entry %s cannot be handled (%s); dead-lettering it", self, entry_id, reason)
-        await self.dead_letter(entry_id, slots, "trimmed" if trimmed else "decode_error", int(slots[1]),
-                               None if trimmed else exc)
-        self.finish(entry_id, advance=False)
+        eid = entry_id.decode()
+        log.error("%r: entry %s cannot be handled (%s); dead-lettering it", self, eid, reason)
+        await self.dead_letter(eid, entry_slots(entry_id, attempts, fields),
+                               "trimmed" if trimmed else "decode_error", attempts, None if trimmed else exc)
+        self.finish(eid, advance=False)
 
-    async def expired(self, msg: Message, slots: list[Any] | None = None, *, advance: bool = True) -> None:
+    async def expired(self, msg: Message, *, advance: bool = True) -> None:
         """``msg`` outlived its TTL: count it, dead-letter it if the topic asks, finish it."""
         c = self.ctx
         c.count("expired")
         if c.dead_letters.dead_letter_expired(self.tp.topic):
-            await self.dead_letter(msg.id, slots or self.raw.get(msg.id), "expired", msg.attempts)
+            await self.dead_letter(msg.id, None, "expired", msg.attempts)
         self.finish(msg.id, advance=advance)
 
     async def dead_letter(self, entry_id: str, slots: list[Any] | None, reason: str, attempts: int,
                           error: BaseException | None = None) -> None:
         """Write one dead letter (retried like every call); the caller then finishes the entry."""
-        slots = slots or self.raw.get(entry_id) or [entry_id.encode(), attempts, b"", b"", b"", b"", b"", b""]
+        if slots is None:
+            fields = self.raw.get(entry_id)
+            slots = (entry_slots(entry_id.encode(), attempts, fields) if entry_id in self.raw
+                     else [entry_id.encode(), attempts, b"", b"", b"", b"", b"", b""])
+        final = slots
         await self.call("dead-letter", lambda: self.ctx.dead_letters.write_raw(
-            self.tp, self.stream, entry_id, slots, reason, attempts, error))
+            self.tp, self.stream, entry_id, final, reason, attempts, error))
 
 
 class _NoLimit:

@@ -34,6 +34,8 @@ __all__ = [
     "Deserializer",
     "Serializer",
     "decode_entry",
+    "decode_fields",
+    "entry_slots",
     "encode_headers",
     "encode_key",
     "encode_value",
@@ -149,16 +151,7 @@ def decode_entry(
     """
     entry_id, attempts, fmt, value, key, headers, expiry, ts = slots
     if deserializer is None and not headers and not expiry and not ts and fmt in _PLAIN_JSON:
-        # The common entry (JSON value, str or no key, no headers, no TTL): no checks
-        # that cannot fail here, the Message built in one step.
-        try:
-            eid = entry_id.decode()
-            msg: Message = _tuple_new(Message, (topic, partition, eid, key.decode() if fmt == b"1js" else None,
-                                                _loads(value), _EMPTY_HEADERS, int(eid[: eid.index("-")]),
-                                                attempts, None))
-            return msg
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
+        return _plain(topic, partition, entry_id, attempts, key if fmt == b"1js" else None, value)
     eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
     if not isinstance(fmt, bytes) or len(fmt) != 3 or fmt[0] != FORMAT_VERSION:
         raise DecodeError(_format_problem(fmt))
@@ -175,6 +168,50 @@ def decode_entry(
     except Exception as exc:  # the deserializer is user code: any failure is poison
         raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
     return Message(topic, partition, eid, decoded_key, decoded_value, hdrs, timestamp, int(attempts), exp)
+
+
+def entry_slots(entry_id: bytes, attempts: int, fields: list[bytes] | None) -> list[Any]:
+    """The eight slots of one entry (id, attempts, f, v, k, h, x, t) from its raw fields."""
+    if fields is None:  # deleted while pending
+        return [entry_id, attempts, TRIMMED, b"", b"", b"", b"", b""]
+    by_name = dict(zip(fields[::2], fields[1::2], strict=True))
+    get = by_name.get
+    return [entry_id, attempts, get(b"f", b""), get(b"v", b""), get(b"k", b""), get(b"h", b""),
+            get(b"x", b""), get(b"t", b"")]
+
+
+def decode_fields(
+    topic: str,
+    partition: int,
+    entry_id: bytes,
+    attempts: int,
+    fields: list[bytes] | None,
+    deserializer: Deserializer | None,
+) -> Message:
+    """Build a Message from one stream entry as XREADGROUP returns it (id, flat fields).
+
+    The producer writes the common record as exactly ``f, v, k`` (or ``f, v`` without a
+    key), so that shape is decoded without building the slots. Raises DecodeError."""
+    if deserializer is None and fields is not None and fields[0:1] == [b"f"]:
+        n = len(fields)
+        if n == 6 and fields[1] == b"1js" and fields[2] == b"v" and fields[4] == b"k":
+            return _plain(topic, partition, entry_id, attempts, fields[5], fields[3])
+        if n == 4 and fields[1] == b"1jn" and fields[2] == b"v":
+            return _plain(topic, partition, entry_id, attempts, None, fields[3])
+    return decode_entry(topic, partition, entry_slots(entry_id, attempts, fields), deserializer)
+
+
+def _plain(topic: str, partition: int, entry_id: bytes, attempts: int, key: bytes | None, value: bytes) -> Message:
+    """A JSON value with a str key (or none), no headers, no TTL: the Message in one step."""
+    try:
+        eid = entry_id.decode()
+        msg: Message = _tuple_new(Message, (
+            topic, partition, eid, None if key is None else key.decode(), _loads(value),
+            _EMPTY_HEADERS, int(eid[: eid.index("-")]), attempts, None,
+        ))
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
+    return msg
 
 
 def _decode_value(letter: int, value: bytes, deserializer: Deserializer | None) -> Any:
