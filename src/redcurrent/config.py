@@ -102,7 +102,7 @@ class ConsumerOptions:
     heartbeat_interval: float = 1.0
     session_timeout: float = 10.0
     rebalance_timeout: float = 30.0
-    max_in_flight: int = 1000
+    max_in_flight: int = 10_000
     assignor: Literal["round_robin", "sticky"] = "round_robin"
     auto_ack: bool = True
     processing_timeout: float | None = None
