@@ -56,9 +56,11 @@ def bench(env: Env, count: int, only: str | None) -> None:
         raise click.ClickException(f"benchmark script not found: {', '.join(missing)}")
     child_env = {**os.environ, "REDIS_URL": env.url}
     for script in scripts:
-        click.echo(f"== {script.name} --count {count}", err=True)
-        code = subprocess.call(
-            [sys.executable, str(script), "--count", str(count)], cwd=where, env=child_env
-        )
+        # one rep and a short latency run: a quick look, not the 3-rep measurement
+        args = ["--count", str(count), "--reps", "1"]
+        if script.stem == "consume":
+            args += ["--latency-secs", "2"]
+        click.echo(f"== {script.name} {' '.join(args)}", err=True)
+        code = subprocess.call([sys.executable, str(script), *args], cwd=where, env=child_env)
         if code:
             raise click.ClickException(f"{script.name} exited with status {code}")
