@@ -268,7 +268,7 @@ class Consumer(Lifecycle):
             self._yielded.clear()
             try:
                 if self._coord is not None:
-                    await self._coord.stop()
+                    await self._coord.stop(self._opt.request_timeout)
             finally:
                 self._queue.put_nowait(None)
                 self._stopped.set()

@@ -105,18 +105,23 @@ class Coordinator:
             asyncio.create_task(self._reconcile_loop(), name="redcurrent-rebalance"),
         ]
 
-    async def stop(self) -> None:
-        """Graceful: finish in-flight, ack, release every partition, then leave."""
+    async def stop(self, budget: float) -> None:
+        """Graceful: finish in-flight, ack, release every partition, then leave; all of it
+        within ``budget`` seconds, whatever handlers do (in-flight handlers get at most
+        ``rebalance_timeout`` of it, and what is left over is for releasing and leaving)."""
+        deadline = time.monotonic() + budget
         self._stopping = True
         # No claim may land after the revoke below took its list (its fetchers would
         # outlive the stop); heartbeats go on meanwhile, so the lease holds while
         # in-flight handlers finish.
         await cancel_all([t for t in self._tasks if t.get_name() == "redcurrent-rebalance"])
-        await self._revoke(list(self.fetchers))
+        in_flight = min(self._opt.rebalance_timeout, max(0.1, budget * 0.8))
+        await self._revoke(list(self.fetchers), in_flight, deadline)
         await cancel_all(self._tasks)
         self._tasks = []
         try:
-            await self._leave()
+            async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                await self._leave()
         except Exception as exc:  # the session timeout will expire us instead
             log.warning("leaving the group failed (%s); members take over after the session timeout",
                         translate(exc, "leave"))
@@ -368,22 +373,26 @@ class Coordinator:
             log.info("claimed %s", [f"{tp.topic}[{tp.partition}]" for tp in claimed])
             await self._notify("on_assign", claimed)
 
-    async def _revoke(self, lost: list[TopicPartition]) -> None:
+    async def _revoke(self, lost: list[TopicPartition], timeout: float | None = None,
+                      deadline: float | None = None) -> None:
         fetchers = [self.fetchers[tp] for tp in lost if tp in self.fetchers]
         if not fetchers:
             return
-        timeout = self._opt.rebalance_timeout
+        timeout = self._opt.rebalance_timeout if timeout is None else timeout
         await asyncio.gather(*(f.stop(timeout) for f in fetchers))
-        await self._notify("on_revoke", lost, timeout)
-        await self._release(fetchers)
+        listener_time = timeout if deadline is None else max(0.1, min(timeout, deadline - time.monotonic()))
+        await self._notify("on_revoke", lost, listener_time)
+        await self._release(fetchers, deadline=deadline)
         for f in fetchers:
             self.fetchers.pop(f.tp, None)
         log.info("released %s", [f"{tp.topic}[{tp.partition}]" for tp in lost])
 
-    async def _release(self, fetchers: list[PartitionFetcher], *, quiet: bool = False) -> None:
+    async def _release(self, fetchers: list[PartitionFetcher], *, quiet: bool = False,
+                       deadline: float | None = None) -> None:
         """Release partitions in one pipeline (one round trip per node, one connection),
-        retrying connection errors until ``request_timeout``."""
-        deadline = time.monotonic() + self._opt.request_timeout
+        retrying connection errors until ``request_timeout`` (or ``deadline``)."""
+        if deadline is None:
+            deadline = time.monotonic() + self._opt.request_timeout
         attempt = 0
         todo = fetchers
         while todo:

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+INSIST = 10  # cancellations (0.2 s apart) before a stop leaves a handler's task behind
 POLL_S = 0.1  # idle poll period on a cluster when every blocking-wait slot is taken
 _FETCH = scripts.script("fetch")
 _RELEASE = scripts.script("release")
@@ -244,9 +245,16 @@ class PartitionFetcher:
         done, _ = await asyncio.wait({task}, timeout=timeout)
         if not done:
             log.warning("%r: in-flight handling exceeded %.1fs; cancelling it", self, timeout)
-        while not task.done():  # a cancellation can be swallowed: insist
+        for _ in range(INSIST):  # a cancellation can be swallowed: insist, for a while
+            if task.done():
+                return
             task.cancel()
-            await asyncio.wait({task}, timeout=0.5)
+            await asyncio.wait({task}, timeout=0.2)
+        if not task.done():
+            # A handler that ignores cancellation must not hold the stop forever: leave
+            # its task behind. Its message stays unacked (held), so it is redelivered.
+            log.error("%r: a handler ignored cancellation for %.1fs; leaving it behind unacked",
+                      self, INSIST * 0.2)
 
     def abort(self) -> None:
         """Drop everything without acking (fenced or lost lease)."""

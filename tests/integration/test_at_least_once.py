@@ -656,3 +656,35 @@ async def test_a_batch_records_each_message_s_own_attempts(redis_url: str, names
 
 async def _count_is(admin: Admin, n: int) -> bool:
     return await admin.count_dead_letters("t", "g") == n
+
+
+async def test_stop_returns_within_request_timeout_even_when_a_handler_ignores_cancellation(
+    redis_url: str, namespace: str
+) -> None:
+    await make_topic(redis_url, namespace)
+    await send_values(redis_url, namespace, ["stubborn", "next"])
+    started = asyncio.Event()
+
+    async def stubborn(msg: Message) -> None:
+        started.set()
+        end = time.monotonic() + 7
+        while time.monotonic() < end:  # swallows every cancellation it gets
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                pass
+
+    c = consumer(redis_url, namespace, "t", request_timeout=4.0, rebalance_timeout=1.0)
+    await c.start()
+    task = asyncio.create_task(c.process(stubborn))
+    await asyncio.wait_for(started.wait(), 10)
+    t0 = time.monotonic()
+    await asyncio.wait_for(c.stop(), 10)
+    took = time.monotonic() - t0
+    assert took <= 4.5, took
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    rest = await drain(redis_url, namespace, 2)
+    assert [m.value for m in rest] == ["stubborn", "next"]  # nothing acked, nothing lost
+    left = [t for t in asyncio.all_tasks() if t.get_name().startswith("redcurrent-fetch")]
+    await asyncio.wait(left, timeout=10)  # the abandoned handler ends by itself
