@@ -202,6 +202,7 @@ class Consumer(Lifecycle):
             dead_letters=DeadLetterWriter(client, opt.keys, opt.group, self.member_id,
                                           lambda t: self._dle.get(t, False), self._stats),
             stats=self._stats, limit=asyncio.Semaphore(limit), waiter=self._waiter,
+            transactions=not self._conn.caps.is_cluster,
             wait_slots=None if self._waiter is not None else asyncio.Semaphore(max(1, min(32, pool // 4))),
         )
         self._coord = Coordinator(client, opt, self.topics, self.member_id, self.instance_id,

@@ -688,3 +688,35 @@ async def test_stop_returns_within_request_timeout_even_when_a_handler_ignores_c
     assert [m.value for m in rest] == ["stubborn", "next"]  # nothing acked, nothing lost
     left = [t for t in asyncio.all_tasks() if t.get_name().startswith("redcurrent-fetch")]
     await asyncio.wait(left, timeout=10)  # the abandoned handler ends by itself
+
+
+async def test_a_zombie_reading_a_backlog_moves_nothing_after_its_partition_was_taken(
+    redis_url: str, namespace: str, r: Redis
+) -> None:
+    """With a backlog the fetch reads with WATCH/MULTI instead of the script: the same
+    fence. Once another owner holds the key, the group's read position never moves again."""
+    await make_topic(redis_url, namespace)
+    async with Producer(redis_url, namespace=namespace) as p:
+        await p.send_batch("t", [Record(i) for i in range(3000)])
+    batches = 0
+
+    async def slow(msgs: list[Message]) -> None:
+        nonlocal batches
+        batches += 1
+        await asyncio.sleep(0.05)
+
+    keys = Keys(namespace)
+    c = consumer(redis_url, namespace, "t", batch_size=100)
+    async with c:
+        task = asyncio.create_task(c.process_batch(slow))
+        await eventually(lambda: batches >= 3, timeout=10)
+        await r.set(keys.owner("t", 0, "g"), "someone-else|x", keepttl=True)
+        [info] = await r.xinfo_groups(keys.stream("t", 0))
+        position = info["last-delivered-id"]
+        await asyncio.sleep(1.0)
+        [info] = await r.xinfo_groups(keys.stream("t", 0))
+        assert info["last-delivered-id"] == position
+        assert c.stats().get("partitions_lost", 0) >= 1
+        await r.delete(keys.owner("t", 0, "g"))
+        await c.stop()
+        await task
