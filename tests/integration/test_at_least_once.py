@@ -697,7 +697,7 @@ async def test_a_zombie_reading_a_backlog_moves_nothing_after_its_partition_was_
     fence. Once another owner holds the key, the group's read position never moves again."""
     await make_topic(redis_url, namespace)
     async with Producer(redis_url, namespace=namespace) as p:
-        await p.send_batch("t", [Record(i) for i in range(3000)])
+        await p.send_batch("t", [Record(i) for i in range(10_000)])
     batches = 0
 
     async def slow(msgs: list[Message]) -> None:
@@ -706,7 +706,7 @@ async def test_a_zombie_reading_a_backlog_moves_nothing_after_its_partition_was_
         await asyncio.sleep(0.05)
 
     keys = Keys(namespace)
-    c = consumer(redis_url, namespace, "t", batch_size=100)
+    c = consumer(redis_url, namespace, "t", batch_size=500)  # >= WATCHED_MIN: the watched path
     async with c:
         task = asyncio.create_task(c.process_batch(slow))
         await eventually(lambda: batches >= 3, timeout=10)
