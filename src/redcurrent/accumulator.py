@@ -15,17 +15,36 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    BusyLoadingError,
+    ClusterDownError,
+    MaxConnectionsError,
+    ReadOnlyError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import scripts
 from .config import ProducerOptions, seconds_to_ms
 from .connection import Connection
-from .errors import AmbiguousWriteError, ProducerClosedError, RedcurrentError, translate
+from .errors import (
+    AmbiguousWriteError,
+    InvalidPartitionsError,
+    NotEnoughReplicasError,
+    ProducerClosedError,
+    RedcurrentConnectionError,
+    RedcurrentError,
+    UnknownTopicError,
+    redact,
+    translate,
+)
 from .structs import RecordMetadata
 
 __all__ = ["Accumulator", "Waiter"]
@@ -33,7 +52,13 @@ __all__ = ["Accumulator", "Waiter"]
 log = logging.getLogger(__name__)
 
 _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+# Refusals that mean the command did not run (loading, a replica, a slot moving): a
+# resend cannot store anything twice.
+_NOT_RUN = (BusyLoadingError, ReadOnlyError, TryAgainError, ClusterDownError, MaxConnectionsError)
+_FATAL = (AuthenticationError, AuthorizationError)
 _PRODUCE = scripts.script("produce")
+_MIN_ATTEMPT_S = 0.05
+_MAX_MISSING = 3  # NOTOPIC replies a batch may get for a partition the metadata names
 
 
 @dataclass(slots=True)
@@ -49,12 +74,61 @@ class Waiter:
 class _Batch:
     topic: str
     partition: int
-    args: list[bytes] = field(default_factory=list)  # framed records, joined at send
+    args: list[bytes] = field(default_factory=list)  # framed records (5 parts each), joined at send
     futures: list[asyncio.Future[RecordMetadata] | None] = field(default_factory=list)  # per record (send)
     waiters: list[Waiter] = field(default_factory=list)  # ranges of records (send_batch)
     size: int = 0
     seq: int = 0
     created: float = field(default_factory=time.monotonic)
+    pinned: list[int] = field(default_factory=list)  # records sent with an explicit partition
+    maybe_sent: bool = False  # an attempt went out and its reply was lost: it may be stored
+    confirmed: int = -1  # acks="replica": the primary stored it, this many replicas confirmed
+    cause: str = ""  # why the last attempt failed
+    missing: int = 0  # NOTOPIC replies so far
+    done: bool = False
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """The attempt failed before the command could reach Redis (connecting failed, or
+    Redis refused it unrun), so it cannot have been stored."""
+    if isinstance(exc, _NOT_RUN):
+        return True
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError) and "connecting to" in str(exc)
+
+
+def _chain(src: asyncio.Future[RecordMetadata], dst: asyncio.Future[RecordMetadata]) -> None:
+    """Complete ``dst`` as ``src`` completes (a record moved to another batch)."""
+
+    def copy(f: asyncio.Future[RecordMetadata]) -> None:
+        exc = f.exception()
+        if dst.done():
+            return
+        if exc is not None:
+            dst.set_exception(exc)
+        else:
+            dst.set_result(f.result())
+
+    src.add_done_callback(copy)
+
+
+def _gather_into(srcs: list[asyncio.Future[RecordMetadata]], dst: asyncio.Future[Any]) -> None:
+    """Complete ``dst`` with the list of results of ``srcs`` (or the first error)."""
+    left = [len(srcs)]
+
+    def one(_f: asyncio.Future[RecordMetadata]) -> None:
+        left[0] -= 1
+        if left[0]:
+            return
+        errors = [e for e in (f.exception() for f in srcs) if e is not None]
+        if dst.done():
+            return
+        if errors:
+            dst.set_exception(errors[0])
+        else:
+            dst.set_result([f.result() for f in srcs])
+
+    for f in srcs:
+        f.add_done_callback(one)
 
 
 class Accumulator:
@@ -71,6 +145,7 @@ class Accumulator:
         self._topic_config = topic_config  # topic -> (maxlen, retention_ms)
         self._open: dict[tuple[str, int], _Batch] = {}
         self._ready: list[_Batch] = []
+        self._inflight: list[_Batch] = []
         self._seq: dict[tuple[str, int], int] = {}
         self._producer_id = uuid.uuid4().hex if options.idempotent else ""
         self._wakeup = asyncio.Event()
@@ -82,6 +157,12 @@ class Accumulator:
         self._closed = False
         self.stats: dict[str, int] = {"sent": 0, "bytes": 0, "errors": 0, "batches": 0, "retries": 0}
         self.on_version: Callable[[str, int], None] | None = None  # growth notification
+        # A partition had no marker: the producer re-reads the topic and returns its
+        # partition count, or raises UnknownTopicError if the topic is gone.
+        self.on_missing: Callable[[str], Awaitable[int]] | None = None
+        # (topic, partitions, key bytes or None) -> partition, for records moved off a
+        # partition a recreated topic no longer has.
+        self.repartition: Callable[[str, int, bytes | None], int] | None = None
 
     @property
     def producer_id(self) -> str:
@@ -92,15 +173,19 @@ class Accumulator:
         self._task = asyncio.create_task(self._run(), name="redcurrent-producer-sender")
 
     def append(
-        self, topic: str, partition: int, record: tuple[bytes, ...], nbytes: int
+        self, topic: str, partition: int, record: tuple[bytes, ...], nbytes: int, pinned: bool = False
     ) -> asyncio.Future[RecordMetadata]:
-        """Queue one framed record; the future resolves to its metadata."""
+        """Queue one framed record; the future resolves to its metadata.
+
+        ``pinned``: the caller chose the partition (it is never moved to another one)."""
         if self._closed:
             raise ProducerClosedError("the producer is closed")
         batch = self._open.get((topic, partition))
         if batch is None or batch.size + nbytes > self._opt.batch_bytes:
             batch = self._batch_for(topic, partition, nbytes)
         fut: asyncio.Future[RecordMetadata] = self._loop.create_future()
+        if pinned:
+            batch.pinned.append(len(batch.futures))
         batch.futures.append(fut)
         batch.args.extend(record)
         batch.size += nbytes
@@ -116,9 +201,15 @@ class Accumulator:
         return fut
 
     def append_many(
-        self, topic: str, partition: int, records: list[tuple[tuple[bytes, ...], int]]
+        self,
+        topic: str,
+        partition: int,
+        records: list[tuple[tuple[bytes, ...], int]],
+        pinned: Sequence[int] = (),
     ) -> list[asyncio.Future[list[RecordMetadata]]]:
-        """Queue records of one partition; one future per batch they land in."""
+        """Queue records of one partition; one future per batch they land in.
+
+        ``pinned``: positions in ``records`` whose partition the caller chose."""
         if self._closed:
             raise ProducerClosedError("the producer is closed")
         loop = self._loop
@@ -133,10 +224,11 @@ class Accumulator:
             batch = self._open.get(key)
             if batch is None:
                 batch = self._open[key] = _Batch(topic, partition)
-            waiter = Waiter(loop.create_future(), len(batch.futures), 0)
+            base = len(batch.futures)
+            waiter = Waiter(loop.create_future(), base, 0)
             batch.waiters.append(waiter)
             futures.append(waiter.future)
-            room = max_count - len(batch.futures)
+            room = max_count - base
             size, args = batch.size, batch.args
             start = i
             while i < n and i - start < room:
@@ -147,6 +239,8 @@ class Accumulator:
                 size += nbytes
                 i += 1
             batch.size = size
+            if pinned:
+                batch.pinned.extend(base + j - start for j in pinned if start <= j < i)
             batch.futures.extend([None] * (i - start))
             waiter.count = i - start
             if i < n or len(batch.futures) >= max_count:
@@ -178,6 +272,7 @@ class Accumulator:
 
     async def close(self) -> None:
         self._closed = True
+        self._wakeup.set()  # the sender ends by the flag even if redis-py absorbs the cancel
         if self._task is not None:
             self._task.cancel()
             try:
@@ -185,11 +280,16 @@ class Accumulator:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        self._fail_all(RedcurrentError("producer closed before the record was sent"))
+        self._fail_all(ProducerClosedError("the producer was closed before the record was sent; nothing was written"))
+        self._fail(self._inflight, AmbiguousWriteError(
+            "the producer was closed while the records were being sent: they may or may not be "
+            "stored, and a plain resend may store them twice"
+        ))
+        self._inflight = []
 
     # -- sender --
     async def _run(self) -> None:
-        while True:
+        while not self._closed:
             await self._wakeup.wait()
             self._wakeup.clear()
             if not self._flush_now:
@@ -202,6 +302,7 @@ class Accumulator:
                 except Exception as exc:  # never leave a caller waiting on a dead sender
                     log.exception("producer sender failed")
                     self._fail(batches, translate(exc, "produce"))
+                self._inflight = []
                 self._flush_now = bool(self._open or self._ready)
                 if self._flush_now:
                     self._wakeup.set()
@@ -255,59 +356,210 @@ class Accumulator:
             stream_keys = [
                 keys.stream(b.topic, b.partition),
                 keys.producer_seq(b.topic, b.partition, pid or "-"),
-                keys.topic_version(b.topic, b.partition),
+                keys.topic_version(b.topic, b.partition),  # the partition's marker
             ]
             calls.append(scripts.Call(_PRODUCE, stream_keys, [*head, b"".join(b.args)]))
         return calls
 
     async def _send(self, batches: list[_Batch]) -> None:
-        calls = self._calls(batches)
-        deadline = min(b.created for b in batches) + self._opt.request_timeout
-        attempt = 0
-        while True:
-            try:
-                async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
-                    results = await self._execute(calls)
-                break
-            except _CONNECTION_ERRORS as exc:
-                if not self._producer_id:
-                    self._fail(batches, AmbiguousWriteError(
-                        "connection lost while sending; the records may or may not be stored "
-                        f"({translate(exc, 'produce')})"
-                    ))
-                    return
-                if time.monotonic() >= deadline:
-                    self._fail(batches, translate(exc, "produce: gave up after request_timeout"))
-                    return
-                attempt += 1
-                self.stats["retries"] += 1
-                delay = min(1.0, self._opt.retry_backoff * 2 ** min(attempt, 6))
-                log.warning("produce failed (%s); retry %d in %.2fs", type(exc).__name__, attempt, delay)
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))
-        for batch, result in zip(batches, results, strict=True):
-            self._resolve(batch, result)
+        self._inflight = batches  # close() fails what a cancelled send leaves here
+        missing = await self._deliver(batches)
+        if missing:
+            await self._recover(missing)
 
-    async def _execute(self, calls: list[scripts.Call]) -> list[Any]:
+    async def _deliver(self, batches: list[_Batch]) -> list[_Batch]:
+        """Send ``batches`` until each is stored, fails for good, or passes its
+        delivery_timeout (Kafka's delivery.timeout.ms); each attempt is bounded by
+        request_timeout. A retry resends the same producer id and sequence, so Redis
+        stores a batch once however many attempts reach it. Returns the batches whose
+        partition had no marker (nothing written)."""
+        opt = self._opt
+        pending, missing, attempt = batches, [], 0
+        while True:
+            budget = min(opt.request_timeout, max(b.created for b in pending) + opt.delivery_timeout - time.monotonic())
+            results, confirmed = await self._attempt(pending, max(_MIN_ATTEMPT_S, budget))
+            retry = []
+            for b, result in zip(pending, results, strict=True):
+                if isinstance(result, BaseException):
+                    if self._transient(b, result):
+                        retry.append(b)
+                    else:
+                        self._fail([b], translate(result, f"produce to {self._where(b)}"))
+                elif result[0] == b"NOTOPIC":
+                    missing.append(b)
+                elif confirmed is not None and confirmed < 1 and result[0] != b"STALE":
+                    b.confirmed, b.cause = confirmed, "too few replicas confirmed"
+                    retry.append(b)
+                else:
+                    self._resolve(b, result)
+            now, pid = time.monotonic(), self._producer_id
+            # Past its deadline, or not idempotent and possibly stored: no more attempts.
+            stop = [b for b in retry if now >= b.created + opt.delivery_timeout
+                    or (not pid and (b.maybe_sent or b.confirmed >= 0))]
+            replicas = await self._replica_count() if any(b.confirmed >= 0 for b in stop) else "?"
+            for b in stop:
+                self._fail([b], self._give_up(b, replicas, idempotent=bool(pid)))
+            pending = [b for b in retry if not b.done]
+            if not pending:
+                return missing
+            attempt += 1
+            self.stats["retries"] += 1
+            delay = min(1.0, opt.retry_backoff * 2 ** min(attempt, 6))
+            log.warning("produce failed (%s); retry %d in %.2fs", pending[0].cause, attempt, delay)
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+
+    async def _attempt(self, batches: list[_Batch], budget: float) -> tuple[list[Any], int | None]:
+        """One pipeline of produce calls: a result (or exception) per batch, and how many
+        replicas confirmed it (acks="replica"; None otherwise)."""
+        try:
+            async with asyncio.timeout(budget):
+                return await self._execute(self._calls(batches))
+        except _CONNECTION_ERRORS + _NOT_RUN as exc:
+            return [exc] * len(batches), None
+
+    async def _execute(self, calls: list[scripts.Call]) -> tuple[list[Any], int | None]:
         if self._opt.acks != "replica":
-            return await scripts.execute_calls(self._conn.client, calls)
+            return await scripts.execute_calls(self._conn.client, calls), None
         # acks="replica": WAIT on the same connection, right after the writes.
-        wait_ms = seconds_to_ms(min(5.0, self._opt.request_timeout / 2))
-        results = await scripts.execute_calls(self._conn.client, calls, wait_replicas=1, wait_ms=wait_ms)
+        results = await scripts.execute_calls(
+            self._conn.client, calls, wait_replicas=1, wait_ms=self._wait_ms
+        )
         confirmed = results.pop()
-        if isinstance(confirmed, Exception) or int(confirmed) < 1:
-            # The primary has the records; no replica confirmed them in time. Retrying
-            # is safe (the idempotent sequence answers DUP and WAIT runs again).
-            raise RedisTimeoutError(f"no replica confirmed the write within {wait_ms} ms")
-        return results
+        return results, confirmed if isinstance(confirmed, int) else 0
+
+    @property
+    def _wait_ms(self) -> int:
+        return seconds_to_ms(min(5.0, self._opt.request_timeout / 2))
+
+    def _transient(self, b: _Batch, exc: BaseException) -> bool:
+        """Worth another attempt? Notes on ``b`` whether this one may have been stored."""
+        if isinstance(exc, _FATAL) or not isinstance(exc, _CONNECTION_ERRORS + _NOT_RUN):
+            return False
+        if isinstance(exc, TimeoutError) and not str(exc):  # our own per-attempt bound
+            b.cause = f"no reply within request_timeout={self._opt.request_timeout}s"
+        else:
+            b.cause = redact(f"{type(exc).__name__}: {exc}")
+        if not _never_sent(exc):
+            b.maybe_sent = True
+        return True
+
+    @staticmethod
+    def _where(b: _Batch) -> str:
+        return f"topic {b.topic!r} partition {b.partition}"
+
+    def _give_up(self, b: _Batch, replicas: str, idempotent: bool = True) -> RedcurrentError:
+        """The error for a batch that will not be retried again, saying whether it may be
+        stored. ``replicas``: how many the primary has (for acks="replica" shortfalls)."""
+        n, dt = len(b.futures), self._opt.delivery_timeout
+        why = f"retried for delivery_timeout={dt}s" if idempotent else "not retried: idempotence is off"
+        if b.confirmed >= 0:
+            none = " No replica is attached to the primary." if replicas == "0" else ""
+            return NotEnoughReplicasError(
+                f"produce to {self._where(b)}: the primary stored the {n} record(s), but {b.confirmed} "
+                f"of {replicas} replicas confirmed within {self._wait_ms} ms (acks='replica' needs 1; "
+                f"{why}).{none} A plain resend would store them twice."
+            )
+        if b.maybe_sent:
+            return AmbiguousWriteError(
+                f"produce to {self._where(b)}: gave up ({why}; last: {b.cause}); the {n} record(s) "
+                "may or may not be stored: an attempt was sent and its reply was lost. A plain "
+                "resend may store them twice."
+            )
+        return RedcurrentConnectionError(
+            f"produce to {self._where(b)}: gave up ({why}): Redis unreachable ({b.cause}); no "
+            "attempt reached Redis, so nothing was stored; retry later"
+        )
+
+    async def _replica_count(self) -> str:
+        """Replicas attached to the primary (INFO replication), for an error message."""
+        try:
+            async with asyncio.timeout(min(1.0, self._opt.request_timeout)):
+                info = await self._conn.client.info("replication")
+            return str(int(info.get("connected_slaves", 0)))
+        except Exception:  # only a message depends on it
+            return "?"
+
+    async def _recover(self, missing: list[_Batch]) -> None:
+        """Batches whose partition had no marker (nothing was written): ask the producer
+        what the topic is now. Gone: fail them (never recreate it). Still there: retry
+        in place (its markers repaired) or move records off a partition it lacks."""
+        by_topic: dict[str, list[_Batch]] = {}
+        for b in missing:
+            by_topic.setdefault(b.topic, []).append(b)
+        requeue: list[_Batch] = []
+        for topic, batches in by_topic.items():
+            assert self.on_missing is not None
+            try:
+                n = await self.on_missing(topic)
+            except UnknownTopicError as exc:
+                self._fail(batches, exc)
+                continue
+            except Exception as exc:
+                err = translate(exc, f"produce to topic {topic!r}: a partition was missing; reading the topic")
+                self._fail(batches, RedcurrentError(f"{err}; nothing was written"))
+                continue
+            for b in batches:
+                b.missing += 1
+                if b.partition >= n:
+                    self._reroute(b, n)
+                elif b.missing <= _MAX_MISSING:
+                    requeue.append(b)
+                else:
+                    self._fail([b], RedcurrentError(
+                        f"produce to {self._where(b)}: the partition's marker is missing although the "
+                        f"topic has {n} partitions; nothing was written"
+                    ))
+        self._ready[:0] = requeue  # ahead of anything newer for the same partitions
+
+    def _reroute(self, b: _Batch, n: int) -> None:
+        """Move a batch's records off a partition the (recreated) topic no longer has."""
+        if self._closed:
+            self._fail([b], ProducerClosedError("the producer is closed; nothing was written"))
+            return
+        drop = set(b.pinned)  # the caller chose the partition: out of range now
+        for w in b.waiters:
+            if any(w.start <= j < w.start + w.count for j in b.pinned):
+                drop.update(range(w.start, w.start + w.count))  # send_batch fails as a whole
+        err = InvalidPartitionsError(
+            f"partition {b.partition} is out of range: topic {b.topic!r} now has {n} partitions "
+            "(it was deleted and recreated); nothing was written"
+        )
+        assert self.repartition is not None
+        moved: list[asyncio.Future[RecordMetadata] | None] = []
+        args = b.args
+        for i in range(len(b.futures)):
+            if i in drop:
+                moved.append(None)
+                continue
+            header, kb, data, hb, expiry = args[5 * i : 5 * i + 5]
+            q = self.repartition(b.topic, n, kb if header[0] else None)
+            moved.append(self.append(b.topic, q, (header, kb, data, hb, expiry), len(kb) + len(data) + len(hb)))
+        log.info("moved %d record(s) of %s: the topic now has %d partitions", len(b.futures), self._where(b), n)
+        for fut, new in zip(b.futures, moved, strict=True):
+            if fut is None:
+                continue
+            if new is not None:
+                _chain(new, fut)
+            elif not fut.done():
+                fut.set_exception(err)
+        for w in b.waiters:
+            part = moved[w.start : w.start + w.count]
+            if w.future.done():
+                continue
+            if any(f is None for f in part):
+                w.future.set_exception(err)
+            elif not part:
+                w.future.set_result([])
+            else:
+                _gather_into([f for f in part if f is not None], w.future)
+        b.done = True
+        self._done(len(b.futures))
 
     def _resolve(self, batch: _Batch, result: Any) -> None:
-        if isinstance(result, Exception) or result[0] == b"STALE":
-            err = (
-                translate(result, "produce")
-                if isinstance(result, Exception)
-                else RedcurrentError("produce: stale producer sequence; nothing was written")
-            )
-            self._fail([batch], err)
+        if result[0] == b"STALE":
+            self._fail([batch], RedcurrentError(
+                f"produce to {self._where(batch)}: stale producer sequence; nothing was written"
+            ))
             return
         ids = [i.decode() for i in result[1]]
         topic, partition = batch.topic, batch.partition
@@ -333,10 +585,14 @@ class Accumulator:
                 w.future.set_result([
                     RecordMetadata(topic, partition, ids[i], stamps[i]) for i in range(w.start, w.start + w.count)
                 ])
+        batch.done = True
         self._done(len(batch.futures))
 
     def _fail(self, batches: list[_Batch], exc: BaseException) -> None:
         for b in batches:
+            if b.done:
+                continue
+            b.done = True
             self.stats["errors"] += len(b.futures)
             for fut in b.futures:
                 if fut is not None and not fut.done():

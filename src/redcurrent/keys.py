@@ -15,8 +15,10 @@ Key map (``ns`` is the namespace, default ``rc``; ``{…}`` is a Redis Cluster h
     ns:{T:P}:pseq:PID                 string idempotent-producer sequence for producer PID
     ns:{T:P}:requeued:G               set    dead-letter ids of G already requeued here
     ns:doorbell:I                     stream wake-up of consumer instance I's idle wait (no tag)
-    ns:{T:P}:version                  string the topic metadata version, as this partition
-                                             last heard it (growth notification for producers)
+    ns:{T:P}:version                  string the partition's marker: exists exactly while the
+                                             topic has partition P (the produce script writes
+                                             nothing without it); holds the metadata version
+                                             as this partition last heard it (growth notification)
 
 Topic-level and coordination keys share the tag ``{T}``; partition-level keys share the
 tag ``{T:P}``. No script and no MULTI touches two tags, so everything runs unchanged

@@ -56,6 +56,22 @@ class Producer(Lifecycle):
     lost reply is stored once. ``acks="leader"`` (default) confirms once the Redis
     primary has the write; with asynchronous replication a failover can still lose it.
     ``acks="replica"`` also waits for one replica (WAIT) before confirming.
+
+    Timeouts (Kafka's names in parentheses): ``request_timeout`` bounds one attempt
+    (request.timeout.ms); ``delivery_timeout`` bounds a send as a whole, retries included
+    (delivery.timeout.ms). Within it the producer resends a batch itself, with the same
+    producer id and sequence, so Redis stores it once. When it gives up, the error says
+    what is known: :class:`AmbiguousWriteError` if an attempt may have been stored (a
+    plain resend may duplicate it), :class:`NotEnoughReplicasError` if the primary stored
+    it but too few replicas confirmed, a retriable :class:`RedcurrentConnectionError` only
+    if no attempt reached Redis.
+
+    Topics: a topic this producer has never seen is created on first use when
+    ``auto_create_topics`` is on, with ``default_partitions`` partitions (1 unless
+    given). A topic it knew that disappears (deleted, or the server restarted without its
+    data) is never recreated: sends raise :class:`UnknownTopicError` until an operator
+    creates it again, then work again. A record is written only into a partition its
+    topic has (checked atomically by the produce script).
     """
 
     def __init__(
@@ -72,6 +88,7 @@ class Producer(Lifecycle):
         default_partitions: int = 1,
         serializer: Serializer | None = None,
         request_timeout: float = 30.0,
+        delivery_timeout: float = 120.0,
         metadata_max_age: float = 0.5,
         acks: Literal["leader", "replica"] = "leader",
     ) -> None:
@@ -86,6 +103,7 @@ class Producer(Lifecycle):
             auto_create_topics=auto_create_topics,
             default_partitions=default_partitions,
             request_timeout=request_timeout,
+            delivery_timeout=delivery_timeout,
             metadata_max_age=metadata_max_age,
             acks=acks,
         )
@@ -96,11 +114,13 @@ class Producer(Lifecycle):
         self._acc: Accumulator | None = None
         self._meta: dict[str, topics.TopicMeta] = {}
         self._partitions: dict[str, int] = {}
+        self._known: set[str] = set()  # topics this producer has seen: never auto-created again
         self._sticky = StickyPartitioner(batch_size)
         self._refresher: asyncio.Task[None] | None = None
         self._closed = False
         self._start_lock = asyncio.Lock()
-        self._resolving: dict[str, asyncio.Future[int]] = {}
+        self._resolving: dict[str, tuple[asyncio.Future[int], int]] = {}  # topic -> (lookup, its number)
+        self._lookups = 0
         self._refresh_now: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
@@ -123,6 +143,8 @@ class Producer(Lifecycle):
                 )
             self._acc = Accumulator(self._conn, self._opt, self._topic_config)
             self._acc.on_version = self._version_seen
+            self._acc.on_missing = self._topic_missing
+            self._acc.repartition = self._repartition
             self._acc.start()
             self._refresher = asyncio.create_task(self._refresh_loop(), name="redcurrent-metadata")
 
@@ -148,19 +170,29 @@ class Producer(Lifecycle):
         partition: int | None = None,
         ttl: float | None = None,
     ) -> RecordMetadata:
-        """Send one message; returns where it was stored once Redis has it."""
+        """Send one message; returns where it was stored once Redis has it.
+
+        Cancelling the task awaiting ``send`` does not withdraw the record once it is
+        queued (as in Kafka): it is still stored, exactly once, and :meth:`flush` waits
+        for it. It is queued before ``send`` first yields, except on the first send to a
+        topic this producer has not looked up yet: cancelled during that lookup, the
+        record is not sent.
+        """
         acc = self._acc
         if acc is None or self._closed:
             await self.start()
             acc = self._acc
             assert acc is not None
         n = self._partitions.get(topic)
+        record, nbytes = self._encode(topic, value, key, headers, ttl)  # bad input fails first
         if n is None:
-            self._check_partition(partition)  # bad input fails before auto-create
-            self._encode(topic, value, key, headers, ttl)
+            self._check_partition(partition)
             n = await self._resolve(topic)
-        record, nbytes = self._encode(topic, value, key, headers, ttl)
-        return await acc.append(topic, self._choose(topic, n, key, partition, record[1]), record, nbytes)
+            if ttl is None:
+                record = self._with_topic_ttl(topic, record)
+        if partition is None:
+            return await acc.append(topic, self._choose(topic, n, key, None, record[1]), record, nbytes)
+        return await acc.append(topic, self._choose(topic, n, key, partition), record, nbytes, True)
 
     async def send_batch(
         self, topic: str, records: Iterable[Record | Any]
@@ -178,29 +210,37 @@ class Producer(Lifecycle):
             raise TypeError(f"records must be an iterable of Record or values, not {type(records).__name__}")
         records = records if isinstance(records, list) else list(records)
         n = self._partitions.get(topic)
-        if n is None:
-            for rec in records:  # bad input fails before auto-create
-                rec = rec if isinstance(rec, Record) else Record(rec)
+        encoded = None
+        if n is None:  # validate and encode all before the topic may be auto-created
+            records = [r if isinstance(r, Record) else Record(r) for r in records]
+            encoded = []
+            for rec in records:
                 self._check_partition(rec.partition)
-                self._encode(topic, rec.value, rec.key, rec.headers, rec.ttl)
+                encoded.append(self._encode(topic, rec.value, rec.key, rec.headers, rec.ttl))
             n = await self._resolve(topic)
-        by_partition: dict[int, tuple[list[tuple[tuple[bytes, ...], int]], list[int]]] = {}
+            encoded = [e if r.ttl is not None else (self._with_topic_ttl(topic, e[0]), e[1])
+                       for r, e in zip(records, encoded, strict=True)]
+        # partition -> (encoded records, their input positions, positions in the first
+        # list whose partition the caller chose)
+        by_partition: dict[int, tuple[list[tuple[tuple[bytes, ...], int]], list[int], list[int]]] = {}
         encode, choose = self._encode, self._choose
         total = 0
         for i, rec in enumerate(records):
             if not isinstance(rec, Record):
                 rec = Record(rec)
-            encoded = encode(topic, rec.value, rec.key, rec.headers, rec.ttl)
-            p = choose(topic, n, rec.key, rec.partition, encoded[0][1])
+            enc = encode(topic, rec.value, rec.key, rec.headers, rec.ttl) if encoded is None else encoded[i]
+            p = choose(topic, n, rec.key, rec.partition, enc[0][1])
             slot = by_partition.get(p)
             if slot is None:
-                slot = by_partition[p] = ([], [])
-            slot[0].append(encoded)
+                slot = by_partition[p] = ([], [], [])
+            if rec.partition is not None:
+                slot[2].append(len(slot[0]))
+            slot[0].append(enc)
             slot[1].append(i)
             total = i + 1
         # Everything is validated and encoded: only now is anything queued.
         out: list[RecordMetadata | None] = [None] * total
-        futures = [(pos, acc.append_many(topic, p, recs)) for p, (recs, pos) in by_partition.items()]
+        futures = [(pos, acc.append_many(topic, p, recs, pinned)) for p, (recs, pos, pinned) in by_partition.items()]
         for positions, futs in futures:
             done = [m for chunk in await asyncio.gather(*futs) for m in chunk]
             for i, meta in zip(positions, done, strict=True):
@@ -218,10 +258,12 @@ class Producer(Lifecycle):
             return
         self._closed = True
         if self._acc is not None:
+            # Every record gives up by itself within delivery_timeout; the bound is a safety net.
+            limit = self._opt.delivery_timeout + self._opt.request_timeout
             try:
-                await asyncio.wait_for(self._acc.flush(), self._opt.request_timeout)
+                await asyncio.wait_for(self._acc.flush(), limit)
             except TimeoutError:
-                log.warning("producer closed with unsent records after %ss", self._opt.request_timeout)
+                log.warning("producer closed with unsent records after %ss", limit)
             await self._acc.close()
         for task in (self._refresher, self._refresh_now):
             if task is not None:
@@ -253,7 +295,11 @@ class Producer(Lifecycle):
         if key is None:
             kt, kb = 0, b""
         elif type(key) is str:
-            kt, kb = 1, key.encode()
+            try:
+                kt, kb = 1, key.encode()
+            except UnicodeEncodeError:  # a lone surrogate: the typed error, nothing written
+                encode_key(key)
+                raise
         else:
             name, kb = encode_key(key)  # bytes, or TypeError for anything else
             kt = KEY_TYPE_CODES[name]
@@ -274,6 +320,20 @@ class Producer(Lifecycle):
         header = RECORD_HEADER.pack(kt, codec, len(kb), len(data), len(hb), len(expiry))
         return (header, kb, data, hb, expiry), nbytes
 
+    def _with_topic_ttl(self, topic: str, record: tuple[bytes, ...]) -> tuple[bytes, ...]:
+        """Add the topic's default expiry to a record framed before its metadata was known."""
+        meta = self._meta.get(topic)
+        if meta is None or not meta.config.ttl_ms:
+            return record
+        header, kb, data, hb, _ = record
+        expiry = b"%d" % (int(time.time() * 1000) + meta.config.ttl_ms)
+        kt, codec, *_lens = RECORD_HEADER.unpack(header)
+        return RECORD_HEADER.pack(kt, codec, len(kb), len(data), len(hb), len(expiry)), kb, data, hb, expiry
+
+    def _repartition(self, topic: str, n: int, kb: bytes | None) -> int:
+        """A partition for a record moved off one its recreated topic lacks."""
+        return self._sticky.partition(topic, n) if kb is None else int(_murmur(kb, 0, False)) % n
+
     def _choose(self, topic: str, n: int, key: object, partition: int | None, kb: bytes | None = None) -> int:
         if partition is not None:
             if isinstance(partition, bool) or not isinstance(partition, int):
@@ -292,11 +352,32 @@ class Producer(Lifecycle):
     async def _resolve(self, topic: str) -> int:
         """First send to ``topic``: read (or auto-create) its metadata, once for all callers."""
         validate_name(topic)
-        pending = self._resolving.get(topic)
-        if pending is None:
-            pending = self._resolving[topic] = asyncio.ensure_future(self._lookup(topic))
-            pending.add_done_callback(lambda _f: self._resolving.pop(topic, None))
-        return await asyncio.shield(pending)
+        ticket = self._lookups  # lookups numbered above it started after this call
+        pending, number = self._shared_lookup(topic, -1)
+        try:
+            return await asyncio.shield(pending)
+        except UnknownTopicError:
+            if number > ticket:
+                raise
+            # The lookup we joined read Redis before this call: the topic may exist by
+            # now (an operator recreated it), so ask once more, after this call.
+            pending, _ = self._shared_lookup(topic, ticket)
+            return await asyncio.shield(pending)
+
+    def _shared_lookup(self, topic: str, newer_than: int) -> tuple[asyncio.Future[int], int]:
+        """The running lookup of ``topic`` numbered above ``newer_than``, or a new one."""
+        entry = self._resolving.get(topic)
+        if entry is None or entry[0].done() or entry[1] <= newer_than:
+            self._lookups += 1
+            future = asyncio.ensure_future(self._lookup(topic))
+            entry = self._resolving[topic] = (future, self._lookups)
+
+            def finished(f: asyncio.Future[int]) -> None:
+                if self._resolving.get(topic, (None, 0))[0] is f:
+                    del self._resolving[topic]
+
+            future.add_done_callback(finished)
+        return entry
 
     async def _lookup(self, topic: str) -> int:
         assert self._conn is not None
@@ -304,6 +385,8 @@ class Producer(Lifecycle):
         try:
             meta = await topics.read_meta(client, keys, topic)
             if meta is None:
+                if topic in self._known:  # never recreate a topic we knew
+                    raise UnknownTopicError(self._gone(topic))
                 if not self._opt.auto_create_topics:
                     raise UnknownTopicError(
                         f"unknown topic {topic!r}: create it with Admin.create_topic or "
@@ -315,11 +398,45 @@ class Producer(Lifecycle):
         except (UnknownTopicError, ValueError, TypeError):
             raise
         except Exception as exc:
+            if self._closed:  # close() released the connection under us
+                raise ProducerClosedError(
+                    f"the producer was closed while looking up topic {topic!r}; nothing was written"
+                ) from None
             raise translate(exc, f"reading metadata of topic {topic!r}") from None
         self._remember(meta)
         return meta.partitions
 
+    @staticmethod
+    def _gone(topic: str) -> str:
+        return (
+            f"topic {topic!r} no longer exists: it was deleted, or the Redis server lost its data "
+            "(restarted without persistence, or failed over to an empty replica). These records "
+            "are not stored. This producer does not recreate a topic it knew: an operator must "
+            "recreate it (Admin.create_topic), and sends work again once it exists"
+        )
+
+    async def _topic_missing(self, topic: str) -> int:
+        """A produce script found no marker for a partition of ``topic``: read the topic
+        again. Gone: forget it and raise UnknownTopicError. Still there: repair missing
+        markers (a topic made by an older version) and return its partition count."""
+        assert self._conn is not None
+        client, keys = self._conn.client, self._opt.keys
+        meta = await topics.read_meta(client, keys, topic)
+        if meta is None:
+            self._forget(topic)
+            raise UnknownTopicError(self._gone(topic))
+        self._remember(meta)
+        await topics.repair_markers(client, keys, meta)
+        return meta.partitions
+
+    def _forget(self, topic: str) -> None:
+        """The topic vanished: the next send looks it up again (and never recreates it)."""
+        if self._partitions.pop(topic, None) is not None:
+            log.error("%s", self._gone(topic))
+        self._meta.pop(topic, None)
+
     def _remember(self, meta: topics.TopicMeta) -> None:
+        self._known.add(meta.name)
         old = self._partitions.get(meta.name)
         if old is not None and old != meta.partitions:
             log.info("topic %s now has %d partitions (was %d)", meta.name, meta.partitions, old)
@@ -332,7 +449,9 @@ class Producer(Lifecycle):
 
     async def _refresh_loop(self) -> None:
         """Periodic metadata refresh: growth and config changes reach us within max age."""
-        while True:
+        # Not "while True": close() cancels this task, and a cancellation that lands inside
+        # redis-py can be absorbed there (seen with a paused server); the flag still ends it.
+        while not self._closed:
             await asyncio.sleep(self._opt.metadata_max_age)
             if not self._meta or self._conn is None:
                 continue
@@ -363,8 +482,8 @@ class Producer(Lifecycle):
             pipe.hgetall(self._opt.keys.meta(name))
         for name, raw in zip(names, await pipe.execute(), strict=True):
             meta = topics.parse_meta(name, raw)
-            if meta is None:  # deleted: resolve again on the next send
-                self._meta.pop(name, None)
-                self._partitions.pop(name, None)
-            elif meta.version != self._meta[name].version:
+            known = self._meta.get(name)
+            if meta is None:  # gone: the next send looks it up again, and fails
+                self._forget(name)
+            elif known is None or (meta.version, meta.created_at) != (known.version, known.created_at):
                 self._remember(meta)

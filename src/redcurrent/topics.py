@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,16 @@ from .errors import (
 from .keys import Keys, validate_name
 from .structs import TopicConfig
 
-__all__ = ["TopicMeta", "alter_partitions", "create_topic", "ensure_groups", "read_meta"]
+__all__ = [
+    "TopicMeta",
+    "alter_partitions",
+    "create_topic",
+    "delete_markers",
+    "ensure_groups",
+    "read_meta",
+    "repair_markers",
+    "set_markers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +112,25 @@ async def create_topic(
     # The registry has no hash tag, so it is written outside the script; list_topics
     # checks every name against its meta hash, so a crash between the two is harmless.
     await client.sadd(keys.topics(), name)
-    reply = await scripts.run(client, scripts.script("create_topic"), [keys.meta(name)], args)
+    wrote_markers = False
+    if await client.exists(keys.meta(name)):
+        reply: list[Any] = [b"EXISTS"]
+    else:
+        wrote_markers = True
+        # Partition markers first, then the meta hash: whoever sees the metadata can
+        # write to every partition it names (the produce script checks the marker).
+        await set_markers(client, keys, name, range(partitions), 1)
+        reply = await scripts.run(client, scripts.script("create_topic"), [keys.meta(name)], args)
     status = reply[0]
-    if status == b"EXISTS" and not exist_ok:
-        raise TopicExistsError(f"topic {name!r} already exists with {reply[1]} partitions")
     meta = await read_meta(client, keys, name)
     if meta is None:  # deleted between the two calls
         raise UnknownTopicError(f"topic {name!r} was deleted while being created")
+    if status == b"EXISTS":
+        if wrote_markers and meta.partitions < partitions:
+            # We lost a creation race and wrote markers for partitions the topic lacks.
+            await delete_markers(client, keys, name, range(meta.partitions, partitions))
+        if not exist_ok:
+            raise TopicExistsError(f"topic {name!r} already exists with {meta.partitions} partitions")
     if status == b"CREATED":
         log.info("created topic %s with %d partitions", name, partitions)
     return meta
@@ -119,9 +140,16 @@ async def alter_partitions(client: Client, keys: Keys, name: str, new_count: int
     """Grow the topic to ``new_count`` partitions and create every known group on the new ones."""
     validate_name(name)
     check_partitions(new_count)
+    before = await read_meta(client, keys, name)
+    if before is None:
+        raise UnknownTopicError(f"unknown topic {name!r}")
+    added = range(before.partitions, new_count)
+    # Markers of the new partitions before the metadata names them (see create_topic).
+    await set_markers(client, keys, name, added, before.version + 1)
     reply = await scripts.run(client, scripts.script("alter_partitions"), [keys.meta(name)], [new_count])
     status = reply[0]
-    if status == b"UNKNOWN":
+    if status == b"UNKNOWN":  # deleted meanwhile: take back what we wrote
+        await delete_markers(client, keys, name, added)
         raise UnknownTopicError(f"unknown topic {name!r}")
     if status == b"SHRINK":
         raise InvalidPartitionsError(
@@ -134,7 +162,7 @@ async def alter_partitions(client: Client, keys: Keys, name: str, new_count: int
         # Groups on new partitions start at 0, so nothing written before consumers
         # noticed the growth is skipped (docs/architecture.md §10).
         await ensure_groups(client, keys, name, range(old, new_count), groups, "0")
-        await notify_version(client, keys, name, old, int(reply[3]))
+        await notify_version(client, keys, name, new_count, int(reply[3]))
         log.info("grew topic %s from %d to %d partitions", name, old, new_count)
     meta = await read_meta(client, keys, name)
     if meta is None:
@@ -142,12 +170,56 @@ async def alter_partitions(client: Client, keys: Keys, name: str, new_count: int
     return meta
 
 
+async def set_markers(client: Client, keys: Keys, topic: str, partitions: Sequence[int], version: int) -> None:
+    """Create the marker (the topic-version key) of each partition: the produce script
+    writes only into a partition whose marker exists."""
+    if not partitions:
+        return
+    pipe = client.pipeline(transaction=False)
+    for p in partitions:
+        pipe.set(keys.topic_version(topic, p), version)
+    await pipe.execute()
+
+
+async def delete_markers(client: Client, keys: Keys, topic: str, partitions: Sequence[int]) -> None:
+    if not partitions:
+        return
+    pipe = client.pipeline(transaction=False)
+    for p in partitions:
+        pipe.delete(keys.topic_version(topic, p))
+    await pipe.execute()
+
+
+async def repair_markers(client: Client, keys: Keys, meta: TopicMeta) -> int:
+    """Create the markers a live topic lacks (a topic made by an older redcurrent, or a
+    race with a concurrent create); returns how many were missing.
+
+    Written first, then checked against the metadata: if the topic was deleted or
+    recreated smaller meanwhile, the markers it no longer has are taken back, and
+    delete_topic removes markers only after the metadata, so none outlives its topic.
+    """
+    pipe = client.pipeline(transaction=False)
+    for p in range(meta.partitions):
+        pipe.set(keys.topic_version(meta.name, p), meta.version, nx=True)
+    made = [p for p, ok in enumerate(await pipe.execute()) if ok]
+    if not made:
+        return 0
+    now = await read_meta(client, keys, meta.name)
+    if now is None or now.created_at != meta.created_at:
+        keep = now.partitions if now is not None else 0
+        await delete_markers(client, keys, meta.name, [p for p in made if p >= keep])
+        return 0
+    log.warning("topic %s lacked %d partition marker(s); restored them", meta.name, len(made))
+    return len(made)
+
+
 async def notify_version(client: Client, keys: Keys, topic: str, partitions: int, version: int) -> None:
-    """Leave the new metadata version in every old partition's slot: the produce script
-    returns it, so producers learn of growth on their next batch, on one node or a cluster."""
+    """Leave the new metadata version in every partition's marker: the produce script
+    returns it, so producers learn of growth on their next batch, on one node or a
+    cluster. ``XX``: a marker is never created here, so none survives a concurrent delete."""
     pipe = client.pipeline(transaction=False)
     for p in range(partitions):
-        pipe.set(keys.topic_version(topic, p), version)
+        pipe.set(keys.topic_version(topic, p), version, xx=True)
     await pipe.execute()
 
 

@@ -525,32 +525,53 @@ async def test_produce_script_stores_a_retried_sequence_once(
     """The partition-slot script itself: same producer id + sequence -> one write."""
     keys = Keys(namespace)
     stream, seq_key = keys.stream("idem", 0), keys.producer_seq("idem", 0, "p1")
+    marker = keys.topic_version("idem", 0)
+    await target_client.set(marker, 1)
     produce = scripts.script("produce")
 
     def args(pid: str, first_seq: int, values: list[bytes]) -> list[bytes | str | int]:
         return ["", "", pid, first_seq, 60_000, frame(values)]
 
     first = await scripts.run(
-        target_client, produce, [stream, seq_key], args("p1", 1, [b"a", b"b"])
+        target_client, produce, [stream, seq_key, marker], args("p1", 1, [b"a", b"b"])
     )
     retry = await scripts.run(
-        target_client, produce, [stream, seq_key], args("p1", 1, [b"a", b"b"])
+        target_client, produce, [stream, seq_key, marker], args("p1", 1, [b"a", b"b"])
     )
     assert first[0] == b"OK" and retry[0] == b"DUP"
     assert retry[1] == first[1]  # the same ids as the first write
     assert [eid for eid, _ in await target_client.xrange(stream)] == first[1]
     # the next sequence is written; an older one is refused without writing
-    nxt = await scripts.run(target_client, produce, [stream, seq_key], args("p1", 3, [b"c"]))
+    nxt = await scripts.run(target_client, produce, [stream, seq_key, marker], args("p1", 3, [b"c"]))
     assert nxt[0] == b"OK"
-    stale = await scripts.run(target_client, produce, [stream, seq_key], args("p1", 1, [b"zzz"]))
+    stale = await scripts.run(
+        target_client, produce, [stream, seq_key, marker], args("p1", 1, [b"zzz"])
+    )
     assert stale == [b"STALE", 3]
     assert [f[b"v"] for _, f in await target_client.xrange(stream)] == [b"a", b"b", b"c"]
     # another producer id has its own sequence
     other = keys.producer_seq("idem", 0, "p2")
-    assert (await scripts.run(target_client, produce, [stream, other], args("p2", 1, [b"d"])))[
-        0
-    ] == b"OK"
+    assert (
+        await scripts.run(target_client, produce, [stream, other, marker], args("p2", 1, [b"d"]))
+    )[0] == b"OK"
     assert await target_client.xlen(stream) == 4
+
+
+async def test_produce_script_writes_nothing_into_a_partition_without_its_marker(
+    target_client: AsyncClient, namespace: str
+) -> None:
+    """The marker check is inside the script, atomic with the write: no marker (topic
+    deleted, or the server lost its data), no entry, no sequence state."""
+    keys = Keys(namespace)
+    stream, seq_key = keys.stream("nomark", 0), keys.producer_seq("nomark", 0, "p1")
+    marker = keys.topic_version("nomark", 0)
+    produce = scripts.script("produce")
+    args = ["", "", "p1", 1, 60_000, frame([b"a"])]
+    assert await scripts.run(target_client, produce, [stream, seq_key, marker], args) == [b"NOTOPIC"]
+    assert await target_client.exists(stream, seq_key) == 0
+    await target_client.set(marker, 7)
+    reply = await scripts.run(target_client, produce, [stream, seq_key, marker], args)
+    assert reply[0] == b"OK" and reply[2] == b"7"  # the marker's version rides back
 
 
 async def test_produce_script_without_producer_id_always_writes(
@@ -558,10 +579,15 @@ async def test_produce_script_without_producer_id_always_writes(
 ) -> None:
     keys = Keys(namespace)
     stream, seq_key = keys.stream("plain", 0), keys.producer_seq("plain", 0, "-")
+    marker = keys.topic_version("plain", 0)
+    await target_client.set(marker, 1)
     produce = scripts.script("produce")
     for _ in range(2):
         reply = await scripts.run(
-            target_client, produce, [stream, seq_key], ["", "", "", 1, 60_000, frame([b"a"])]
+            target_client,
+            produce,
+            [stream, seq_key, marker],
+            ["", "", "", 1, 60_000, frame([b"a"])],
         )
         assert reply[0] == b"OK"
     assert await target_client.xlen(stream) == 2
@@ -605,25 +631,49 @@ async def test_batch_whose_reply_was_lost_is_stored_once(
     assert sum(await lengths(r, namespace, "lostb", 4)) == 44
 
 
-async def test_lost_replies_are_retried_until_request_timeout(
+async def test_lost_replies_are_retried_until_delivery_timeout_then_ambiguous(
     proxy: FaultProxy, r: redis.asyncio.Redis, namespace: str
 ) -> None:
+    """Every attempt reached Redis and lost its reply: the producer retries itself until
+    delivery_timeout, then says the write may be stored (not "retry later", which would
+    duplicate it). The retries were all DUPs: stored once."""
     async with Producer(
-        proxy.url, namespace=namespace, metadata_max_age=60, request_timeout=1.0
+        proxy.url, namespace=namespace, metadata_max_age=60, request_timeout=0.5,
+        delivery_timeout=1.5,
     ) as producer:
         await producer.send("down", "warm-up")
         proxy.drop_every_reply(b"EVALSHA")
         started = time.monotonic()
-        with pytest.raises(RedcurrentConnectionError, match="gave up after request_timeout") as err:
+        with pytest.raises(AmbiguousWriteError, match="may or may not be stored") as err:
             await producer.send("down", "once")
         elapsed = time.monotonic() - started
-        assert err.value.retriable
-        assert 0.8 <= elapsed < 3.0
+        assert not err.value.retriable
+        assert "a plain resend may store them twice" in str(err.value).lower()
+        assert "delivery_timeout=1.5" in str(err.value)
+        assert 1.2 <= elapsed < 3.0
         assert proxy.dropped_replies >= 3  # retried, with backoff, not once
         proxy.heal()
         assert (await producer.send("down", "after")).partition == 0
     values = [f[b"v"] for _, f in await entries(r, namespace, "down", 0)]
     assert values == [b'"warm-up"', b'"once"', b'"after"']  # every retry was a DUP
+
+
+async def test_unreachable_redis_is_retriable_only_when_no_attempt_was_sent(
+    proxy: FaultProxy, r: redis.asyncio.Redis, namespace: str
+) -> None:
+    """Every attempt failed to connect: nothing can be stored, so the error is a
+    retriable RedcurrentConnectionError (and a resend is safe)."""
+    async with Producer(
+        proxy.url, namespace=namespace, metadata_max_age=60, request_timeout=0.5,
+        delivery_timeout=1.0,
+    ) as producer:
+        await producer.send("refused", "warm-up")
+        await proxy.close()  # nothing listens there now: every connect is refused
+        with pytest.raises(RedcurrentConnectionError) as err:
+            await producer.send("refused", "never")
+        assert type(err.value) is RedcurrentConnectionError and err.value.retriable
+        assert "nothing was stored" in str(err.value) and "connecting to" in str(err.value)
+    assert [f[b"v"] for _, f in await entries(r, namespace, "refused", 0)] == [b'"warm-up"']
 
 
 async def test_non_idempotent_send_with_lost_reply_is_ambiguous(

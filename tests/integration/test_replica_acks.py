@@ -36,10 +36,15 @@ async def test_replica_acks_wait_for_a_replica_and_fail_clearly_without_one(
                 replica.pause()
                 try:
                     async with Producer(
-                        primary.url, namespace=namespace, acks="replica", request_timeout=1.5
+                        primary.url, namespace=namespace, acks="replica", request_timeout=1.5,
+                        delivery_timeout=2.0,
                     ) as p:
-                        with pytest.raises(redcurrent.RedcurrentConnectionError):
+                        with pytest.raises(redcurrent.NotEnoughReplicasError) as err:
                             await p.send("t", {"n": 2}, key="a")
+                    text = str(err.value)
+                    assert "the primary stored the 1 record(s)" in text
+                    assert "0 of 1 replicas confirmed within 750 ms" in text
+                    assert "unreachable" not in text and "resend would store them twice" in text
                 finally:
                     replica.resume()
                 # Retried while unconfirmed, yet written once (idempotent sequence).
@@ -47,6 +52,31 @@ async def test_replica_acks_wait_for_a_replica_and_fail_clearly_without_one(
                 assert [e[1][b"v"] for e in entries] == [b'{"n":1}', b'{"n":2}']
             finally:
                 await r.aclose()
+
+
+async def test_replica_acks_without_any_replica_say_the_primary_has_it(
+    server_binary: str, namespace: str
+) -> None:
+    """No replica attached: the error is NotEnoughReplicasError naming what happened
+    (stored on the primary, 0 of 0 replicas), not "Redis unreachable"; the idempotent
+    retries within delivery_timeout stored it once."""
+    with ServerProcess(server_binary) as primary:
+        r = Redis.from_url(primary.url)
+        try:
+            async with Producer(
+                primary.url, namespace=namespace, acks="replica", request_timeout=1.0,
+                delivery_timeout=2.0,
+            ) as p:
+                with pytest.raises(redcurrent.NotEnoughReplicasError) as err:
+                    await p.send("solo", {"n": 1}, key="a")
+                assert p.stats()["retries"] >= 2  # retried through the idempotent path first
+            text = str(err.value)
+            assert "0 of 0 replicas confirmed within 500 ms" in text
+            assert "No replica is attached to the primary" in text
+            assert "unreachable" not in text.lower() and "TimeoutError" not in text
+            assert await r.xlen(Keys(namespace).stream("solo", 0)) == 1
+        finally:
+            await r.aclose()
 
 
 async def _replicas(r: Redis) -> bool:

@@ -1,7 +1,10 @@
 -- produce: append a batch of records to one partition, at most once per producer sequence.
 -- Slot:   {topic:partition}
 -- KEYS:   [1] partition stream  [2] producer sequence key (unused when ARGV[3] is "")
---         [3] the topic-version key of this partition (growth notification; optional)
+--         [3] the partition's marker: the topic-version key, written by create_topic and
+--             alter_partitions before the topic's metadata says the partition exists, and
+--             deleted by delete_topic after the metadata. No marker: the partition is not
+--             one of the topic's (deleted, or the server lost its data): write nothing.
 -- ARGV:   [1] maxlen ("" = none, approximate trim)  [2] minid ("" = none, approximate)
 --         [3] producer id ("" = not idempotent)  [4] sequence of the first record
 --         [5] how long the sequence is remembered, ms
@@ -13,8 +16,11 @@
 -- Reply:  {"OK", {id, ...}, version}          written now
 --         {"DUP", {id, ...}, version}         this exact batch was written before: its ids
 --         {"STALE", last_seq}                 an older sequence: nothing written
---         version: the topic metadata version alter_partitions left here ("" if none);
---         a producer that sees a newer one than it knows refreshes its metadata at once.
+--         {"NOTOPIC"}                         no marker: nothing written
+--         version: the topic metadata version the marker holds; a producer that sees a
+--         newer one than it knows refreshes its metadata at once (growth notification).
+local version = redis.call('GET', KEYS[3])
+if not version then return {'NOTOPIC'} end
 local pid = ARGV[3]
 local first = tonumber(ARGV[4])
 if pid ~= '' then
@@ -31,7 +37,7 @@ if pid ~= '' then
       else
         for id in string.gmatch(rest, '[^,]+') do out[#out + 1] = id end
       end
-      return {'DUP', out, KEYS[3] and redis.call('GET', KEYS[3]) or ''}
+      return {'DUP', out, version}
     end
   end
 end
@@ -74,4 +80,4 @@ if pid ~= '' and n > 0 then
   end
   redis.call('SET', KEYS[2], (first + n - 1) .. ' ' .. first .. ' ' .. ids_state, 'PX', ARGV[5])
 end
-return {'OK', ids, KEYS[3] and redis.call('GET', KEYS[3]) or ''}
+return {'OK', ids, version}
