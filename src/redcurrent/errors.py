@@ -149,7 +149,10 @@ class NotEnoughReplicasError(RedcurrentError):
     """``acks="replica"``: the primary stored the records, but fewer replicas than
     required confirmed them in time (Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND).
 
-    Retrying through the idempotent producer stores them once.
+    The producer has already retried the same batch (same producer id and sequence,
+    stored once) until ``delivery_timeout``. The records are on the primary: sending
+    them again as new records stores them twice; retriable means the cluster may
+    confirm later sends once a replica is back.
     """
 
     retriable = True
