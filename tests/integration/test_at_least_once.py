@@ -16,13 +16,14 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 from support.eventually import eventually
+from support.failing import consumer, pending
+from support.failing import make_topic as make_topic_of
 
 import redcurrent
 from redcurrent import (
     Admin,
     Backoff,
     ConfigError,
-    Consumer,
     ConsumerStoppedError,
     FencedError,
     IllegalStateError,
@@ -33,34 +34,14 @@ from redcurrent import (
 )
 from redcurrent.keys import Keys
 
-FAST = Backoff(initial=0.01, multiplier=2.0, max=0.05, jitter=0.0)
-
-
-def consumer(url: str, ns: str, *topics: str, group: str = "g", **kw: Any) -> Consumer:
-    kw.setdefault("heartbeat_interval", 0.2)
-    kw.setdefault("session_timeout", 1.5)
-    kw.setdefault("rebalance_timeout", 2.0)
-    kw.setdefault("backoff", FAST)
-    kw.setdefault("start", "earliest")
-    return Consumer(*topics, group=group, url=url, namespace=ns, **kw)
-
 
 async def make_topic(url: str, ns: str, name: str = "t", partitions: int = 1, **kw: Any) -> None:
-    async with Admin(url, namespace=ns) as admin:
-        await admin.create_topic(name, partitions, **kw)
+    await make_topic_of(url, ns, name, partitions, **kw)
 
 
 async def send_values(url: str, ns: str, values: list[Any], topic: str = "t", **kw: Any) -> None:
     async with Producer(url, namespace=ns) as p:
         await p.send_batch(topic, [Record(v, key=kw.get("key"), ttl=kw.get("ttl")) for v in values])
-
-
-async def pending(r: Redis, ns: str, topic: str = "t", partitions: int = 1, group: str = "g") -> int:
-    total = 0
-    for p in range(partitions):
-        info = await r.xpending(Keys(ns).stream(topic, p), group)
-        total += int(info["pending"])
-    return total
 
 
 async def drain(url: str, ns: str, n: int, topic: str = "t", **kw: Any) -> list[Message]:
