@@ -15,7 +15,8 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from itertools import repeat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,7 @@ from .errors import (
     redact,
     translate,
 )
+from .serde import RECORD_HEADER
 from .structs import RecordMetadata
 
 __all__ = ["Accumulator", "Waiter"]
@@ -59,6 +61,11 @@ _FATAL = (AuthenticationError, AuthorizationError)
 _PRODUCE = scripts.script("produce")
 _MIN_ATTEMPT_S = 0.05
 _MAX_MISSING = 3  # NOTOPIC replies a batch may get for a partition the metadata names
+# One script call carries at most this many records / bytes (several partitions' batches
+# on a single server): a script holds the server while it runs.
+_CALL_RECORDS = 2000
+_CALL_BYTES = 2 * 1024 * 1024
+_new_tuple = tuple.__new__
 
 
 @dataclass(slots=True)
@@ -74,7 +81,7 @@ class Waiter:
 class _Batch:
     topic: str
     partition: int
-    args: list[bytes] = field(default_factory=list)  # framed records (5 parts each), joined at send
+    args: list[bytes] = field(default_factory=list)  # framed records' parts, joined at send
     futures: list[asyncio.Future[RecordMetadata] | None] = field(default_factory=list)  # per record (send)
     waiters: list[Waiter] = field(default_factory=list)  # ranges of records (send_batch)
     size: int = 0
@@ -86,6 +93,23 @@ class _Batch:
     cause: str = ""  # why the last attempt failed
     missing: int = 0  # NOTOPIC replies so far
     done: bool = False
+
+
+def split_records(blob: bytes) -> list[tuple[bytes, bytes, bytes, bytes, bytes]]:
+    """The framed records of a batch (see lua/produce.lua), as (header, key, value,
+    headers, expiry) parts."""
+    out = []
+    pos, size, end = 0, RECORD_HEADER.size, len(blob)
+    while pos < end:
+        header = blob[pos : pos + size]
+        _kt, _codec, klen, vlen, hlen, xlen = RECORD_HEADER.unpack(header)
+        k = pos + size
+        v = k + klen
+        h = v + vlen
+        x = h + hlen
+        pos = x + xlen
+        out.append((header, blob[k:v], blob[v:h], blob[h:x], blob[x:pos]))
+    return out
 
 
 def _never_sent(exc: BaseException) -> bool:
@@ -341,24 +365,44 @@ class Accumulator:
             self._seq[key] = b.seq + len(b.futures) - 1
         return batches
 
-    def _calls(self, batches: list[_Batch]) -> list[scripts.Call]:
+    def _calls(self, batches: list[_Batch]) -> list[tuple[scripts.Call, list[_Batch]]]:
+        """The produce-script calls for ``batches``, each with the batches it carries.
+
+        On a single server one call carries several partitions' batches (up to
+        ``_CALL_RECORDS`` records or ``_CALL_BYTES``, so one script never holds the
+        server long); on a cluster each call stays within one partition's slot."""
         keys = self._opt.keys
         now_ms = int(time.time() * 1000)
-        window_ms = seconds_to_ms(self._opt.idempotence_window)
-        calls = []
         pid = self._producer_id
+        one_slot = self._conn.caps.is_cluster
+        calls: list[tuple[scripts.Call, list[_Batch]]] = []
+        group: list[_Batch] = []
+        call_keys: list[str] = []
+        call_args: list[bytes | str | int] = []
+        records = size = 0
         for b in batches:
+            if group and (one_slot or records + len(b.futures) > _CALL_RECORDS or size + b.size > _CALL_BYTES):
+                calls.append((scripts.Call(_PRODUCE, call_keys, call_args), group))
+                group, call_keys, call_args, records, size = [], [], [], 0, 0
+            if not group:
+                call_args = [pid, seconds_to_ms(self._opt.idempotence_window)]
             maxlen, retention_ms = self._topic_config(b.topic)
-            minid = f"{now_ms - retention_ms}-0" if retention_ms else ""
-            head: list[bytes | str | int] = [
-                str(maxlen) if maxlen else "", minid, pid, b.seq, window_ms
-            ]
-            stream_keys = [
+            call_keys += (
                 keys.stream(b.topic, b.partition),
                 keys.producer_seq(b.topic, b.partition, pid or "-"),
                 keys.topic_version(b.topic, b.partition),  # the partition's marker
-            ]
-            calls.append(scripts.Call(_PRODUCE, stream_keys, [*head, b"".join(b.args)]))
+            )
+            call_args += (
+                str(maxlen) if maxlen else "",
+                f"{now_ms - retention_ms}-0" if retention_ms else "",
+                b.seq,
+                b"".join(b.args),
+            )
+            group.append(b)
+            records += len(b.futures)
+            size += b.size
+        if group:
+            calls.append((scripts.Call(_PRODUCE, call_keys, call_args), group))
         return calls
 
     async def _send(self, batches: list[_Batch]) -> None:
@@ -413,19 +457,31 @@ class Accumulator:
         replicas confirmed it (acks="replica"; None otherwise)."""
         try:
             async with asyncio.timeout(budget):
-                return await self._execute(self._calls(batches))
+                return await self._execute(batches)
         except _CONNECTION_ERRORS + _NOT_RUN as exc:
             return [exc] * len(batches), None
 
-    async def _execute(self, calls: list[scripts.Call]) -> tuple[list[Any], int | None]:
-        if self._opt.acks != "replica":
-            return await scripts.execute_calls(self._conn.client, calls), None
-        # acks="replica": WAIT on the same connection, right after the writes.
+    async def _execute(self, batches: list[_Batch]) -> tuple[list[Any], int | None]:
+        """Run the calls for ``batches``: a reply (or exception) per batch, and how many
+        replicas confirmed (acks="replica"; None otherwise)."""
+        calls = self._calls(batches)
+        wait = self._opt.acks == "replica"  # WAIT on the same connection, right after the writes
         results = await scripts.execute_calls(
-            self._conn.client, calls, wait_replicas=1, wait_ms=self._wait_ms
+            self._conn.client, [c for c, _ in calls], wait_replicas=int(wait), wait_ms=self._wait_ms if wait else 0
         )
-        confirmed = results.pop()
-        return results, confirmed if isinstance(confirmed, int) else 0
+        confirmed = None
+        if wait:
+            last = results.pop()
+            confirmed = last if isinstance(last, int) else 0
+        replies: list[Any] = []
+        for (_, group), result in zip(calls, results, strict=True):
+            if not isinstance(result, BaseException) and (not isinstance(result, list) or len(result) != len(group)):
+                result = RedcurrentError(f"unexpected reply from the produce script: {result!r:.200}")
+            if isinstance(result, BaseException):
+                replies += [result] * len(group)
+            else:
+                replies += result
+        return replies, confirmed
 
     @property
     def _wait_ms(self) -> int:
@@ -526,12 +582,10 @@ class Accumulator:
         )
         assert self.repartition is not None
         moved: list[asyncio.Future[RecordMetadata] | None] = []
-        args = b.args
-        for i in range(len(b.futures)):
+        for i, (header, kb, data, hb, expiry) in enumerate(split_records(b"".join(b.args))):
             if i in drop:
                 moved.append(None)
                 continue
-            header, kb, data, hb, expiry = args[5 * i : 5 * i + 5]
             q = self.repartition(b.topic, n, kb if header[0] else None)
             moved.append(self.append(b.topic, q, (header, kb, data, hb, expiry), len(kb) + len(data) + len(hb)))
         log.info("moved %d record(s) of %s: the topic now has %d partitions", len(b.futures), self._where(b), n)
@@ -561,30 +615,30 @@ class Accumulator:
                 f"produce to {self._where(batch)}: stale producer sequence; nothing was written"
             ))
             return
-        ids = [i.decode() for i in result[1]]
+        ids = result[1].decode().split(",")
         topic, partition = batch.topic, batch.partition
-        if len(result) > 2 and result[2] and self.on_version is not None:
+        if result[2] and self.on_version is not None:
             self.on_version(topic, int(result[2]))
         self.stats["sent"] += len(batch.futures)
         self.stats["bytes"] += batch.size
         self.stats["batches"] += 1
         # The record's timestamp is its entry id's time: Redis's clock at append. One
-        # script call's ids nearly always share their ms, so it is parsed once.
-        ms_text, ms = "", 0
-        stamps = []
-        for eid in ids:
-            head = eid[: eid.index("-")]
-            if head != ms_text:
-                ms_text, ms = head, int(head)
-            stamps.append(ms)
+        # script call's ids nearly always share their ms: then it is parsed once.
+        first, last = ids[0], ids[-1]
+        ms = first[: first.index("-")]
+        if last.startswith(ms) and last[len(ms)] == "-":
+            stamps: Iterable[int] = repeat(int(ms))
+        else:
+            stamps = [int(i[: i.index("-")]) for i in ids]
+        metas: list[RecordMetadata] = list(
+            map(_new_tuple, repeat(RecordMetadata), zip(repeat(topic), repeat(partition), ids, stamps))
+        )
         for i, fut in enumerate(batch.futures):
             if fut is not None and not fut.done():
-                fut.set_result(RecordMetadata(topic, partition, ids[i], stamps[i]))
+                fut.set_result(metas[i])
         for w in batch.waiters:
             if not w.future.done():
-                w.future.set_result([
-                    RecordMetadata(topic, partition, ids[i], stamps[i]) for i in range(w.start, w.start + w.count)
-                ])
+                w.future.set_result(metas if w.count == len(metas) else metas[w.start : w.start + w.count])
         batch.done = True
         self._done(len(batch.futures))
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 import mmh3
+import orjson
 
 from . import topics
 from .accumulator import Accumulator
@@ -220,32 +221,56 @@ class Producer(Lifecycle):
             n = await self._resolve(topic)
             encoded = [e if r.ttl is not None else (self._with_topic_ttl(topic, e[0]), e[1])
                        for r, e in zip(records, encoded, strict=True)]
-        # partition -> (encoded records, their input positions, positions in the first
-        # list whose partition the caller chose)
-        by_partition: dict[int, tuple[list[tuple[tuple[bytes, ...], int]], list[int], list[int]]] = {}
-        encode, choose = self._encode, self._choose
-        total = 0
-        for i, rec in enumerate(records):
-            if not isinstance(rec, Record):
-                rec = Record(rec)
-            enc = encode(topic, rec.value, rec.key, rec.headers, rec.ttl) if encoded is None else encoded[i]
-            p = choose(topic, n, rec.key, rec.partition, enc[0][1])
-            slot = by_partition.get(p)
-            if slot is None:
-                slot = by_partition[p] = ([], [], [])
-            if rec.partition is not None:
-                slot[2].append(len(slot[0]))
-            slot[0].append(enc)
-            slot[1].append(i)
-            total = i + 1
+        groups, order = self._frame_all(topic, n, records, encoded)
         # Everything is validated and encoded: only now is anything queued.
-        out: list[RecordMetadata | None] = [None] * total
-        futures = [(pos, acc.append_many(topic, p, recs, pinned)) for p, (recs, pos, pinned) in by_partition.items()]
-        for positions, futs in futures:
-            done = [m for chunk in await asyncio.gather(*futs) for m in chunk]
-            for i, meta in zip(positions, done, strict=True):
-                out[i] = meta
-        return out  # type: ignore[return-value]
+        futures = [acc.append_many(topic, p, recs, pinned) for p, (recs, pinned) in groups.items()]
+        done: dict[int, Iterator[RecordMetadata]] = {}
+        for p, futs in zip(groups, futures, strict=True):
+            if len(futs) == 1:
+                done[p] = iter(await futs[0])
+            else:
+                done[p] = iter([m for f in futs for m in await f])
+        return list(map(next, map(done.__getitem__, order)))
+
+    def _frame_all(
+        self, topic: str, n: int, records: list[Any], encoded: list[tuple[tuple[bytes, ...], int]] | None
+    ) -> tuple[dict[int, tuple[list[tuple[tuple[bytes, ...], int]], list[int]]], list[int]]:
+        """Frame ``records`` (encoded already, or not) and pick their partitions:
+        partition -> (framed records, positions among them whose partition the caller
+        chose), and each record's partition in input order. Hot path: the common record
+        (a dict value, a str key, nothing else) is framed inline."""
+        groups: dict[int, tuple[list[tuple[tuple[bytes, ...], int]], list[int]]] = {}
+        order: list[int] = []
+        meta = self._meta.get(topic)
+        fast = encoded is None and self._serializer is None and not (meta and meta.config.ttl_ms)
+        dumps, pack, murmur, max_bytes = orjson.dumps, RECORD_HEADER.pack, _murmur, self._opt.max_message_bytes
+        encode, choose = self._encode, self._choose
+        for i, rec in enumerate(records):
+            if isinstance(rec, Record):
+                value, key, headers, partition, ttl = rec
+            else:
+                value, key, headers, partition, ttl = rec, None, None, None, None
+            item = None
+            if fast and type(key) is str and type(value) is dict and headers is None and ttl is None and partition is None:
+                try:
+                    data, kb = dumps(value), key.encode()
+                except (TypeError, ValueError):  # the careful path below says what is wrong
+                    pass
+                else:  # null may stand for NaN or infinity: the careful path checks
+                    if len(data) + len(kb) <= max_bytes and b"null" not in data:
+                        p = murmur(kb, 0, False) % n
+                        item = (pack(1, 0, len(kb), len(data), 0, 0), kb, data), len(kb) + len(data)
+            if item is None:
+                item = encode(topic, value, key, headers, ttl) if encoded is None else encoded[i]
+                p = choose(topic, n, key, partition, item[0][1])
+            group = groups.get(p)
+            if group is None:
+                group = groups[p] = ([], [])
+            if partition is not None:
+                group[1].append(len(group[0]))
+            group[0].append(item)
+            order.append(p)
+        return groups, order
 
     async def flush(self) -> None:
         """Wait until every message sent so far is stored (or has failed)."""

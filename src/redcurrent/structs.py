@@ -28,11 +28,13 @@ class TopicPartition:
     partition: int
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """One record for :meth:`Producer.send_batch`.
 
     ``Record({"id": 1}, key="user-1", headers={"source": "web"}, ttl=60.0)``
+
+    Immutable; a named tuple (as :class:`RecordMetadata` and :class:`Message` are)
+    because users make one per record on the hot path.
     """
 
     value: Any

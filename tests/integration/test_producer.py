@@ -292,6 +292,62 @@ async def test_thousand_concurrent_sends_cost_few_script_calls(
     assert sum(await lengths(target_client, namespace, "busy", 4)) == 1000
 
 
+async def test_send_batch_over_partitions_is_one_script_call_on_a_single_server(
+    make_producer: Factory,
+    admin: Admin,
+    target: Target,
+    request: pytest.FixtureRequest,
+    target_client: AsyncClient,
+    namespace: str,
+) -> None:
+    """A single server takes the batches of all partitions in one script call; a cluster
+    takes one call per partition (a script may only touch one slot)."""
+    await admin.create_topic("wide", partitions=8)
+    producer = make_producer()
+    await producer.send("wide", {"n": -1}, partition=0)  # metadata read, script loaded
+    urls = node_urls(target, request)
+    before = evalsha_calls(urls)
+    records = [Record({"n": i}, key=f"key-{i}") for i in range(500)]
+    metas = await producer.send_batch("wide", records)
+    calls = evalsha_calls(urls) - before
+    assert calls == (8 if target.is_cluster else 1)
+    assert [m.partition for m in metas] == [murmur3_32(f"key-{i}".encode()) % 8 for i in range(500)]
+    for p in range(8):
+        stored = (await entries(target_client, namespace, "wide", p))[1 if p == 0 else 0 :]
+        assert [eid for eid, _ in stored] == [m.id for m in metas if m.partition == p]
+        assert [orjson.loads(f[b"v"])["n"] for _, f in stored] == [
+            i for i, m in enumerate(metas) if m.partition == p
+        ]
+
+
+async def test_one_script_call_checks_each_partitions_batch_on_its_own(
+    redis_url: str, r: redis.asyncio.Redis, namespace: str
+) -> None:
+    """Single server: one call carries three batches. A partition without its marker
+    gets NOTOPIC and a batch already written gets DUP, while the third is written; each
+    keeps its own producer sequence."""
+    keys = Keys(namespace)
+    produce = scripts.script("produce")
+    streams = [keys.stream("a", 0), keys.stream("b", 0), keys.stream("a", 1)]
+    seqs = [keys.producer_seq("a", 0, "p1"), keys.producer_seq("b", 0, "p1"), keys.producer_seq("a", 1, "p1")]
+    markers = [keys.topic_version("a", 0), keys.topic_version("b", 0), keys.topic_version("a", 1)]
+    await r.set(markers[0], 3)
+    await r.set(markers[2], 3)  # topic "b" has no marker
+    [first] = await scripts.run(r, produce, [streams[0], seqs[0], markers[0]], ["p1", 60_000, "", "", 1, frame([b"x"])])
+    call_keys = [k for j in range(3) for k in (streams[j], seqs[j], markers[j])]
+    call_args = ["p1", 60_000, "", "", 1, frame([b"x"]), "", "", 1, frame([b"y"]), "", "", 1, frame([b"z1", b"z2"])]
+    dup, notopic, ok = await scripts.run(r, produce, call_keys, call_args)
+    assert dup == [b"DUP", first[1], b"3"]
+    assert notopic == [b"NOTOPIC"]
+    assert ok[0] == b"OK" and ok[2] == b"3"
+    assert [eid for eid, _ in await r.xrange(streams[2])] == ok[1].split(b",")
+    assert [f[b"v"] for _, f in await r.xrange(streams[0])] == [b"x"]
+    assert await r.exists(streams[1], seqs[1]) == 0
+    # the third batch's sequence is its own: its next batch starts at 3
+    [nxt] = await scripts.run(r, produce, [streams[2], seqs[2], markers[2]], ["p1", 60_000, "", "", 3, frame([b"z3"])])
+    assert nxt[0] == b"OK" and await r.xlen(streams[2]) == 3
+
+
 # ----------------------------------------------------------------------------- encoding
 
 
@@ -530,21 +586,21 @@ async def test_produce_script_stores_a_retried_sequence_once(
     produce = scripts.script("produce")
 
     def args(pid: str, first_seq: int, values: list[bytes]) -> list[bytes | str | int]:
-        return ["", "", pid, first_seq, 60_000, frame(values)]
+        return [pid, 60_000, "", "", first_seq, frame(values)]
 
-    first = await scripts.run(
+    [first] = await scripts.run(
         target_client, produce, [stream, seq_key, marker], args("p1", 1, [b"a", b"b"])
     )
-    retry = await scripts.run(
+    [retry] = await scripts.run(
         target_client, produce, [stream, seq_key, marker], args("p1", 1, [b"a", b"b"])
     )
     assert first[0] == b"OK" and retry[0] == b"DUP"
     assert retry[1] == first[1]  # the same ids as the first write
-    assert [eid for eid, _ in await target_client.xrange(stream)] == first[1]
+    assert [eid for eid, _ in await target_client.xrange(stream)] == first[1].split(b",")
     # the next sequence is written; an older one is refused without writing
-    nxt = await scripts.run(target_client, produce, [stream, seq_key, marker], args("p1", 3, [b"c"]))
+    [nxt] = await scripts.run(target_client, produce, [stream, seq_key, marker], args("p1", 3, [b"c"]))
     assert nxt[0] == b"OK"
-    stale = await scripts.run(
+    [stale] = await scripts.run(
         target_client, produce, [stream, seq_key, marker], args("p1", 1, [b"zzz"])
     )
     assert stale == [b"STALE", 3]
@@ -553,7 +609,7 @@ async def test_produce_script_stores_a_retried_sequence_once(
     other = keys.producer_seq("idem", 0, "p2")
     assert (
         await scripts.run(target_client, produce, [stream, other, marker], args("p2", 1, [b"d"]))
-    )[0] == b"OK"
+    )[0][0] == b"OK"
     assert await target_client.xlen(stream) == 4
 
 
@@ -566,11 +622,11 @@ async def test_produce_script_writes_nothing_into_a_partition_without_its_marker
     stream, seq_key = keys.stream("nomark", 0), keys.producer_seq("nomark", 0, "p1")
     marker = keys.topic_version("nomark", 0)
     produce = scripts.script("produce")
-    args = ["", "", "p1", 1, 60_000, frame([b"a"])]
-    assert await scripts.run(target_client, produce, [stream, seq_key, marker], args) == [b"NOTOPIC"]
+    args = ["p1", 60_000, "", "", 1, frame([b"a"])]
+    assert await scripts.run(target_client, produce, [stream, seq_key, marker], args) == [[b"NOTOPIC"]]
     assert await target_client.exists(stream, seq_key) == 0
     await target_client.set(marker, 7)
-    reply = await scripts.run(target_client, produce, [stream, seq_key, marker], args)
+    [reply] = await scripts.run(target_client, produce, [stream, seq_key, marker], args)
     assert reply[0] == b"OK" and reply[2] == b"7"  # the marker's version rides back
 
 
@@ -587,9 +643,9 @@ async def test_produce_script_without_producer_id_always_writes(
             target_client,
             produce,
             [stream, seq_key, marker],
-            ["", "", "", 1, 60_000, frame([b"a"])],
+            ["", 60_000, "", "", 1, frame([b"a"])],
         )
-        assert reply[0] == b"OK"
+        assert reply[0][0] == b"OK"
     assert await target_client.xlen(stream) == 2
     assert await target_client.exists(seq_key) == 0
 
