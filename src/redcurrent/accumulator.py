@@ -49,7 +49,7 @@ from .errors import (
 from .serde import RECORD_HEADER
 from .structs import RecordMetadata
 
-__all__ = ["Accumulator", "Waiter"]
+__all__ = ["Accumulator", "Framed", "Group", "Waiter"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,20 @@ _CALL_BYTES = 2 * 1024 * 1024
 _new_tuple = tuple.__new__
 
 
+# A framed record: its 15-byte header, its key, and its value + headers + expiry (the
+# header gives their lengths; see lua/produce.lua).
+Framed = tuple[bytes, bytes, bytes]
+
+
+@dataclass(slots=True)
+class Group:
+    """Framed records bound for one partition, as send_batch hands them over."""
+
+    parts: list[bytes]  # three per record (see Framed), back to back
+    sizes: list[int]  # each record's size in bytes (key + value + headers)
+    pinned: list[int]  # positions of records whose partition the caller chose
+
+
 @dataclass(slots=True)
 class Waiter:
     """A future waiting for ``count`` records of a batch from ``start`` on."""
@@ -81,7 +95,7 @@ class Waiter:
 class _Batch:
     topic: str
     partition: int
-    args: list[bytes] = field(default_factory=list)  # framed records' parts, joined at send
+    args: list[bytes] = field(default_factory=list)  # framed records, 3 parts each, joined at send
     futures: list[asyncio.Future[RecordMetadata] | None] = field(default_factory=list)  # per record (send)
     waiters: list[Waiter] = field(default_factory=list)  # ranges of records (send_batch)
     size: int = 0
@@ -197,7 +211,7 @@ class Accumulator:
         self._task = asyncio.create_task(self._run(), name="redcurrent-producer-sender")
 
     def append(
-        self, topic: str, partition: int, record: tuple[bytes, ...], nbytes: int, pinned: bool = False
+        self, topic: str, partition: int, record: Framed, nbytes: int, pinned: bool = False
     ) -> asyncio.Future[RecordMetadata]:
         """Queue one framed record; the future resolves to its metadata.
 
@@ -211,7 +225,7 @@ class Accumulator:
         if pinned:
             batch.pinned.append(len(batch.futures))
         batch.futures.append(fut)
-        batch.args.extend(record)
+        batch.args += record
         batch.size += nbytes
         if self._outstanding == 0:
             self._drained.clear()
@@ -224,49 +238,44 @@ class Accumulator:
             self._wakeup.set()
         return fut
 
-    def append_many(
-        self,
-        topic: str,
-        partition: int,
-        records: list[tuple[tuple[bytes, ...], int]],
-        pinned: Sequence[int] = (),
-    ) -> list[asyncio.Future[list[RecordMetadata]]]:
-        """Queue records of one partition; one future per batch they land in.
-
-        ``pinned``: positions in ``records`` whose partition the caller chose."""
+    def append_many(self, topic: str, partition: int, group: Group) -> list[asyncio.Future[list[RecordMetadata]]]:
+        """Queue the records of ``group`` (all of one partition); one future per batch
+        they land in."""
         if self._closed:
             raise ProducerClosedError("the producer is closed")
-        loop = self._loop
         futures: list[asyncio.Future[list[RecordMetadata]]] = []
         key = (topic, partition)
         max_count, max_bytes = self._opt.batch_size, self._opt.batch_bytes
-        i, n = 0, len(records)
+        parts, sizes, pinned = group.parts, group.sizes, group.pinned
+        n = len(sizes)
         if self._outstanding == 0:
             self._drained.clear()
         self._outstanding += n
+        i = 0
         while i < n:
             batch = self._open.get(key)
             if batch is None:
                 batch = self._open[key] = _Batch(topic, partition)
             base = len(batch.futures)
-            waiter = Waiter(loop.create_future(), base, 0)
+            start, room = i, max_count - base
+            if i == 0 and n <= room and batch.size + (total := sum(sizes)) <= max_bytes:
+                i, size = n, batch.size + total  # all of them fit: no per-record loop
+                batch.args += parts
+            else:
+                size = batch.size
+                while i < n and i - start < room:
+                    if size + sizes[i] > max_bytes and (i > start or batch.futures):
+                        break
+                    size += sizes[i]
+                    i += 1
+                batch.args += parts[3 * start : 3 * i]
+            batch.size = size
+            waiter = Waiter(self._loop.create_future(), base, i - start)
             batch.waiters.append(waiter)
             futures.append(waiter.future)
-            room = max_count - base
-            size, args = batch.size, batch.args
-            start = i
-            while i < n and i - start < room:
-                record, nbytes = records[i]
-                if size + nbytes > max_bytes and (i > start or batch.futures):
-                    break
-                args.extend(record)
-                size += nbytes
-                i += 1
-            batch.size = size
             if pinned:
                 batch.pinned.extend(base + j - start for j in pinned if start <= j < i)
-            batch.futures.extend([None] * (i - start))
-            waiter.count = i - start
+            batch.futures += [None] * (i - start)
             if i < n or len(batch.futures) >= max_count:
                 self._seal(key, batch)
         self._flush_now = True
@@ -587,7 +596,7 @@ class Accumulator:
                 moved.append(None)
                 continue
             q = self.repartition(b.topic, n, kb if header[0] else None)
-            moved.append(self.append(b.topic, q, (header, kb, data, hb, expiry), len(kb) + len(data) + len(hb)))
+            moved.append(self.append(b.topic, q, (header, kb, data + hb + expiry), len(kb) + len(data) + len(hb)))
         log.info("moved %d record(s) of %s: the topic now has %d partitions", len(b.futures), self._where(b), n)
         for fut, new in zip(b.futures, moved, strict=True):
             if fut is None:

@@ -12,7 +12,7 @@ import mmh3
 import orjson
 
 from . import topics
-from .accumulator import Accumulator
+from .accumulator import Accumulator, Framed, Group
 from .config import DEFAULT_NAMESPACE, MiB, ProducerOptions, check_ttl_ms
 from .connection import Client, Connection, Lifecycle, connect
 from .errors import (
@@ -223,7 +223,7 @@ class Producer(Lifecycle):
                        for r, e in zip(records, encoded, strict=True)]
         groups, order = self._frame_all(topic, n, records, encoded)
         # Everything is validated and encoded: only now is anything queued.
-        futures = [acc.append_many(topic, p, recs, pinned) for p, (recs, pinned) in groups.items()]
+        futures = [acc.append_many(topic, p, group) for p, group in groups.items()]
         done: dict[int, Iterator[RecordMetadata]] = {}
         for p, futs in zip(groups, futures, strict=True):
             if len(futs) == 1:
@@ -233,44 +233,64 @@ class Producer(Lifecycle):
         return list(map(next, map(done.__getitem__, order)))
 
     def _frame_all(
-        self, topic: str, n: int, records: list[Any], encoded: list[tuple[tuple[bytes, ...], int]] | None
-    ) -> tuple[dict[int, tuple[list[tuple[tuple[bytes, ...], int]], list[int]]], list[int]]:
+        self, topic: str, n: int, records: list[Any], encoded: list[tuple[Framed, int]] | None
+    ) -> tuple[dict[int, Group], list[int]]:
         """Frame ``records`` (encoded already, or not) and pick their partitions:
-        partition -> (framed records, positions among them whose partition the caller
-        chose), and each record's partition in input order. Hot path: the common record
-        (a dict value, a str key, nothing else) is framed inline."""
-        groups: dict[int, tuple[list[tuple[tuple[bytes, ...], int]], list[int]]] = {}
+        partition -> its records (see :class:`Group`), and each record's partition in
+        input order. Hot path: the common record (a dict value, a str key, nothing else)
+        is framed inline."""
+        groups: dict[int, Group] = {}
         order: list[int] = []
         meta = self._meta.get(topic)
         fast = encoded is None and self._serializer is None and not (meta and meta.config.ttl_ms)
         dumps, pack, murmur, max_bytes = orjson.dumps, RECORD_HEADER.pack, _murmur, self._opt.max_message_bytes
         encode, choose = self._encode, self._choose
+        inline = False
         for i, rec in enumerate(records):
             if isinstance(rec, Record):
                 value, key, headers, partition, ttl = rec
             else:
                 value, key, headers, partition, ttl = rec, None, None, None, None
-            item = None
+            framed = None
             if fast and type(key) is str and type(value) is dict and headers is None and ttl is None and partition is None:
                 try:
                     data, kb = dumps(value), key.encode()
                 except (TypeError, ValueError):  # the careful path below says what is wrong
                     pass
-                else:  # null may stand for NaN or infinity: the careful path checks
-                    if len(data) + len(kb) <= max_bytes and b"null" not in data:
+                else:
+                    nbytes = len(data) + len(kb)
+                    if nbytes <= max_bytes:
                         p = murmur(kb, 0, False) % n
-                        item = (pack(1, 0, len(kb), len(data), 0, 0), kb, data), len(kb) + len(data)
-            if item is None:
-                item = encode(topic, value, key, headers, ttl) if encoded is None else encoded[i]
-                p = choose(topic, n, key, partition, item[0][1])
+                        framed = pack(1, 0, len(kb), len(data), 0, 0), kb, data
+                        inline = True
+            if framed is None:
+                framed, nbytes = encode(topic, value, key, headers, ttl) if encoded is None else encoded[i]
+                p = choose(topic, n, key, partition, framed[1])
             group = groups.get(p)
             if group is None:
-                group = groups[p] = ([], [])
+                group = groups[p] = Group([], [], [])
             if partition is not None:
-                group[1].append(len(group[0]))
-            group[0].append(item)
+                group.pinned.append(len(group.sizes))
+            group.parts += framed
+            group.sizes.append(nbytes)
             order.append(p)
+        if inline:
+            self._check_finite(groups, order, records)
         return groups, order
+
+    @staticmethod
+    def _check_finite(groups: dict[int, Group], order: list[int], records: list[Any]) -> None:
+        """orjson writes NaN and infinities as null: refuse a record framed inline whose
+        value holds one. One search per partition's records finds no "null" at all in
+        the common case; only then is each record looked at."""
+        for p, group in groups.items():
+            if b"null" not in b"".join(group.parts):
+                continue
+            positions = [i for i, q in enumerate(order) if q == p]
+            for i, data in zip(positions, group.parts[2::3], strict=True):
+                if b"null" in data:
+                    value = records[i].value if isinstance(records[i], Record) else records[i]
+                    encode_value(value, None)  # SerializationError for NaN or infinity
 
     async def flush(self) -> None:
         """Wait until every message sent so far is stored (or has failed)."""
@@ -310,8 +330,9 @@ class Producer(Lifecycle):
     # -- internals --
     def _encode(
         self, topic: str, value: Any, key: object, headers: Mapping[str, str] | None, ttl: float | None
-    ) -> tuple[tuple[bytes, ...], int]:
-        """Validate and frame one record for the produce script (hot path: keep it lean)."""
+    ) -> tuple[Framed, int]:
+        """Validate and frame one record for the produce script (hot path: keep it lean):
+        its three parts (header, key, value + headers + expiry) and its size."""
         if type(value) is bytes:
             codec, data = 1, value
         else:
@@ -343,17 +364,18 @@ class Producer(Lifecycle):
             if meta is not None and meta.config.ttl_ms:
                 expiry = b"%d" % (int(time.time() * 1000) + meta.config.ttl_ms)
         header = RECORD_HEADER.pack(kt, codec, len(kb), len(data), len(hb), len(expiry))
-        return (header, kb, data, hb, expiry), nbytes
+        return (header, kb, data + hb + expiry if hb or expiry else data), nbytes
 
-    def _with_topic_ttl(self, topic: str, record: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    def _with_topic_ttl(self, topic: str, record: Framed) -> Framed:
         """Add the topic's default expiry to a record framed before its metadata was known."""
         meta = self._meta.get(topic)
         if meta is None or not meta.config.ttl_ms:
             return record
-        header, kb, data, hb, _ = record
+        header, kb, rest = record
+        kt, codec, _klen, vlen, hlen, _xlen = RECORD_HEADER.unpack(header)
         expiry = b"%d" % (int(time.time() * 1000) + meta.config.ttl_ms)
-        kt, codec, *_lens = RECORD_HEADER.unpack(header)
-        return RECORD_HEADER.pack(kt, codec, len(kb), len(data), len(hb), len(expiry)), kb, data, hb, expiry
+        header = RECORD_HEADER.pack(kt, codec, len(kb), vlen, hlen, len(expiry))
+        return header, kb, rest[: vlen + hlen] + expiry
 
     def _repartition(self, topic: str, n: int, kb: bytes | None) -> int:
         """A partition for a record moved off one its recreated topic lacks."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -349,6 +350,27 @@ async def test_one_script_call_checks_each_partitions_batch_on_its_own(
 
 
 # ----------------------------------------------------------------------------- encoding
+
+
+async def test_send_batch_refuses_nan_in_a_keyed_dict_and_keeps_real_nulls(
+    make_producer: Factory, admin: Admin, target_client: AsyncClient, namespace: str
+) -> None:
+    """orjson writes NaN and infinities as null: send_batch refuses the whole call
+    (nothing written), while a real None is stored as null."""
+    await admin.create_topic("nulls", partitions=4)
+    producer = make_producer()
+    ok = [Record({"n": i, "note": None}, key=f"k{i}") for i in range(20)]
+    for bad in ({"n": 20, "price": math.nan}, {"n": 20, "deep": [{"x": -math.inf}]}):
+        with pytest.raises(SerializationError):
+            await producer.send_batch("nulls", [*ok[:10], Record(bad, key="k20"), *ok[10:]])
+        assert sum(await lengths(target_client, namespace, "nulls", 4)) == 0
+    metas = await producer.send_batch("nulls", ok)
+    stored = {
+        (p, eid): orjson.loads(f[b"v"])
+        for p in range(4)
+        for eid, f in await entries(target_client, namespace, "nulls", p)
+    }
+    assert [stored[m.partition, m.id] for m in metas] == [{"n": i, "note": None} for i in range(20)]
 
 
 async def test_bytes_values_pass_untouched(
