@@ -2,7 +2,8 @@
 
 Server choice: ``--server auto|valkey|redis62|system`` (default: $REDCURRENT_TEST_SERVER,
 else ``auto``). When $REDIS_URL is set the single-node fixtures use it and start nothing;
-the cluster fixture always starts its own 3-master cluster from the chosen binary.
+the cluster fixture always starts its own cluster from the chosen binary: 3 primaries,
+each with a replica attached (``redcurrent.embedded.EmbeddedCluster``, about 2 s).
 """
 
 from __future__ import annotations

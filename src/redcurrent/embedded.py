@@ -303,7 +303,13 @@ def _raw_reply(value: Any, **_: Any) -> Any:
 
 
 class ClusterNode(EmbeddedServer):
-    """One node of an :class:`EmbeddedCluster`: ``port``, ``pid``, ``node_id``, ``role``."""
+    """One node of an :class:`EmbeddedCluster`: ``port``, ``pid``, ``node_id``, ``role``.
+
+    Example::
+
+        for node in cluster.nodes:
+            print(node.port, node.pid, node.role)    # e.g. 21543 627 replica
+    """
 
     def __init__(self, binary: str, taken_ports: set[int]) -> None:
         self._taken_ports = taken_ports  # shared by the cluster's nodes: no two pick one port
@@ -361,14 +367,18 @@ class EmbeddedCluster:
 
     All nodes run one binary (as :func:`find_server_binary` finds it) with
     ``cluster-node-timeout 1000``, so a killed primary's replica takes over in 2-3 s.
-    Nodes are never restarted: a killed node stays down until :meth:`stop`.
+    Nodes are never restarted: a killed node stays down until :meth:`stop`. ``timeout``
+    bounds the whole start-up and is the default wait of :meth:`wait_ready` and
+    :meth:`failover`.
 
     Example::
 
         with EmbeddedCluster() as cluster:
-            [primary] = [n for n in cluster.nodes if n.port == cluster.primary_for_key("k").port]
+            primary = cluster.primary_for_key("orders")
+            [replica] = cluster.replicas_of(primary)
             cluster.kill(primary)
-            cluster.wait_ready()          # its replica was promoted; cluster_state:ok again
+            cluster.wait_ready()          # cluster_state:ok again: the replica took over
+            assert replica.role == "primary"
     """
 
     def __init__(
@@ -384,7 +394,7 @@ class EmbeddedCluster:
         found = _binary_or_error(binary)
         taken: set[int] = set()
         self.timeout = timeout
-        #: Every node: the initial primaries first, then their replicas (primary 0's first).
+        #: Every node: the initial primaries first, then the replicas, dealt round-robin.
         self.nodes = [ClusterNode(found, taken) for _ in range(primaries * (1 + replicas))]
         self._primaries = primaries
 
@@ -402,15 +412,17 @@ class EmbeddedCluster:
         """Start every node and form the cluster; on any failure every node is stopped."""
         try:
             deadline = time.monotonic() + self.timeout
-            for node in self.nodes:  # all at once: the 2 s a new primary waits overlap
+            # All at once: a new primary keeps cluster_state:fail for 2 s after it starts
+            # (Redis's CLUSTER_WRITABLE_DELAY), so those 2 s overlap everything else here.
+            for node in self.nodes:
                 node._spawn()
             for node in self.nodes:
                 node._wait_answering(deadline)
                 node.node_id = node._text("CLUSTER MYID")
             self._assign_slots()
             self._meet()
-            self._attach_replicas()
-            self.wait_ready()
+            self._attach_replicas(deadline - time.monotonic())
+            self.wait_ready(deadline - time.monotonic())
         except BaseException:
             self.stop()
             raise
@@ -449,7 +461,7 @@ class EmbeddedCluster:
             for node in self.nodes[1:]:
                 client.execute_command("CLUSTER MEET", HOST, node.port)
 
-    def _attach_replicas(self) -> None:
+    def _attach_replicas(self, timeout: float) -> None:
         """CLUSTER REPLICATE each replica as soon as it has learnt its primary's id."""
         pending = {
             replica: self.nodes[i % self._primaries]
@@ -465,7 +477,7 @@ class EmbeddedCluster:
                     del pending[replica]
             return not pending
 
-        self._poll(attach, self.timeout, "replicas not attached")
+        self._poll(attach, timeout, "replicas not attached")
 
     # -- state
 

@@ -1,4 +1,4 @@
-"""docs/architecture.md §2 on a real 3-master cluster: no script and no MULTI touches two slots.
+"""docs/architecture.md §2 on a real cluster (3 primaries + 3 replicas): no script and no MULTI touches two slots.
 
 The proof is taken from the servers themselves: every node logs every command it runs
 (SLOWLOG with a threshold of 0 µs), so after a full topic life cycle we check the keys of
@@ -16,9 +16,10 @@ import pytest
 import redis
 import redis.asyncio
 from redis.crc import key_slot
-from support.servers import Cluster, ServerProcess
+from support.servers import Cluster
 
 from redcurrent import Admin, Producer, Record
+from redcurrent.embedded import ClusterNode
 from redcurrent.keys import Keys
 
 pytestmark = pytest.mark.cluster
@@ -54,7 +55,7 @@ def errorstats(client: redis.Redis) -> dict[str, int]:
 class CommandLog:
     """Every command each node executes, via SLOWLOG with a 0 µs threshold."""
 
-    def __init__(self, nodes: list[ServerProcess]) -> None:
+    def __init__(self, nodes: list[ClusterNode]) -> None:
         self.nodes = nodes
         self._saved: list[tuple[str, str]] = []
 
@@ -79,7 +80,7 @@ class CommandLog:
                 c.config_set("slowlog-max-len", max_len)
                 c.slowlog_reset()
 
-    def commands(self) -> Iterator[tuple[ServerProcess, list[bytes]]]:
+    def commands(self) -> Iterator[tuple[ClusterNode, list[bytes]]]:
         """(node, argv) of every logged command (slowlog keeps up to 32 args each)."""
         for node in self.nodes:
             with node.client() as c:
@@ -102,11 +103,12 @@ async def test_no_command_touches_two_slots_over_a_topic_life_cycle(
     cluster: Cluster, rc: redis.asyncio.RedisCluster, namespace: str
 ) -> None:
     k = Keys(namespace)
+    primaries = cluster.primaries()  # replicas run what primaries replicate, not our calls
     before = []
-    for node in cluster.nodes:
+    for node in primaries:
         with node.client() as c:
             before.append(errorstats(c))
-    with CommandLog(cluster.nodes) as log:
+    with CommandLog(primaries) as log:
         async with (
             Admin(cluster.url, namespace=namespace) as admin,
             Producer(cluster.url, namespace=namespace, metadata_max_age=60) as producer,
@@ -127,7 +129,7 @@ async def test_no_command_touches_two_slots_over_a_topic_life_cycle(
         commands = list(log.commands())
 
     served = {}
-    for node in cluster.nodes:
+    for node in primaries:
         with node.client() as c:
             served[node.port] = served_slots(c)
     scripts_per_node: dict[int, int] = {}
@@ -143,8 +145,8 @@ async def test_no_command_touches_two_slots_over_a_topic_life_cycle(
         if name in SCRIPT_CALLS:
             scripts_per_node[node.port] = scripts_per_node.get(node.port, 0) + 1
     # partitions spread over slots, so scripts ran on every node
-    assert sorted(scripts_per_node) == sorted(node.port for node in cluster.nodes)
-    for node, stats in zip(cluster.nodes, before, strict=True):
+    assert sorted(scripts_per_node) == sorted(node.port for node in primaries)
+    for node, stats in zip(primaries, before, strict=True):
         with node.client() as c:
             after = errorstats(c)
         assert after.get("errorstat_CROSSSLOT", 0) == stats.get("errorstat_CROSSSLOT", 0)
@@ -176,8 +178,9 @@ async def test_partition_keys_live_on_the_node_that_owns_their_slot(
             k.meta("placed").encode()
         )
 
+        primaries = cluster.primaries()
         served = {}
-        for node in cluster.nodes:
+        for node in primaries:
             with node.client() as c:
                 served[node.port] = served_slots(c)
         await rc.initialize()
@@ -187,7 +190,7 @@ async def test_partition_keys_live_on_the_node_that_owns_their_slot(
             client_view = rc.get_node_from_key(next(iter(wanted)))
             assert client_view is not None and int(client_view.port) == owner
             owners.add(owner)
-            for node in cluster.nodes:
+            for node in primaries:
                 with node.client() as c:
                     found = c.execute_command("CLUSTER GETKEYSINSLOT", slot, 1000)
                 present = {x.encode() if isinstance(x, str) else x for x in found}
@@ -233,7 +236,7 @@ def test_every_key_family_maps_to_the_slot_of_its_tag(cluster: Cluster) -> None:
 
 def test_the_command_log_would_catch_a_cross_slot_script(cluster: Cluster) -> None:
     """Guard against a vacuous proof: a two-slot script is seen by both checks above."""
-    node = cluster.nodes[0]
+    node = cluster.primaries()[0]
     with node.client() as c:
         mine = served_slots(c)
         a = next(f"a{i}" for i in range(10_000) if key_slot(f"a{i}".encode()) in mine)

