@@ -7,10 +7,8 @@ check, and a socket timeout well above the longest blocking read we issue.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
-from collections.abc import Iterable
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from types import TracebackType
@@ -19,10 +17,6 @@ from typing import Self, TypeAlias
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline as _Pipeline
 from redis.asyncio.cluster import ClusterPipeline
-from redis.asyncio.connection import AbstractConnection, SSLConnection, UnixDomainSocketConnection
-from redis.asyncio.connection import Connection as _RedisConnection
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -35,67 +29,6 @@ Pipeline: TypeAlias = "_Pipeline | ClusterPipeline"
 
 SOCKET_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5.0
-
-
-class _BoundedWrite(AbstractConnection):
-    """redis-py's connection, minus one asyncio Task per command.
-
-    With a socket timeout set, redis-py bounds every write with ``asyncio.wait_for``,
-    which wraps the write in a new Task: one more event-loop round per command, on
-    the path of every send and fetch (measured: a lone send 170 µs -> see
-    docs/performance.md). The write here is bounded by ``asyncio.timeout`` instead,
-    and only when the socket's buffer is full, the one case where it can wait. Errors
-    are redis-py's own: TimeoutError / ConnectionError, the connection dropped.
-    """
-
-    async def send_packed_command(self, command: bytes | str | Iterable[bytes], check_health: bool = True) -> None:
-        timeout = self.socket_timeout
-        writer = getattr(self, "_writer", None)
-        if not timeout or writer is None or not self.is_connected:
-            await super().send_packed_command(command, check_health)
-            return
-        if check_health:
-            await self.check_health()
-        if isinstance(command, str):
-            command = command.encode()
-        if isinstance(command, bytes):
-            command = [command]
-        try:
-            writer.writelines(command)
-            if writer.transport.get_write_buffer_size():
-                async with asyncio.timeout(timeout):
-                    await writer.drain()
-            else:
-                await writer.drain()  # raises if the connection was lost; never waits here
-        except TimeoutError:
-            await self.disconnect(nowait=True)
-            raise RedisTimeoutError("Timeout writing to socket") from None
-        except OSError as exc:
-            await self.disconnect(nowait=True)
-            raise RedisConnectionError(f"Error while writing to socket: {exc}") from exc
-        except BaseException:
-            await self.disconnect(nowait=True)
-            raise
-
-
-class _Conn(_BoundedWrite, _RedisConnection):
-    pass
-
-
-class _SSLConn(_BoundedWrite, SSLConnection):
-    pass
-
-
-class _UnixConn(_BoundedWrite, UnixDomainSocketConnection):
-    pass
-
-
-_BOUNDED: dict[type, type] = {_RedisConnection: _Conn, SSLConnection: _SSLConn, UnixDomainSocketConnection: _UnixConn}
-
-
-def _bounded(kind: type) -> type:
-    """Our subclass of redis-py's connection class ``kind`` (itself if we have none)."""
-    return _BOUNDED.get(kind, kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +130,6 @@ async def connect(url: str | None, client: Client | None) -> Connection:
     if not isinstance(target, str) or "://" not in target:
         raise ConfigError("url must look like redis://[user:password@]host:port/db (or rediss:// for TLS)")
     plain = Redis.from_url(target, **_client_options())  # type: ignore[arg-type]
-    plain.connection_pool.connection_class = _bounded(plain.connection_pool.connection_class)
     try:
         caps = await _probe(plain)
     except BaseException:
@@ -209,8 +141,6 @@ async def connect(url: str | None, client: Client | None) -> Connection:
     options = _client_options()
     options.pop("health_check_interval")
     cluster = RedisCluster.from_url(target, **options)
-    node_options = cluster.nodes_manager.connection_kwargs
-    node_options["connection_class"] = _bounded(node_options.get("connection_class", _RedisConnection))
     try:
         await cluster.initialize()
     except Exception as exc:
