@@ -1,11 +1,14 @@
-"""Linger batching for the producer: one produce-script call per partition batch.
+"""Batching for the producer: few produce-script calls however many records.
 
 ``send`` appends an encoded record to the open batch of its partition and gets a
-future. A single sender task drains every batch into one pipeline of EVALSHA calls
-(one per partition batch; on a cluster redis-py groups them per node), then resolves
-the futures. While a pipeline is in flight new records accumulate, so batches grow
-with load (Kafka's linger.ms / batch.size). One pipeline at a time keeps per-partition
-order, and the idempotent sequence makes a retried pipeline write each batch once.
+future; ``send_batch`` appends many at once. A sender task drains the batches into a
+request: on a single server one script call carries several partitions' batches, on a
+cluster one call per partition batch (redis-py groups them per node). A request goes
+out at once when none is outstanding, so a lone send costs one round trip; while one
+is outstanding new records accumulate, at most ``linger``, so batches grow with load
+(Kafka's linger.ms / batch.size). A partition has at most one batch in flight, which
+keeps its order, and the idempotent sequence makes a retried request write each batch
+once.
 """
 
 from __future__ import annotations
@@ -183,7 +186,9 @@ class Accumulator:
         self._topic_config = topic_config  # topic -> (maxlen, retention_ms)
         self._open: dict[tuple[str, int], _Batch] = {}
         self._ready: list[_Batch] = []
-        self._inflight: list[_Batch] = []
+        self._inflight: list[_Batch] = []  # batches of the requests outstanding
+        self._busy: set[tuple[str, int]] = set()  # partitions with a batch in flight
+        self._requests: set[asyncio.Task[None]] = set()
         self._seq: dict[tuple[str, int], int] = {}
         self._producer_id = uuid.uuid4().hex if options.idempotent else ""
         self._wakeup = asyncio.Event()
@@ -306,13 +311,11 @@ class Accumulator:
     async def close(self) -> None:
         self._closed = True
         self._wakeup.set()  # the sender ends by the flag even if redis-py absorbs the cancel
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        tasks = [t for t in (self._task, *self._requests) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None
         self._fail_all(ProducerClosedError("the producer was closed before the record was sent; nothing was written"))
         self._fail(self._inflight, AmbiguousWriteError(
             "the producer was closed while the records were being sent: they may or may not be "
@@ -322,42 +325,44 @@ class Accumulator:
 
     # -- sender --
     async def _run(self) -> None:
+        """Send what is buffered: at once when no request is outstanding (latency by
+        default); while one is, records wait for it, at most ``linger`` (Kafka's
+        linger.ms), so batches grow with load. A partition has at most one batch in
+        flight: its order and its idempotent sequence depend on it."""
         while not self._closed:
             await self._wakeup.wait()
             self._wakeup.clear()
-            if not self._flush_now:
-                await self._linger()
+            if self._requests and not self._flush_now:
+                await asyncio.wait(self._requests, timeout=self._opt.linger)
             self._flush_now = False
             batches = self._drain()
             if batches:
-                try:
-                    await self._send(batches)
-                except Exception as exc:  # never leave a caller waiting on a dead sender
-                    log.exception("producer sender failed")
-                    self._fail(batches, translate(exc, "produce"))
-                self._inflight = []
-                self._flush_now = bool(self._open or self._ready)
-                if self._flush_now:
-                    self._wakeup.set()
+                request = asyncio.create_task(self._request(batches), name="redcurrent-produce")
+                self._requests.add(request)
 
-    async def _linger(self) -> None:
-        """Wait for more records, at most ``linger`` from the first one (Kafka's linger.ms),
-        and no longer once a loop iteration passes without a new record: every task
-        that was ready to send has then sent, and waiting more only adds latency."""
-        deadline = time.monotonic() + self._opt.linger
-        seen = -1
-        while self._outstanding != seen and not self._flush_now:
-            seen = self._outstanding
-            await asyncio.sleep(0)
-            if time.monotonic() >= deadline:
-                return
+    async def _request(self, batches: list[_Batch]) -> None:
+        keys = [(b.topic, b.partition) for b in batches]
+        self._busy.update(keys)
+        self._inflight += batches  # close() fails what a cancelled send leaves here
+        try:
+            await self._send(batches)
+        except Exception as exc:  # never leave a caller waiting on a dead sender
+            log.exception("producer sender failed")
+            self._fail(batches, translate(exc, "produce"))
+        finally:
+            self._busy.difference_update(keys)
+            self._inflight = [b for b in self._inflight if not b.done]
+            self._requests.discard(asyncio.current_task())  # type: ignore[arg-type]
+            if self._open or self._ready:
+                self._flush_now = not self._requests  # nothing else outstanding: at once
+                self._wakeup.set()
 
     def _drain(self) -> list[_Batch]:
         # At most one batch per partition per pipeline: the sequence key remembers the
         # last batch only, so a retried pipeline must not carry two for one partition.
         batches: list[_Batch] = []
         later: list[_Batch] = []
-        taken: set[tuple[str, int]] = set()
+        taken = set(self._busy)  # a partition with a batch in flight waits for it
         for b in self._ready:
             key = (b.topic, b.partition)
             (later if key in taken else batches).append(b)
@@ -415,7 +420,6 @@ class Accumulator:
         return calls
 
     async def _send(self, batches: list[_Batch]) -> None:
-        self._inflight = batches  # close() fails what a cancelled send leaves here
         missing = await self._deliver(batches)
         if missing:
             await self._recover(missing)
