@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import tracing
 from .errors import FencedError
 from .fetcher import PartitionFetcher
 from .retry import Backoff, BatchError, DeadLetter, Retry, RetryPolicy
@@ -96,6 +97,14 @@ def _handing_out(fetcher: PartitionFetcher, dispatcher: _Base) -> bool:
 
 
 async def _call(policy: Policy, fn: Callable[[Any], Awaitable[Any]], arg: Any) -> None:
+    if tracing.active():
+        with tracing.consume_span(arg):  # a "process" span around the handler call
+            await _timed_call(policy, fn, arg)
+    else:
+        await _timed_call(policy, fn, arg)
+
+
+async def _timed_call(policy: Policy, fn: Callable[[Any], Awaitable[Any]], arg: Any) -> None:
     started = time.perf_counter()
     try:
         if policy.handler_timeout is None:

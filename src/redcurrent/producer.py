@@ -11,7 +11,7 @@ from typing import Any, Literal
 import mmh3
 import orjson
 
-from . import topics
+from . import topics, tracing
 from .accumulator import Accumulator, Framed, Group
 from .config import DEFAULT_NAMESPACE, MiB, ProducerOptions, check_ttl_ms
 from .connection import Client, Connection, Lifecycle, connect
@@ -135,13 +135,8 @@ class Producer(Lifecycle):
                 raise ProducerClosedError("the producer is closed")
             if self._acc is not None:
                 return
+            # acks="replica" works on a cluster too: each node's pipeline ends with WAIT.
             self._conn = await connect(self._url, self._given)
-            if self._opt.acks == "replica" and self._conn.caps.is_cluster:
-                await self._conn.close()
-                raise ConfigError(
-                    "acks='replica' is supported on a single primary with replicas; on a Redis "
-                    "Cluster use acks='leader' (WAIT cannot follow writes spread over nodes)"
-                )
             self._acc = Accumulator(self._conn, self._opt, self._topic_config)
             self._acc.on_version = self._version_seen
             self._acc.on_missing = self._topic_missing
@@ -178,7 +173,32 @@ class Producer(Lifecycle):
         for it. It is queued before ``send`` first yields, except on the first send to a
         topic this producer has not looked up yet: cancelled during that lookup, the
         record is not sent.
+
+        With OpenTelemetry configured, each send is a ``publish <topic>`` span whose
+        context travels to the consumer in the message's headers (see ``redcurrent.tracing``).
         """
+        if tracing.active():
+            if headers is not None:
+                encode_headers(headers)  # bad headers fail as they would untraced
+            span = tracing.publish_span(topic, headers, partition)
+            try:
+                meta = await self._send(topic, value, key, span.headers, partition, ttl)
+            except BaseException as exc:
+                span.failed(exc)
+                raise
+            span.sent(meta)
+            return meta
+        return await self._send(topic, value, key, headers, partition, ttl)
+
+    async def _send(
+        self,
+        topic: str,
+        value: Any,
+        key: str | bytes | None,
+        headers: Mapping[str, str] | None,
+        partition: int | None,
+        ttl: float | None,
+    ) -> RecordMetadata:
         acc = self._acc
         if acc is None or self._closed:
             await self.start()
@@ -210,6 +230,31 @@ class Producer(Lifecycle):
         if isinstance(records, str | bytes | bytearray | Mapping) or not isinstance(records, Iterable):
             raise TypeError(f"records must be an iterable of Record or values, not {type(records).__name__}")
         records = records if isinstance(records, list) else list(records)
+        if tracing.active() and records:
+            return await self._send_batch_traced(topic, records)
+        return await self._send_batch(topic, records)
+
+    async def _send_batch_traced(self, topic: str, records: list[Any]) -> list[RecordMetadata]:
+        """send_batch with one ``publish`` span per record, its context in the record's headers."""
+        records = [r if isinstance(r, Record) else Record(r) for r in records]
+        for rec in records:
+            if rec.headers is not None:
+                encode_headers(rec.headers)  # bad headers fail as they would untraced
+        spans = [tracing.publish_span(topic, r.headers, r.partition) for r in records]
+        traced = [r._replace(headers=span.headers) for r, span in zip(records, spans, strict=True)]
+        try:
+            metas = await self._send_batch(topic, traced)
+        except BaseException as exc:
+            for span in spans:
+                span.failed(exc)
+            raise
+        for span, meta in zip(spans, metas, strict=True):
+            span.sent(meta)
+        return metas
+
+    async def _send_batch(self, topic: str, records: list[Any]) -> list[RecordMetadata]:
+        acc = self._acc
+        assert acc is not None
         n = self._partitions.get(topic)
         encoded = None
         if n is None:  # validate and encode all before the topic may be auto-created
