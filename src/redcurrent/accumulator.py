@@ -23,6 +23,7 @@ from itertools import repeat
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.asyncio import RedisCluster
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
@@ -37,7 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import scripts
 from .config import ProducerOptions, seconds_to_ms
-from .connection import Connection
+from .connection import Connection, cluster_transient, refresh_slots, transient
 from .errors import (
     AmbiguousWriteError,
     InvalidPartitionsError,
@@ -132,7 +133,7 @@ def split_records(blob: bytes) -> list[tuple[bytes, bytes, bytes, bytes, bytes]]
 def _never_sent(exc: BaseException) -> bool:
     """The attempt failed before the command could reach Redis (connecting failed, or
     Redis refused it unrun), so it cannot have been stored."""
-    if isinstance(exc, _NOT_RUN):
+    if isinstance(exc, _NOT_RUN) or cluster_transient(exc):
         return True
     return isinstance(exc, RedisConnectionError | RedisTimeoutError) and "connecting to" in str(exc)
 
@@ -436,7 +437,7 @@ class Accumulator:
             budget = min(opt.request_timeout, max(b.created for b in pending) + opt.delivery_timeout - time.monotonic())
             results, confirmed = await self._attempt(pending, max(_MIN_ATTEMPT_S, budget))
             retry = []
-            for b, result in zip(pending, results, strict=True):
+            for i, (b, result) in enumerate(zip(pending, results, strict=True)):
                 if isinstance(result, BaseException):
                     if self._transient(b, result):
                         retry.append(b)
@@ -444,8 +445,8 @@ class Accumulator:
                         self._fail([b], translate(result, f"produce to {self._where(b)}"))
                 elif result[0] == b"NOTOPIC":
                     missing.append(b)
-                elif confirmed is not None and confirmed < 1 and result[0] != b"STALE":
-                    b.confirmed, b.cause = confirmed, "too few replicas confirmed"
+                elif confirmed is not None and confirmed[i] < 1 and result[0] != b"STALE":
+                    b.confirmed, b.cause = confirmed[i], "too few replicas confirmed"
                     retry.append(b)
                 else:
                     self._resolve(b, result)
@@ -453,8 +454,8 @@ class Accumulator:
             # Past its deadline, or not idempotent and possibly stored: no more attempts.
             stop = [b for b in retry if now >= b.created + opt.delivery_timeout
                     or (not pid and (b.maybe_sent or b.confirmed >= 0))]
-            replicas = await self._replica_count() if any(b.confirmed >= 0 for b in stop) else "?"
             for b in stop:
+                replicas = await self._replica_count(b) if b.confirmed >= 0 else "?"
                 self._fail([b], self._give_up(b, replicas, idempotent=bool(pid)))
             pending = [b for b in retry if not b.done]
             if not pending:
@@ -465,36 +466,40 @@ class Accumulator:
             log.warning("produce failed (%s); retry %d in %.2fs", pending[0].cause, attempt, delay)
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
 
-    async def _attempt(self, batches: list[_Batch], budget: float) -> tuple[list[Any], int | None]:
-        """One pipeline of produce calls: a result (or exception) per batch, and how many
-        replicas confirmed it (acks="replica"; None otherwise)."""
+    async def _attempt(self, batches: list[_Batch], budget: float) -> tuple[list[Any], list[int] | None]:
+        """One pipeline of produce calls (one per node on a cluster): a result (or
+        exception) per batch, and per batch how many replicas confirmed it
+        (acks="replica"; None otherwise)."""
         try:
             async with asyncio.timeout(budget):
                 return await self._execute(batches)
-        except _CONNECTION_ERRORS + _NOT_RUN as exc:
+        except Exception as exc:
+            if not (isinstance(exc, _NOT_RUN) or transient(exc)):
+                raise
+            refresh_slots(self._conn.client, background=True)  # a failover: find the new primary
             return [exc] * len(batches), None
 
-    async def _execute(self, batches: list[_Batch]) -> tuple[list[Any], int | None]:
-        """Run the calls for ``batches``: a reply (or exception) per batch, and how many
-        replicas confirmed (acks="replica"; None otherwise)."""
+    async def _execute(self, batches: list[_Batch]) -> tuple[list[Any], list[int] | None]:
+        """Run the calls for ``batches``: a reply (or exception) per batch, and per batch
+        how many replicas confirmed it (acks="replica"; None otherwise). WAIT runs on the
+        connection that carried the writes, right after them: on a cluster, one per node
+        that stored a batch (docs/architecture.md §9)."""
         calls = self._calls(batches)
-        wait = self._opt.acks == "replica"  # WAIT on the same connection, right after the writes
-        results = await scripts.execute_calls(
+        wait = self._opt.acks == "replica"
+        done = await scripts.execute(
             self._conn.client, [c for c, _ in calls], wait_replicas=int(wait), wait_ms=self._wait_ms if wait else 0
         )
-        confirmed = None
-        if wait:
-            last = results.pop()
-            confirmed = last if isinstance(last, int) else 0
         replies: list[Any] = []
-        for (_, group), result in zip(calls, results, strict=True):
+        confirmed: list[int] = []
+        for (_, group), result, waited in zip(calls, done.results, done.confirmed, strict=True):
             if not isinstance(result, BaseException) and (not isinstance(result, list) or len(result) != len(group)):
                 result = RedcurrentError(f"unexpected reply from the produce script: {result!r:.200}")
             if isinstance(result, BaseException):
                 replies += [result] * len(group)
             else:
                 replies += result
-        return replies, confirmed
+            confirmed += [max(0, waited)] * len(group)
+        return replies, confirmed if wait else None
 
     @property
     def _wait_ms(self) -> int:
@@ -502,7 +507,7 @@ class Accumulator:
 
     def _transient(self, b: _Batch, exc: BaseException) -> bool:
         """Worth another attempt? Notes on ``b`` whether this one may have been stored."""
-        if isinstance(exc, _FATAL) or not isinstance(exc, _CONNECTION_ERRORS + _NOT_RUN):
+        if isinstance(exc, _FATAL) or not (isinstance(exc, _CONNECTION_ERRORS + _NOT_RUN) or transient(exc)):
             return False
         if isinstance(exc, TimeoutError) and not str(exc):  # our own per-attempt bound
             b.cause = f"no reply within request_timeout={self._opt.request_timeout}s"
@@ -539,8 +544,13 @@ class Accumulator:
             "attempt reached Redis, so nothing was stored; retry later"
         )
 
-    async def _replica_count(self) -> str:
-        """Replicas attached to the primary (INFO replication), for an error message."""
+    async def _replica_count(self, b: _Batch) -> str:
+        """Replicas attached to the primary that stored ``b`` (INFO replication; on a
+        cluster, the slot map's), for an error message."""
+        client = self._conn.client
+        if isinstance(client, RedisCluster):
+            nodes = client.nodes_manager.slots_cache.get(client.keyslot(self._opt.keys.stream(b.topic, b.partition)))
+            return str(len(nodes) - 1) if nodes else "?"
         try:
             async with asyncio.timeout(min(1.0, self._opt.request_timeout)):
                 info = await self._conn.client.info("replication")

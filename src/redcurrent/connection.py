@@ -7,8 +7,11 @@ check, and a socket timeout well above the longest blocking read we issue.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import socket
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from types import TracebackType
@@ -19,16 +22,49 @@ from redis.asyncio.client import Pipeline as _Pipeline
 from redis.asyncio.cluster import ClusterPipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import ConfigError, RedcurrentError, translate
+from .errors import ConfigError, RedcurrentConnectionError, RedcurrentError, redact, translate
 
-__all__ = ["Capabilities", "Client", "Connection", "Lifecycle", "Pipeline", "connect", "default_url"]
+__all__ = [
+    "CONNECTION_ERRORS",
+    "Capabilities",
+    "Client",
+    "Connection",
+    "Lifecycle",
+    "Pipeline",
+    "cluster_transient",
+    "connect",
+    "default_url",
+    "refresh_slots",
+    "transient",
+    "transient_error",
+]
+
+log = logging.getLogger(__name__)
 
 Client: TypeAlias = "Redis | RedisCluster"
 Pipeline: TypeAlias = "_Pipeline | ClusterPipeline"
 
 SOCKET_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5.0
+CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+# A cluster in transition refuses a command without running it: CLUSTERDOWN while a
+# failed primary's replica is being promoted, TRYAGAIN while a slot's keys are moved,
+# ASK/MOVED past our redirect bound, redis-py's "TTL exhausted" after its own redirects,
+# an uncovered slot, or no node answering the slot-map query (docs/cluster.md).
+_CLUSTER_TRANSIENT = (ClusterError, TryAgainError, AskError, SlotNotCoveredError)
+_REFRESH_EVERY_S = 0.05  # at most one slot-map query per client this often
+_last_refresh: dict[int, float] = {}
+_refreshing: set[asyncio.Task[None]] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,3 +216,65 @@ def _version(info: dict[str, object]) -> tuple[int, int, int]:
 
 def _server(info: dict[str, object]) -> str:
     return "valkey" if info.get("server_name") == "valkey" or "valkey_version" in info else "redis"
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+def cluster_transient(exc: BaseException) -> bool:
+    """A cluster refused the command unrun and will accept it later (see above)."""
+    if isinstance(exc, _CLUSTER_TRANSIENT):
+        return True
+    text = str(exc)
+    return type(exc) is RedisClusterException and ("cannot be connected" in text or "not covered" in text)
+
+
+def transient(exc: BaseException) -> bool:
+    """Worth retrying with backoff until ``request_timeout``: a connection error or
+    timeout, or a cluster in transition (failover, resharding)."""
+    return isinstance(exc, CONNECTION_ERRORS) or cluster_transient(exc)
+
+
+def transient_error(exc: BaseException, what: str) -> RedcurrentError:
+    """The typed error for a transient failure that outlived its retries."""
+    if cluster_transient(exc):
+        return RedcurrentConnectionError(
+            f"{what}: the Redis Cluster is not serving the slot ({redact(f'{type(exc).__name__}: {exc}')}): "
+            "a failover or a slot migration did not finish in time, or slots are uncovered "
+            "(cluster_state:fail); check CLUSTER INFO, then retry"
+        )
+    return translate(exc, what)
+
+
+def refresh_slots(client: Client, *, background: bool = False) -> asyncio.Task[None] | None:
+    """Re-read a cluster client's slot map soon (at most every 50 ms per client).
+
+    redis-py refreshes it on MOVED, and after a connection error only inside its own
+    retries, which clients we build have off (docs/architecture.md §12); our own
+    deadlines cancel a call before redis-py sees any error at all. So every caller that
+    meets a connection error, a timeout or CLUSTERDOWN on a cluster calls this: the
+    replica promoted by a failover is found at the next attempt. Returns the task doing
+    it (None on a single server, or when a refresh ran just now); ``background`` callers
+    (a cancelled call) do not wait for it.
+    """
+    if not isinstance(client, RedisCluster):
+        return None
+    now = time.monotonic()
+    if now - _last_refresh.get(id(client), 0.0) < _REFRESH_EVERY_S:
+        return None
+    _last_refresh[id(client)] = now
+    task = asyncio.get_running_loop().create_task(_refresh(client), name="redcurrent-slot-refresh")
+    _refreshing.add(task)
+    task.add_done_callback(_refreshing.discard)
+    return None if background else task
+
+
+async def _refresh(client: RedisCluster) -> None:
+    try:
+        # CLUSTER SLOTS from a node that answers; redis-py keeps each node's pool, and the
+        # nodes a failover removed are disconnected. (RedisCluster.initialize() would
+        # also resend COMMAND, and only when its private flag says so.)
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            await client.nodes_manager.initialize()
+    except Exception as exc:  # the next failure asks again
+        log.debug("cluster slot map refresh failed: %s", redact(f"{type(exc).__name__}: {exc}"))

@@ -36,11 +36,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from redis.asyncio.client import Pipeline
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError, WatchError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import scripts
+from .connection import CONNECTION_ERRORS, refresh_slots, transient, transient_error
 from .errors import DecodeError, FencedError, translate
 from .retry import Backoff
 from .serde import REQUEUE_HEADER, Deserializer, decode_fields, entry_slots
@@ -56,7 +55,6 @@ __all__ = ["Credits", "Dispatcher", "FetchContext", "LeaseLost", "PartitionFetch
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 INSIST = 10  # cancellations (0.2 s apart) before a stop leaves a handler's task behind
 _WATCH_TRIES = 3  # a watched fetch whose key keeps changing falls back to the script
 # Reads at least this large take the watched path: it moves per-entry work from the
@@ -350,18 +348,25 @@ class PartitionFetcher:
                 async with c.limit:
                     async with asyncio.timeout(c.fetch_timeout):
                         return await fn()
-            except CONNECTION_ERRORS as exc:
+            except Exception as exc:
+                # A cluster failing over or moving a slot refuses calls it did not run
+                # (CLUSTERDOWN, TRYAGAIN, ...): retried like a lost connection, never a
+                # dead fetch task (docs/cluster.md).
+                if not transient(exc):
+                    raise
                 attempt += 1
                 c.count("redis_errors")
+                if isinstance(exc, CONNECTION_ERRORS):
+                    refresh_slots(c.client, background=True)  # our deadline hides it from redis-py
                 if on_error is not None:
                     on_error()
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise translate(exc, f"{what} on {self.tp.topic}[{self.tp.partition}]: "
-                                         f"gave up after request_timeout={c.request_timeout}s") from None
+                    raise transient_error(exc, f"{what} on {self.tp.topic}[{self.tp.partition}]: "
+                                               f"gave up after request_timeout={c.request_timeout}s") from None
                 delay = min(left, c.backoff.delay(attempt))
                 log.warning("%r: %s failed (%s); retry %d in %.2fs", self, what,
-                            translate(exc, what), attempt, delay)
+                            transient_error(exc, what), attempt, delay)
                 await asyncio.sleep(delay)
 
     # -- the loop --
@@ -595,7 +600,11 @@ class PartitionFetcher:
                 async with asyncio.timeout(self.ctx.block_ms / 1000 + self.ctx.fetch_timeout):
                     found = await self.ctx.client.xread({self.stream: last_id}, count=1, block=self.ctx.block_ms)
             return bool(found)
-        except CONNECTION_ERRORS:
+        except Exception as exc:  # read-only: the next fetch finds out what happened
+            if not transient(exc):
+                raise
+            if isinstance(exc, CONNECTION_ERRORS):
+                refresh_slots(self.ctx.client, background=True)
             await asyncio.sleep(0.1)
             return True
 
