@@ -367,7 +367,8 @@ class EmbeddedCluster:
 
     All nodes run one binary (as :func:`find_server_binary` finds it) with
     ``cluster-node-timeout 1000``, so a killed primary's replica takes over in 2-3 s.
-    Nodes are never restarted: a killed node stays down until :meth:`stop`. ``timeout``
+    A killed node stays down until :meth:`restart` (it comes back as a replica) or
+    :meth:`stop`. ``timeout``
     bounds the whole start-up and is the default wait of :meth:`wait_ready` and
     :meth:`failover`.
 
@@ -548,6 +549,16 @@ class EmbeddedCluster:
     def kill(self, node: ClusterNode) -> None:
         """SIGKILL ``node``, as a crash would. It stays down; :meth:`wait_ready` to recover."""
         node.kill()
+
+    def restart(self, node: ClusterNode, timeout: float | None = None) -> None:
+        """Start a killed node again on its port, from its data directory (``nodes.conf``),
+        as a supervisor would: it rejoins, as a replica of whoever took its slots over.
+        Waits until it answers PING; :meth:`wait_ready` waits for it to be in sync."""
+        if node.running:
+            raise ConfigError(f"{node!r} is running")
+        node._auto_port = False  # its port is in every other node's view
+        node._spawn()
+        node._wait_answering(time.monotonic() + (self.timeout if timeout is None else timeout))
 
     def failover(self, replica: ClusterNode, timeout: float | None = None) -> None:
         """Promote ``replica`` with CLUSTER FAILOVER (its primary agrees and steps down) and

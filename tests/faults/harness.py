@@ -1,7 +1,8 @@
 """The fault-injection harness: one standard run, a fault, a drain, a checked history.
 
-A :class:`FaultRun` starts its own server (optionally with AOF), a topic of 8
-partitions, N consumer *processes* (``tests/support/worker.py``: each logs what it
+A :class:`FaultRun` starts its own server (optionally with AOF), or with
+``cluster=True`` its own Redis Cluster of 3 primaries + 3 replicas
+(:class:`support.servers.Cluster`: kill, fail over, move slots), a topic of 8 partitions, N consumer *processes* (``tests/support/worker.py``: each logs what it
 handled and acked with ``os.write`` on an O_APPEND fd, stamped ``monotonic_ns``), and an
 in-process producer of keyed messages (``keys`` keys x ``seqs`` sequence numbers, paced).
 Optionally every client talks through its own :class:`FaultProxy`, for network faults.
@@ -25,14 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from support.history import Event, History, Sent, check_history, read_log
 from support.proxy import FaultProxy
-from support.servers import ServerProcess
+from support.servers import Cluster, ServerProcess
 
 from redcurrent import Admin, Producer, Record, RedcurrentError
+from redcurrent.embedded import ClusterNode
 from redcurrent.keys import Keys
 
 WORKER = Path(__file__).resolve().parents[1] / "support" / "worker.py"
@@ -101,12 +103,19 @@ class FaultRun:
         appendfsync: str = "everysec",
         proxies: bool = False,
         work_ms: float = 0.0,
+        cluster: bool = False,
+        acks: str = "leader",
     ) -> None:
         self.tmp, self.name = tmp, name
         self.keys, self.seqs, self.rate = keys, seqs, rate
         self.partitions, self.consumers = partitions, consumers
         self.hb, self.session, self.work_ms = hb, session, work_ms
-        self.server = ServerProcess(binary, appendonly=appendonly, appendfsync=appendfsync)  # type: ignore[arg-type]
+        self.acks = acks
+        # One of the two: a single server, or a 3 + 3 cluster (never restarted nodes).
+        self.cluster: Cluster | None = Cluster(binary) if cluster else None
+        self.server = (
+            None if cluster else ServerProcess(binary, appendonly=appendonly, appendfsync=appendfsync)  # type: ignore[arg-type]
+        )
         self.use_proxies = proxies
         self.proxies: dict[str, FaultProxy] = {}
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
@@ -115,18 +124,32 @@ class FaultRun:
         self.epochs: list[int] = []
         self._producer_task: asyncio.Task[None] | None = None
         self._epoch_task: asyncio.Task[None] | None = None
-        self._raw: Redis | None = None
+        self._raw: Redis | RedisCluster | None = None
         self.keys_ = Keys(NS)
+
+    @property
+    def url(self) -> str:
+        """The server's URL, or a running cluster primary's (nodes may have been killed)."""
+        if self.cluster is not None:
+            return self.cluster.url
+        assert self.server is not None
+        return self.server.url
 
     # -- lifecycle --
     async def start(self) -> None:
-        self.server.start()
-        self._raw = Redis.from_url(self.server.url, retry=Retry(NoBackoff(), 0), socket_timeout=2)
-        async with Admin(self.server.url, namespace=NS) as admin:
+        if self.cluster is not None:
+            await asyncio.to_thread(self.cluster.start)
+            # redis-py's own cluster retries on: this client only observes, through failovers
+            self._raw = RedisCluster.from_url(self.url, socket_timeout=2)
+        else:
+            assert self.server is not None
+            self.server.start()
+            self._raw = Redis.from_url(self.server.url, retry=Retry(NoBackoff(), 0), socket_timeout=2)
+        async with Admin(self.url, namespace=NS) as admin:
             await admin.create_topic(TOPIC, self.partitions)
         if self.use_proxies:
             for name in ["producer", *(f"w{i}" for i in range(self.consumers))]:
-                self.proxies[name] = await FaultProxy.for_url(self.server.url).start()
+                self.proxies[name] = await FaultProxy.for_url(self.url).start()
         for i in range(self.consumers):
             self.start_worker(i)
         await self.wait_balanced(timeout=20)
@@ -135,7 +158,7 @@ class FaultRun:
 
     def url_for(self, name: str) -> str:
         proxy = self.proxies.get(name)
-        return proxy.url if proxy is not None else self.server.url
+        return proxy.url if proxy is not None else self.url
 
     def start_worker(self, i: int) -> None:
         log = self.tmp / f"{self.name}-w{i}.log"
@@ -186,7 +209,10 @@ class FaultRun:
             await proxy.close()
         if self._raw is not None:
             await self._raw.aclose()
-        self.server.stop()
+        if self.cluster is not None:
+            await asyncio.to_thread(self.cluster.stop)
+        if self.server is not None:
+            self.server.stop()
 
     async def __aenter__(self) -> FaultRun:
         try:
@@ -205,7 +231,9 @@ class FaultRun:
 
     async def _produce(self) -> None:
         interval = self.keys / self.rate
-        async with Producer(self.url_for("producer"), namespace=NS, request_timeout=60) as producer:
+        async with Producer(
+            self.url_for("producer"), namespace=NS, request_timeout=60, acks=self.acks  # type: ignore[arg-type]
+        ) as producer:
             start = time.monotonic()
             for seq in range(self.seqs):
                 records = [Record({"seq": seq}, key=f"k{k}") for k in range(self.keys)]
@@ -275,10 +303,16 @@ class FaultRun:
         raise AssertionError(f"{self.name}: group never balanced")
 
     def resumed_after(
-        self, t_ns: int, partitions: set[int], excluding: str | None = None
+        self,
+        t_ns: int,
+        partitions: set[int],
+        excluding: str | None = None,
+        written_after_ms: int | None = None,
     ) -> float | None:
         """Seconds from ``t_ns`` until each of ``partitions`` was handled again by
-        someone other than ``excluding`` (the slowest partition); None if one never was."""
+        someone other than ``excluding`` (the slowest partition); None if one never was.
+        ``written_after_ms``: only entries the server stored after that wall-clock time
+        count (so both the producer and the consumers are back, not a batch in hand)."""
         first: dict[int, int] = {}
         for e in self.events():
             if (
@@ -286,11 +320,30 @@ class FaultRun:
                 and e.t_ns > t_ns
                 and e.partition in partitions
                 and e.consumer != excluding
+                and (written_after_ms is None or int(e.entry_id.split("-")[0]) > written_after_ms)
             ):
                 first[e.partition] = min(first.get(e.partition, e.t_ns), e.t_ns)
         if set(first) != partitions:
             return None
         return (max(first.values()) - t_ns) / 1e9
+
+    def workers_died(self) -> list[int]:
+        """Consumer processes that exited although nobody stopped them."""
+        return [i for i, p in self.procs.items() if p.poll() is not None]
+
+    # -- the cluster --
+    def node_of(self, partition: int) -> ClusterNode:
+        """The primary that serves ``partition``'s stream now."""
+        assert self.cluster is not None
+        return self.cluster.primary_for_key(self.keys_.stream(TOPIC, partition))
+
+    def partitions_on(self, node: ClusterNode) -> set[int]:
+        return {p for p in range(self.partitions) if self.node_of(p) is node}
+
+    def coordinator_node(self) -> ClusterNode:
+        """The primary of the topic's slot ``{topic}`` (the group's coordinator keys)."""
+        assert self.cluster is not None
+        return self.cluster.primary_for_key(self.keys_.meta(TOPIC))
 
     # -- faults on processes --
     def signal(self, i: int, sig: signal.Signals) -> int:
@@ -335,7 +388,7 @@ class FaultRun:
         return total
 
     async def lag(self) -> int:
-        async with Admin(self.server.url, namespace=NS) as admin:
+        async with Admin(self.url, namespace=NS) as admin:
             return sum((await admin.lag(TOPIC, GROUP)).values())
 
     async def partition_count(self) -> int:

@@ -272,11 +272,16 @@ SCENARIOS: dict[str, Scenario] = {
 
 # -- helpers --
 async def _wait_resumed(
-    run: FaultRun, t_ns: int, parts: set[int], excluding: str | None, timeout: float
+    run: FaultRun,
+    t_ns: int,
+    parts: set[int],
+    excluding: str | None,
+    timeout: float,
+    written_after_ms: int | None = None,
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not parts or run.resumed_after(t_ns, parts, excluding=excluding) is not None:
+        if not parts or run.resumed_after(t_ns, parts, excluding, written_after_ms) is not None:
             return
         await asyncio.sleep(0.05)
 
@@ -304,3 +309,78 @@ def _max(values: list[float | None]) -> float | None:
     if not values or any(v is None for v in values):
         return None
     return max(v for v in values if v is not None)
+
+
+# -- Redis Cluster (3 primaries + 3 replicas, cluster-node-timeout 1 s) --
+NODE_TIMEOUT_S = 1.0
+
+
+def _cluster_run(tmp: Path, binary: str, name: str, full: bool, acks: str, **kw: Any) -> FaultRun:
+    return _run(tmp, binary, name, full, cluster=True, acks=acks, **kw)
+
+
+def _victim(run: FaultRun, target: str) -> Any:
+    """The primary to fail: the coordinator's (``{topic}``), or one holding partitions
+    but not the coordinator slot."""
+    coordinator = run.coordinator_node()
+    if target == "coordinator":
+        return coordinator
+    assert run.cluster is not None
+    return next(n for n in run.cluster.primaries() if n is not coordinator and run.partitions_on(n))
+
+
+async def cluster_primary_kill(
+    tmp: Path, binary: str, full: bool, acks: str = "replica", target: str = "partitions"
+) -> Report:
+    """SIGKILL a primary (its replica takes over after the node timeout) while the
+    producer sends and 3 consumer processes consume.
+
+    With acks="replica" the killed node is restarted once its replica is promoted (as a
+    supervisor would), and comes back as the new primary's replica: until then the new
+    primary has no replica, so its partitions store sends but confirm none."""
+    async with _cluster_run(tmp, binary, f"cluster-kill-{target}-{acks}", full, acks) as run:
+        await _after_start(run, 1.0)
+        victim = _victim(run, target)
+        parts = run.partitions_on(victim) or set(range(run.partitions))
+        cluster = run.cluster
+        assert cluster is not None
+        [replica] = cluster.replicas_of(victim)
+        t, t_ms = time.monotonic_ns(), int(time.time() * 1000)
+        cluster.kill(victim)
+        limit = NODE_TIMEOUT_S + 3
+        if acks == "replica":
+            await _until(lambda: replica.role == "primary", 20)
+            promoted = (time.monotonic_ns() - t) / 1e9
+            await asyncio.to_thread(cluster.restart, victim)
+        await _wait_resumed(run, t, parts, None, limit + 10, written_after_ms=t_ms)
+        resumed = run.resumed_after(t, parts, written_after_ms=t_ms)
+        await asyncio.to_thread(cluster.wait_ready)
+        report = await run.finish(resume_s=resumed, limit_s=limit)
+        report.extra["workers_died"] = len(run.workers_died())
+        if acks == "replica":
+            report.extra["promoted_s"] = promoted
+        return report
+
+
+async def _until(done: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(done):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not done within {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+async def cluster_manual_failover(tmp: Path, binary: str, full: bool, acks: str = "leader") -> Report:
+    """CLUSTER FAILOVER on the replica of a primary holding partitions."""
+    async with _cluster_run(tmp, binary, f"cluster-failover-{acks}", full, acks) as run:
+        await _after_start(run, 1.0)
+        victim = _victim(run, "partitions")
+        assert run.cluster is not None
+        [replica] = run.cluster.replicas_of(victim)
+        t = time.monotonic_ns()
+        await asyncio.to_thread(run.cluster.failover, replica)
+        parts = run.partitions_on(replica)
+        await _wait_resumed(run, t, parts, None, 10)
+        report = await run.finish(resume_s=run.resumed_after(t, parts), limit_s=NODE_TIMEOUT_S + 3)
+        report.extra["workers_died"] = len(run.workers_died())
+        return report

@@ -85,10 +85,3 @@ async def _replicas(r: Redis) -> bool:
         int(info.get("connected_slaves", 0)) >= 1
         and info.get("slave0", {}).get("state") == "online"
     )
-
-
-async def test_replica_acks_refused_on_a_cluster(cluster: object, namespace: str) -> None:
-    url = cluster.url  # type: ignore[attr-defined]
-    with pytest.raises(redcurrent.ConfigError):
-        async with Producer(url, namespace=namespace, acks="replica"):
-            pass
