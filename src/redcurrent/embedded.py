@@ -571,6 +571,44 @@ class EmbeddedCluster:
         self._poll(lambda: replica.role == "primary", budget, f"{replica!r} not promoted")
         self.wait_ready(budget)
 
+    def migrate_slot(
+        self, slot: int, target: ClusterNode, *, step_s: float = 0.0, batch: int = 1
+    ) -> int:
+        """Move ``slot`` to the primary ``target`` as an operator's resharding does:
+        ``CLUSTER SETSLOT IMPORTING`` on the target, ``MIGRATING`` on the owner, then
+        ``MIGRATE`` of ``batch`` keys at a time (``step_s`` apart, so clients meet ASK and
+        TRYAGAIN meanwhile), then ``SETSLOT NODE`` on the target, the old owner and every
+        other primary. Returns how many keys moved; waits until every node agrees.
+
+        Example::
+
+            n = cluster.migrate_slot(key_slot(b"{orders:3}"), other_primary, step_s=0.1)
+        """
+        source = self.primary_for_slot(slot)
+        if source is target or target.role != "primary":
+            raise ConfigError(f"{target!r} must be another running primary")
+        with target.client() as client:
+            client.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source.node_id)
+        moved = 0
+        with source.client(socket_timeout=30) as client:
+            client.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target.node_id)
+            while keys := client.execute_command("CLUSTER GETKEYSINSLOT", slot, batch):
+                client.execute_command("MIGRATE", HOST, target.port, "", 0, 10_000, "KEYS", *keys)
+                moved += len(keys)
+                if step_s:
+                    time.sleep(step_s)
+        for node in [target, source, *(n for n in self.primaries() if n not in (target, source))]:
+            with node.client() as client:
+                client.execute_command("CLUSTER SETSLOT", slot, "NODE", target.node_id)
+        self._poll(lambda: all(self._serves(n, slot, target) for n in self.nodes if n.running),
+                   self.timeout, f"slot {slot} not moved to {target!r}")
+        return moved
+
+    @staticmethod
+    def _serves(viewer: ClusterNode, slot: int, owner: ClusterNode) -> bool:
+        line = viewer._view().get(owner.node_id)
+        return line is not None and any(slot in r for r in line.slots)
+
     def describe(self) -> str:
         """Every node's state and view (CLUSTER NODES), for error messages."""
         out = []

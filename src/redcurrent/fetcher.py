@@ -601,7 +601,8 @@ class PartitionFetcher:
                     found = await self.ctx.client.xread({self.stream: last_id}, count=1, block=self.ctx.block_ms)
             return bool(found)
         except Exception as exc:  # read-only: the next fetch finds out what happened
-            if not transient(exc):
+            # (a blocked read whose slot moved is answered UNBLOCKED or a redirection)
+            if not (transient(exc) or isinstance(exc, ResponseError)):
                 raise
             if isinstance(exc, CONNECTION_ERRORS):
                 refresh_slots(self.ctx.client, background=True)

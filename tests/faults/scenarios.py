@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import NS, TOPIC, FaultRun, Report
+from redis.crc import key_slot
 from support.history import Event, Sent, check_history
 
 from redcurrent import Admin
@@ -61,9 +62,10 @@ def _zombie_violations(run: FaultRun, member: str, since_ns: int) -> int:
     return bad
 
 
-async def sigkill(tmp: Path, binary: str, full: bool) -> Report:
+async def sigkill(tmp: Path, binary: str, full: bool, **kw: Any) -> Report:
     """SIGKILL a consumer (3 times in full), restarting the victim each time."""
-    async with _run(tmp, binary, "sigkill", full) as run:
+    name = "cluster-sigkill" if kw.get("cluster") else "sigkill"
+    async with _run(tmp, binary, name, full, **kw) as run:
         await _after_start(run, 1.0)
         resumes = []
         for _ in range(3 if full else 1):
@@ -95,9 +97,10 @@ async def sigterm(tmp: Path, binary: str, full: bool) -> Report:
         return await run.finish(handoff_s=_max(handoffs), limit_s=2 * H + 1)
 
 
-async def zombie(tmp: Path, binary: str, full: bool) -> Report:
+async def zombie(tmp: Path, binary: str, full: bool, **kw: Any) -> Report:
     """SIGSTOP a consumer for 2.7 S, then SIGCONT (twice in full)."""
-    async with _run(tmp, binary, "zombie", full, seqs_short=80) as run:
+    name = "cluster-zombie" if kw.get("cluster") else "zombie"
+    async with _run(tmp, binary, name, full, seqs_short=80, **kw) as run:
         await _after_start(run, 1.0)
         rejoins, zombie_events = [], 0
         for _ in range(2 if full else 1):
@@ -357,6 +360,10 @@ async def cluster_primary_kill(
         await asyncio.to_thread(cluster.wait_ready)
         report = await run.finish(resume_s=resumed, limit_s=limit)
         report.extra["workers_died"] = len(run.workers_died())
+        # Only writes acknowledged before the crash can be lost (acks="leader"): after
+        # it, a partition is written on its new primary only.
+        stored_ms = {(s.key, s.seq): int(s.entry_id.split("-")[0]) for s in run.sent}
+        report.extra["lost_after_kill"] = sum(stored_ms[m] > t_ms for m in report.history.lost)
         if acks == "replica":
             report.extra["promoted_s"] = promoted
         return report
@@ -377,10 +384,45 @@ async def cluster_manual_failover(tmp: Path, binary: str, full: bool, acks: str 
         victim = _victim(run, "partitions")
         assert run.cluster is not None
         [replica] = run.cluster.replicas_of(victim)
-        t = time.monotonic_ns()
+        t, t_ms = time.monotonic_ns(), int(time.time() * 1000)
         await asyncio.to_thread(run.cluster.failover, replica)
         parts = run.partitions_on(replica)
-        await _wait_resumed(run, t, parts, None, 10)
-        report = await run.finish(resume_s=run.resumed_after(t, parts), limit_s=NODE_TIMEOUT_S + 3)
+        await _wait_resumed(run, t, parts, None, 10, written_after_ms=t_ms)
+        report = await run.finish(
+            resume_s=run.resumed_after(t, parts, written_after_ms=t_ms), limit_s=NODE_TIMEOUT_S + 3
+        )
         report.extra["workers_died"] = len(run.workers_died())
         return report
+
+
+async def cluster_slot_move(tmp: Path, binary: str, full: bool, what: str = "partition") -> Report:
+    """Move one partition's slot (``{topic:0}``), or the coordinator's (``{topic}``), to
+    another primary key by key (SETSLOT IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE)
+    while the producer sends and 3 consumer processes consume."""
+    async with _cluster_run(tmp, binary, f"cluster-move-{what}", full, "leader") as run:
+        await _after_start(run, 1.0)
+        key = run.keys_.meta(TOPIC) if what == "coordinator" else run.keys_.stream(TOPIC, 0)
+        cluster = run.cluster
+        assert cluster is not None
+        source = cluster.primary_for_key(key)
+        target = next(n for n in cluster.primaries() if n is not source)
+        t = time.monotonic()
+        moved = await asyncio.to_thread(cluster.migrate_slot, key_slot(key.encode()), target, step_s=0.1)
+        took = time.monotonic() - t
+        report = await run.finish(keys_moved=moved, move_s=round(took, 2))
+        report.extra["workers_died"] = len(run.workers_died())
+        report.extra["moved_to_target"] = cluster.primary_for_key(key) is target
+        return report
+
+
+CLUSTER_SCENARIOS: dict[str, Scenario] = {
+    "cluster: primary SIGKILL, acks=replica": cluster_primary_kill,
+    "cluster: coordinator's primary SIGKILL, acks=leader": lambda t, b, f: cluster_primary_kill(
+        t, b, f, acks="leader", target="coordinator"
+    ),
+    "cluster: manual failover, acks=leader": cluster_manual_failover,
+    "cluster: partition slot moved": cluster_slot_move,
+    "cluster: coordinator slot moved": lambda t, b, f: cluster_slot_move(t, b, f, "coordinator"),
+    "cluster: SIGKILL a consumer": lambda t, b, f: sigkill(t, b, f, cluster=True),
+    "cluster: SIGSTOP 2.7 S (zombie)": lambda t, b, f: zombie(t, b, f, cluster=True),
+}
