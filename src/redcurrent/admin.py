@@ -10,20 +10,22 @@ from typing import Any
 
 import orjson
 
-from . import dlq, offsets, topics
+from . import dlq, offsets, serde, topics
 from . import groups as groups_mod
 from .config import DEFAULT_NAMESPACE, check_bool, check_ttl_ms
 from .connection import Client, Connection, Lifecycle, connect
 from .errors import (
     ConfigError,
+    DecodeError,
     GroupError,
+    InvalidPartitionsError,
     RequeueError,
     UnknownGroupError,
     UnknownTopicError,
     translate,
 )
 from .keys import Keys, validate_name
-from .structs import GroupInfo, PartitionInfo, TopicConfig, TopicInfo
+from .structs import GroupInfo, Message, PartitionInfo, TopicConfig, TopicInfo
 
 __all__ = ["Admin"]
 
@@ -121,12 +123,63 @@ class Admin(Lifecycle):
             pipe.xlen(stream)
             pipe.xrevrange(stream, count=1)
             pipe.xrange(stream, count=1)
-        raw = await self._call(pipe.execute(), "describe_topic")
+            pipe.memory_usage(stream, samples=0)  # MEMORY USAGE: None for a missing key
+        raw = await self._call(pipe.execute(raise_on_error=False), "describe_topic")
         parts = []
         for p in range(meta.partitions):
-            length, last, first = raw[3 * p : 3 * p + 3]
-            parts.append(PartitionInfo(p, int(length), _first_id(last), _first_id(first)))
+            length, last, first, used = raw[4 * p : 4 * p + 4]
+            for reply in (length, last, first):
+                if isinstance(reply, Exception):
+                    raise translate(reply, "describe_topic")
+            size = int(used) if isinstance(used, int) else None  # a server may refuse MEMORY
+            parts.append(PartitionInfo(p, int(length), _first_id(last), _first_id(first), size))
         return TopicInfo(meta.name, meta.partitions, meta.version, meta.config, tuple(parts), meta.created_at)
+
+    async def read_partition(
+        self, topic: str, partition: int, start: str | dt.datetime = "earliest", count: int = 100
+    ) -> list[Message]:
+        """Up to ``count`` messages of one partition from ``start`` on, without a group.
+
+        Read-only (XRANGE): nothing is delivered, acked or created, so no group's position
+        moves. ``start``: ``"earliest"``, an entry id (inclusive) or a ``datetime`` (the
+        first entry at or after it). Messages are decoded as a consumer would (``attempts``
+        is 0: not delivered); an entry that does not decode comes back with its raw value
+        bytes and an ``rc-decode-error`` header saying why. Page on with the id after the
+        last one (``offsets`` arithmetic: ``f"{ms}-{seq + 1}"``).
+        """
+        validate_name(topic)
+        if isinstance(partition, bool) or not isinstance(partition, int) or partition < 0:
+            raise InvalidPartitionsError(f"partition must be an int >= 0, got {partition!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError(f"count must be a positive int, got {count!r}")
+        info = await self.describe_topic(topic)
+        if partition >= info.partitions:
+            raise InvalidPartitionsError(
+                f"partition {partition} is out of range: topic {topic!r} has {info.partitions} partitions"
+            )
+        if start == "earliest":
+            first = "-"
+        elif isinstance(start, dt.datetime):
+            moment = start if start.tzinfo else start.replace(tzinfo=dt.UTC)
+            first = f"{max(0, int(moment.timestamp() * 1000))}-0"
+        elif isinstance(start, str):
+            first = offsets.check_id(start)
+        else:
+            raise ConfigError(f"start must be 'earliest', an entry id or a datetime, got {start!r}")
+        client = await self._client()
+        stream = self._keys.stream(topic, partition)
+        raw = await self._call(client.xrange(stream, first, "+", count=count), "read_partition")
+        out = []
+        for entry_id, fields in raw:
+            flat = [x for pair in fields.items() for x in pair]
+            try:
+                msg = serde.decode_fields(topic, partition, entry_id, 0, flat, None)
+            except DecodeError as exc:
+                eid = entry_id.decode()
+                msg = Message(topic, partition, eid, None, fields.get(b"v", b""),
+                              {"rc-decode-error": str(exc)}, int(eid.partition("-")[0]), 0)
+            out.append(msg)
+        return out
 
     async def list_topics(self) -> list[str]:
         """Names of all topics in this namespace, sorted."""

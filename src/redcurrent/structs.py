@@ -95,12 +95,14 @@ class TopicConfig:
 
 @dataclass(frozen=True, slots=True)
 class PartitionInfo:
-    """One partition of a topic: its length and last entry id (None when empty)."""
+    """One partition of a topic: its length, first and last entry id (None when empty)
+    and the memory it uses."""
 
     partition: int
     length: int
     last_id: str | None
     first_id: str | None = None
+    bytes: int | None = None  # memory the stream uses (MEMORY USAGE), None if unknown
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,7 +90,7 @@ def cli(ctx: click.Context, url: str | None, namespace: str, json_mode: bool, ve
 
 
 def _register() -> None:
-    from . import bench, consume, demo, dlq, groups, offsets, produce, topics
+    from . import bench, console, consume, demo, dlq, groups, offsets, produce, topics
 
     cli.add_command(topics.topics)
     cli.add_command(groups.groups)
@@ -100,6 +100,7 @@ def _register() -> None:
     cli.add_command(dlq.dlq)
     cli.add_command(demo.demo)
     cli.add_command(bench.bench)
+    cli.add_command(console.console)
 
 
 _register()
