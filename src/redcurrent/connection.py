@@ -154,8 +154,12 @@ def _client_options() -> dict[str, object]:
     }
 
 
-async def connect(url: str | None, client: Client | None) -> Connection:
-    """Build (or adopt) a client and probe its server. Raises RedcurrentConnectionError."""
+async def connect(url: str | None, client: Client | None, *, retry_for: float = 0.0) -> Connection:
+    """Build (or adopt) a client and probe its server. Raises RedcurrentConnectionError.
+
+    A cluster whose slot map cannot be read whole yet (uncovered slots, a node still
+    joining, no node answering) is asked again with backoff for ``retry_for`` seconds,
+    saying so in the log, then the error is a RedcurrentConnectionError naming it."""
     if client is not None and url is not None:
         raise ConfigError("pass either url= or redis=, not both")
     if client is not None:
@@ -176,13 +180,22 @@ async def connect(url: str | None, client: Client | None) -> Connection:
     await plain.aclose()
     options = _client_options()
     options.pop("health_check_interval")
-    cluster = RedisCluster.from_url(target, **options)
-    try:
-        await cluster.initialize()
-    except Exception as exc:
-        await cluster.aclose()
-        raise translate(exc, "connecting to the Redis Cluster") from None
-    return Connection(cluster, caps, owned=True)
+    deadline = time.monotonic() + retry_for
+    delay = 0.05
+    while True:
+        cluster = RedisCluster.from_url(target, **options)
+        try:
+            await cluster.initialize()
+            return Connection(cluster, caps, owned=True)
+        except Exception as exc:
+            await cluster.aclose()
+            what = "connecting to the Redis Cluster"
+            left = deadline - time.monotonic()
+            if not transient(exc) or left <= 0:
+                raise transient_error(exc, what) from None
+            delay = min(delay * 2, 1.0, left)
+            log.warning("%s: %s; asking again in %.1fs", what, redact(str(exc)), delay)
+        await asyncio.sleep(delay)
 
 
 def _check_client(client: object) -> None:

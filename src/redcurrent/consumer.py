@@ -162,7 +162,7 @@ class Consumer(Lifecycle):
                 return
             if self._state == "stopped":
                 raise ConsumerStoppedError("this consumer was stopped; create a new one")
-            self._conn = await connect(self._url, self._given)
+            self._conn = await connect(self._url, self._given, retry_for=self._opt.request_timeout)
             try:
                 await self._join()
             except BaseException:

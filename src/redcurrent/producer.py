@@ -136,7 +136,7 @@ class Producer(Lifecycle):
             if self._acc is not None:
                 return
             # acks="replica" works on a cluster too: each node's pipeline ends with WAIT.
-            self._conn = await connect(self._url, self._given)
+            self._conn = await connect(self._url, self._given, retry_for=self._opt.request_timeout)
             self._acc = Accumulator(self._conn, self._opt, self._topic_config)
             self._acc.on_version = self._version_seen
             self._acc.on_missing = self._topic_missing
