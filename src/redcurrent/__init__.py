@@ -33,6 +33,7 @@ from .errors import (
     UnknownGroupError,
     UnknownTopicError,
 )
+from .offsets import next_id
 from .partitioner import StickyPartitioner, murmur3_32, partition_for_key
 from .producer import Producer
 from .retry import Backoff, BatchError, DeadLetter, Retry, RetryPolicy
@@ -104,5 +105,6 @@ __all__ = (
     "UnknownTopicError",
     "__version__",
     "murmur3_32",
+    "next_id",
     "partition_for_key",
 )

@@ -353,7 +353,7 @@ class Accumulator:
         finally:
             self._busy.difference_update(keys)
             self._inflight = [b for b in self._inflight if not b.done]
-            self._requests.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._requests.discard(asyncio.current_task())
             if self._open or self._ready:
                 self._flush_now = not self._requests  # nothing else outstanding: at once
                 self._wakeup.set()

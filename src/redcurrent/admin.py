@@ -144,18 +144,21 @@ class Admin(Lifecycle):
         moves. ``start``: ``"earliest"``, an entry id (inclusive) or a ``datetime`` (the
         first entry at or after it). Messages are decoded as a consumer would (``attempts``
         is 0: not delivered); an entry that does not decode comes back with its raw value
-        bytes and an ``rc-decode-error`` header saying why. Page on with the id after the
-        last one (``offsets`` arithmetic: ``f"{ms}-{seq + 1}"``).
+        bytes and an ``rc-decode-error`` header saying why. Page on from the id after the
+        last one: :func:`redcurrent.next_id`.
         """
         validate_name(topic)
         if isinstance(partition, bool) or not isinstance(partition, int) or partition < 0:
             raise InvalidPartitionsError(f"partition must be an int >= 0, got {partition!r}")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ConfigError(f"count must be a positive int, got {count!r}")
-        info = await self.describe_topic(topic)
-        if partition >= info.partitions:
+        client = await self._client()
+        meta = await self._call(topics.read_meta(client, self._keys, topic), "read_partition")
+        if meta is None:
+            raise UnknownTopicError(f"unknown topic {topic!r}")
+        if partition >= meta.partitions:
             raise InvalidPartitionsError(
-                f"partition {partition} is out of range: topic {topic!r} has {info.partitions} partitions"
+                f"partition {partition} is out of range: topic {topic!r} has {meta.partitions} partitions"
             )
         if start == "earliest":
             first = "-"
@@ -166,7 +169,6 @@ class Admin(Lifecycle):
             first = offsets.check_id(start)
         else:
             raise ConfigError(f"start must be 'earliest', an entry id or a datetime, got {start!r}")
-        client = await self._client()
         stream = self._keys.stream(topic, partition)
         raw = await self._call(client.xrange(stream, first, "+", count=count), "read_partition")
         out = []
@@ -388,6 +390,14 @@ class Admin(Lifecycle):
         start = f"({after}" if after else "-"
         raw = await self._call(client.xrange(self._dlq(topic, group), start, "+", count=count), "dead_letters")
         return [dlq.parse(i, f) for i, f in raw]
+
+    async def dead_letter(self, topic: str, group: str, dead_letter_id: str) -> dlq.DeadLetterRecord | None:
+        """One dead letter by its id in the dead-letter stream, or None if there is none."""
+        offsets.check_id(dead_letter_id)
+        client = await self._client()
+        raw = await self._call(client.xrange(self._dlq(topic, group), dead_letter_id, dead_letter_id),
+                               "dead_letter")
+        return dlq.parse(*raw[0]) if raw else None
 
     async def count_dead_letters(self, topic: str, group: str) -> int:
         client = await self._client()

@@ -36,7 +36,8 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from .admin import Admin
-from .errors import RedcurrentError, UnknownGroupError, UnknownTopicError
+from .errors import ConfigError, RedcurrentError, UnknownGroupError, UnknownTopicError
+from .offsets import next_id
 from .structs import GroupInfo, TopicInfo
 
 __all__ = ["create_app", "serve"]
@@ -192,6 +193,9 @@ def create_app(
             except (UnknownTopicError, UnknownGroupError) as exc:
                 response = _page("not found", f"<p class=warn>{_e(exc)}</p>")
                 response.status_code = 404
+            except (ConfigError, ValueError) as exc:  # a bad id, time or number in the URL
+                response = _page("bad request", f"<p class=warn>{_e(exc)}</p>")
+                response.status_code = 400
             except RedcurrentError as exc:
                 response = _page("error", f"<p class=warn>{_e(type(exc).__name__)}: {_e(exc)}</p>")
                 response.status_code = 503 if exc.retriable else 500
@@ -267,7 +271,7 @@ def create_app(
     async def browse_page(request: Request) -> Response:
         name, partition = request.path_params["topic"], int(request.path_params["partition"])
         start_text = request.query_params.get("from", "").strip()
-        count = min(500, max(1, int(request.query_params.get("count", "50") or 50)))
+        count = min(500, max(1, int(request.query_params.get("count", "50") or 50)))  # ValueError: 400
         start: str | dt.datetime = "earliest"
         if start_text:
             try:
@@ -280,8 +284,7 @@ def create_app(
                 for m in msgs)
         nxt = ""
         if len(msgs) == count:
-            ms, _, seq = msgs[-1].id.partition("-")
-            nxt = (f"<p><a href='?from={_e(ms)}-{int(seq) + 1}&count={count}'>next {count}</a></p>")
+            nxt = f"<p><a href='?from={_e(next_id(msgs[-1].id))}&count={count}'>next {count}</a></p>"
         form = (f"<form method=get><label>from id or time (ISO) <input name=from value='{_e(start_text)}'>"
                 f"</label> <input name=count size=4 value='{count}'> <button>read</button></form>"
                 "<p class=note>Read without a group: nothing is acked, no position moves.</p>")
@@ -303,13 +306,11 @@ def create_app(
 
     async def dead_letter_page(request: Request) -> Response:
         name, group, dl_id = (request.path_params[k] for k in ("topic", "group", "id"))
-        found = [d for d in await adm.dead_letters(name, group, count=1, after=_before(dl_id))
-                 if d.dead_letter_id == dl_id]
-        if not found:
+        d = await adm.dead_letter(name, group, dl_id)
+        if d is None:
             missing = _page("not found", f"<p class=warn>no dead letter {_e(dl_id)}</p>")
             missing.status_code = 404
             return missing
-        d = found[0]
         base = f"/topics/{_e(name)}/groups/{_e(group)}/dead-letters/{_e(dl_id)}"
         facts = _table(("field", "value"), (
             ("message", f"{_e(d.topic)}[{_e(d.partition)}] {_e(d.id)}"), ("key", _e(d.key)),
@@ -400,15 +401,6 @@ async def _form(request: Request) -> dict[str, str]:
     """A POSTed urlencoded form (the confirmation pages send nothing else)."""
     fields = urllib.parse.parse_qs((await request.body()).decode("utf-8", "replace"))
     return {k: v[-1] for k, v in fields.items()}
-
-
-def _before(entry_id: str) -> str | None:
-    """The id just below ``entry_id``, to read a page that starts at it."""
-    from .offsets import check_id, id_before
-
-    check_id(entry_id)
-    before = id_before(entry_id if "-" in entry_id else f"{entry_id}-0")
-    return None if before == "0" else before
 
 
 def serve(

@@ -25,6 +25,24 @@ def id_before(entry_id: str) -> str:
     return "0" if ms == 0 else f"{ms - 1}-{MAX_SEQ}"
 
 
+def next_id(entry_id: str) -> str:
+    """The smallest id above ``entry_id``: where a read that follows it starts.
+
+    ``next_id("1700000000000-5") == "1700000000000-6"``; past the last sequence of a
+    millisecond it moves to the next millisecond."""
+    ms_s, _, seq_s = check_id(entry_id).partition("-")
+    ms, seq = int(ms_s), int(seq_s or 0)
+    if seq < MAX_SEQ:
+        return f"{ms}-{seq + 1}"
+    return f"{ms + 1}-0"
+
+
+def id_key(entry_id: str) -> tuple[int, int]:
+    """``entry_id`` as a (ms, seq) tuple, to compare ids in order."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def check_id(entry_id: object) -> str:
     """``entry_id`` if it is a valid stream id (``ms-seq``, both below 2**64), else ConfigError."""
     if not isinstance(entry_id, str):
@@ -96,8 +114,8 @@ async def safe_floor(client: Client, stream: str) -> str | None:
         name = _text(info.get("name"))
         summary = await client.execute_command("XPENDING", stream, name)
         oldest = _oldest_pending(summary)
-        need = oldest or _after(_text(info.get("last-delivered-id")) or "0-0")
-        if floor is None or _key(need) < _key(floor):
+        need = oldest or next_id(_text(info.get("last-delivered-id")) or "0-0")
+        if floor is None or id_key(need) < id_key(floor):
             floor = need
     return floor
 
@@ -109,12 +127,12 @@ async def trim_partition(client: Client, stream: str, min_id: str | None, maxlen
     if maxlen is not None:
         tail: list[Any] = list(await client.xrevrange(stream, count=maxlen + 1) or [])
         if len(tail) > maxlen:
-            cut = _text(tail[-2][0]) if maxlen > 0 else _after(_text(tail[0][0]))
-            target = cut if target is None or _key(cut) > _key(target) else target
+            cut = _text(tail[-2][0]) if maxlen > 0 else next_id(_text(tail[0][0]))
+            target = cut if target is None or id_key(cut) > id_key(target) else target
     if safe:
         if floor is None and target is None:
             return 0
-        if floor is not None and (target is None or _key(target) > _key(floor)):
+        if floor is not None and (target is None or id_key(target) > id_key(floor)):
             target = floor
     if target is None:
         return 0
@@ -135,11 +153,3 @@ def _oldest_pending(summary: Any) -> str | None:
     return _text(oldest) if count and oldest else None
 
 
-def _after(entry_id: str) -> str:
-    ms, _, seq = entry_id.partition("-")
-    return f"{ms}-{int(seq or 0) + 1}"
-
-
-def _key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)

@@ -15,65 +15,29 @@ import asyncio
 import heapq
 import os
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 import click
-import orjson
 
-from redcurrent import Admin, Consumer, Message
-from redcurrent.keys import Keys
+from redcurrent import Admin, Consumer, Message, next_id
+from redcurrent.offsets import id_key
 
 from .app import json_option, pass_env
 from .env import Env
 from .output import dumps, text
 from .params import check_idle_timeout
 
-__all__ = ["consume", "decode_fields"]
+__all__ = ["consume"]
+
+DECODE_ERROR = "rc-decode-error"
 
 PAGE = 500
 POLL_S = 0.2
 REFRESH_S = 2.0
 
 
-def decode_fields(
-    topic: str, partition: int, entry_id: str, fields: Mapping[Any, Any]
-) -> dict[str, Any]:
-    """A printable message from one stream entry (format 1; anything else is shown raw)."""
-    f = {k if isinstance(k, bytes) else str(k).encode(): v for k, v in fields.items()}
-    out: dict[str, Any] = {
-        "topic": topic,
-        "partition": partition,
-        "id": entry_id,
-        "timestamp": int(entry_id.partition("-")[0]),
-        "key": None,
-        "headers": {},
-    }
-    fmt = f.get(b"f", b"")
-    if len(fmt) != 3 or fmt[:1] != b"1":
-        out["value"] = {text(k): text(v) for k, v in f.items()}
-        out["error"] = "not a redcurrent format-1 entry"
-        return out
-    try:
-        value = f.get(b"v", b"")
-        out["value"] = orjson.loads(value) if fmt[1:2] == b"j" else value
-        k = f.get(b"k")
-        out["key"] = (
-            None if fmt[2:3] == b"n" or k is None else k.decode() if fmt[2:3] == b"s" else k
-        )
-        out["headers"] = orjson.loads(f[b"h"]) if f.get(b"h") else {}
-        if f.get(b"t"):
-            out["timestamp"] = int(f[b"t"])
-        if f.get(b"x"):
-            out["expires_at"] = int(f[b"x"])
-    except (ValueError, UnicodeDecodeError) as exc:
-        out["value"] = f.get(b"v")
-        out["error"] = f"undecodable entry: {exc}"
-    return out
-
-
 def message_dict(msg: Message) -> dict[str, Any]:
-    return {
+    out = {
         "topic": msg.topic,
         "partition": msg.partition,
         "id": msg.id,
@@ -82,6 +46,12 @@ def message_dict(msg: Message) -> dict[str, Any]:
         "headers": dict(msg.headers),
         "value": msg.value,
     }
+    if msg.expires_at is not None:
+        out["expires_at"] = msg.expires_at
+    problem = out["headers"].pop(DECODE_ERROR, None)  # read_partition's mark on an undecodable entry
+    if problem is not None:
+        out["error"] = problem
+    return out
 
 
 def line(m: dict[str, Any], json_mode: bool) -> str:
@@ -211,7 +181,7 @@ async def _caught_up(admin: Admin, consumer: Consumer) -> bool:
 async def _read(env: Env, topic: str, from_beginning: bool, follow: bool, out: Printer) -> None:
     async with env.admin() as admin:
         info = await admin.describe_topic(topic)
-        reader = Reader(admin, Keys(env.namespace), topic)
+        reader = Reader(admin, topic)
         for p in info.partition_info:
             reader.add(p.partition, None if from_beginning else p.last_id, p.last_id)
         await reader.drain(out)
@@ -232,11 +202,11 @@ async def _read(env: Env, topic: str, from_beginning: bool, follow: bool, out: P
 
 class Reader:
     """Per partition: position (last id printed; None: from the start) and end (the last id
-    to read; None: no end; "": nothing to read). Reads pages of all partitions in one pipeline."""
+    to read; None: no end; "": nothing to read). Reads a page of every partition at once
+    (``Admin.read_partition``: no group, nothing acked) and prints them merged in id order."""
 
-    def __init__(self, admin: Admin, keys: Keys, topic: str) -> None:
-        self.client = admin.connection.client
-        self.keys, self.topic = keys, topic
+    def __init__(self, admin: Admin, topic: str) -> None:
+        self.admin, self.topic = admin, topic
         self.positions: list[str | None] = []
         self.ends: list[str | None] = []
 
@@ -256,43 +226,36 @@ class Reader:
         """Print everything up to each partition's end, merged in id order. Returns how many."""
         printed = 0
         while not out.full:
-            pages = await self._pages()
-            entries = list(heapq.merge(*pages, key=lambda e: e[0]))
-            for _, partition, eid, fields in entries:
+            pages, full = await self._pages()
+            entries = heapq.merge(*pages, key=lambda m: id_key(m.id))
+            for msg in entries:
                 if out.full:
                     return printed
-                out.emit(decode_fields(self.topic, partition, eid, fields))
-                self.positions[partition] = eid
+                out.emit(message_dict(msg))
+                self.positions[msg.partition] = msg.id
                 printed += 1
-            if not any(len(p) == PAGE for p in pages):
+            if not full:
                 return printed
         return printed
 
-    async def _pages(self) -> list[list[tuple[tuple[int, int], int, str, Any]]]:
-        pipe = self.client.pipeline(transaction=False)
+    async def _pages(self) -> tuple[list[list[Message]], bool]:
+        """A page of each partition with something left to read, cut at its end; and
+        whether any page was full (more may follow)."""
         todo = []
         for p, (after, end) in enumerate(zip(self.positions, self.ends, strict=True)):
-            if end is not None and (end == "" or (after is not None and _key(after) >= _key(end))):
+            if end is not None and (end == "" or (after is not None and id_key(after) >= id_key(end))):
                 continue  # an empty partition at start, or read up to its end already
-            pipe.xrange(
-                self.keys.stream(self.topic, p),
-                f"({after}" if after else "-",
-                end or "+",
-                count=PAGE,
-            )
             todo.append(p)
-        if not todo:
-            return []
-        pages = []
-        for p, raw in zip(todo, await pipe.execute(), strict=True):
-            page = []
-            for eid_raw, fields in raw or []:
-                eid = text(eid_raw) or ""
-                page.append((_key(eid), p, eid, fields))
+        reads = [
+            self.admin.read_partition(self.topic, p, next_id(after) if (after := self.positions[p]) else "earliest",
+                                      PAGE)
+            for p in todo
+        ]
+        pages, full = [], False
+        for p, page in zip(todo, await asyncio.gather(*reads), strict=True):
+            full = full or len(page) == PAGE
+            end = self.ends[p]
+            if end is not None:
+                page = [m for m in page if id_key(m.id) <= id_key(end)]
             pages.append(page)
-        return pages
-
-
-def _key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
+        return pages, full

@@ -39,23 +39,16 @@ def dlq_json(d: DeadLetterRecord, full: bool = False) -> dict[str, Any]:
     return out
 
 
-def _before(entry_id: str) -> str:
-    """The greatest id below ``entry_id`` (``ms-seq``): reading after it starts at ``entry_id``."""
-    ms_s, _, seq_s = entry_id.partition("-")
-    ms, seq = int(ms_s), int(seq_s)
-    return f"{ms}-{seq - 1}" if seq else f"{ms - 1}-18446744073709551615" if ms else "0-0"
-
-
 async def _find(
     admin: Admin, topic: str, group: str, ids: tuple[str, ...]
 ) -> list[DeadLetterRecord]:
     """The dead letters ``ids`` (each ``ms-seq``); ClickException for the first one missing."""
     found = []
     for i in ids:
-        page = await admin.dead_letters(topic, group, count=1, after=_before(i))
-        if not page or page[0].dead_letter_id != i:
+        letter = await admin.dead_letter(topic, group, i)
+        if letter is None:
             raise click.ClickException(f"no dead letter {i} for group {group!r} on topic {topic!r}")
-        found.append(page[0])
+        found.append(letter)
     return found
 
 
