@@ -1,4 +1,4 @@
-"""Prometheus metrics for producers and consumers, and trace context in message headers.
+"""Prometheus metrics for producers and consumers.
 
 Needs the ``metrics`` extra (``pip install 'redcurrent[metrics]'``, prometheus-client).
 One call exports a process's clients over HTTP::
@@ -28,10 +28,9 @@ What is exported (``client`` is the name you gave, else ``producer-N`` / ``consu
 Counters are read from the clients at scrape time: nothing is counted twice and a
 client that is never scraped costs nothing.
 
-Trace context: when ``opentelemetry-api`` is installed, :func:`inject_trace_headers`
-adds the W3C ``traceparent``/``tracestate`` of the current span to message headers and
-:func:`extract_trace_context` turns a message's headers back into a context; without
-it they return the headers unchanged and ``None`` (``OTEL_AVAILABLE`` says which).
+Trace context in headers (``inject_trace_headers``, ``extract_trace_context``,
+``OTEL_AVAILABLE``) lives in :mod:`redcurrent.tracing`, with the spans; the names are
+importable from here too.
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Self
 
 try:
     from prometheus_client import (
@@ -69,22 +68,13 @@ from .admin import Admin
 from .consumer import Consumer
 from .errors import UnknownGroupError, UnknownTopicError
 from .producer import Producer
-from .structs import GroupInfo, Message
+from .structs import GroupInfo
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-try:
-    from opentelemetry.context import Context  # type: ignore[import-not-found,unused-ignore]
-    from opentelemetry.trace.propagation.tracecontext import (  # type: ignore[import-not-found,unused-ignore]
-        TraceContextTextMapPropagator,
-    )
-except ImportError:
-    OTEL_AVAILABLE = False
-    _PROPAGATOR: Any = None
-else:
-    OTEL_AVAILABLE = True
-    _PROPAGATOR = TraceContextTextMapPropagator()
+# Trace context in headers lives in redcurrent.tracing; these names stay importable here.
+from .tracing import OTEL_AVAILABLE, extract_trace_context, inject_trace_headers
 
 __all__ = [
     "CONSUMER_COUNTERS",
@@ -410,32 +400,3 @@ def start_metrics_server(
         PlatformCollector(registry=registry)
     server, thread = _start_http_server(port, addr=addr, registry=registry)
     return MetricsServer(server, thread, collector, registry, addr)
-
-
-# -- trace context -----------------------------------------------------------------
-
-
-def inject_trace_headers(
-    headers: Mapping[str, str] | None = None, *, context: Any = None
-) -> dict[str, str]:
-    """A copy of ``headers`` plus the W3C trace context of the current (or given) span.
-
-    ``await producer.send("orders", value, headers=inject_trace_headers({"source": "web"}))``.
-    Without opentelemetry-api installed, or outside a span, the copy is unchanged.
-    """
-    out = dict(headers or {})
-    if _PROPAGATOR is not None:
-        _PROPAGATOR.inject(out, context=context)
-    return out
-
-
-def extract_trace_context(message: Message | Mapping[str, str]) -> Context | None:
-    """The OpenTelemetry context carried by a message's headers (None without opentelemetry-api).
-
-    ``with tracer.start_as_current_span("handle", context=extract_trace_context(msg)): ...``
-    """
-    if _PROPAGATOR is None:
-        return None
-    headers = message.headers if isinstance(message, Message) else message
-    ctx: Context = _PROPAGATOR.extract(carrier=dict(headers))
-    return ctx

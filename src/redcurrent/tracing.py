@@ -38,7 +38,9 @@ else:
     _PROPAGATOR = TraceContextTextMapPropagator()
     _NO_PROVIDERS = (_trace.ProxyTracerProvider, _trace.NoOpTracerProvider)
 
-__all__ = ["active", "consume_span", "publish_span"]
+__all__ = ["OTEL_AVAILABLE", "active", "consume_span", "extract_trace_context", "inject_trace_headers", "publish_span"]
+
+OTEL_AVAILABLE = _trace is not None
 
 SYSTEM = "redis"
 _SCOPE = "redcurrent"
@@ -137,3 +139,27 @@ def consume_span(arg: Message | list[Message]) -> Iterator[None]:
         f"process {first.topic}", context=parent, kind=_trace.SpanKind.CONSUMER, links=links, attributes=attributes
     ):
         yield
+
+
+def inject_trace_headers(headers: Mapping[str, str] | None = None, *, context: Any = None) -> dict[str, str]:
+    """A copy of ``headers`` plus the W3C trace context of the current (or given) span.
+
+    The producer does this itself when a tracer provider is configured; this is for a
+    message sent some other way. Without opentelemetry-api, or outside a span, the copy
+    is unchanged.
+    """
+    out = dict(headers or {})
+    if _PROPAGATOR is not None:
+        _PROPAGATOR.inject(out, context=context)
+    return out
+
+
+def extract_trace_context(message: Message | Mapping[str, str]) -> Any:
+    """The OpenTelemetry context carried by a message's headers (None without opentelemetry-api).
+
+    ``with tracer.start_as_current_span("handle", context=extract_trace_context(msg)): ...``
+    """
+    if _PROPAGATOR is None:
+        return None
+    headers = message.headers if isinstance(message, Message) else message
+    return _PROPAGATOR.extract(carrier=dict(headers))
