@@ -25,7 +25,7 @@ from .errors import (
     translate,
 )
 from .keys import Keys, validate_name
-from .structs import GroupInfo, Message, PartitionInfo, TopicConfig, TopicInfo
+from .structs import GroupInfo, Message, PartitionInfo, TopicInfo
 
 __all__ = ["Admin"]
 
@@ -33,6 +33,16 @@ log = logging.getLogger(__name__)
 
 FENCE_TOKEN = "\x00deleted-group"  # an owner-key value no member token can equal
 FENCE_MEMORY_MS = 3600 * 1000  # how long a deleted group's old instances stay fenced
+
+
+class _Unset:
+    """The default of a setting that a call leaves as it is."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = _Unset()
 
 
 class Admin(Lifecycle):
@@ -108,6 +118,37 @@ class Admin(Lifecycle):
             ),
             f"creating topic {name!r}",
         )
+        return await self.describe_topic(name)
+
+    async def alter_topic_config(
+        self,
+        name: str,
+        *,
+        maxlen: int | _Unset | None = UNSET,
+        retention_ms: int | _Unset | None = UNSET,
+        ttl: float | _Unset | None = UNSET,
+        dead_letter_expired: bool | _Unset = UNSET,
+    ) -> TopicInfo:
+        """Change a topic's settings; a setting not passed stays as it is, ``None`` removes it.
+
+        ``alter_topic_config("orders", maxlen=1_000_000, ttl=None)`` caps each partition
+        and stops giving new messages a default TTL. Producers use the new settings from
+        their next batch (the version in each partition's marker tells them).
+        """
+        validate_name(name)
+        changes: dict[str, str] = {}
+        if not isinstance(maxlen, _Unset):
+            changes["maxlen"] = topics.opt_int(maxlen, "maxlen")
+        if not isinstance(retention_ms, _Unset):
+            changes["retention_ms"] = topics.opt_int(retention_ms, "retention_ms")
+        if not isinstance(ttl, _Unset):
+            changes["ttl_ms"] = "" if ttl is None else str(_ttl_ms(ttl))
+        if not isinstance(dead_letter_expired, _Unset):
+            changes["dead_letter_expired"] = "1" if check_bool(dead_letter_expired, "dead_letter_expired") else "0"
+        if not changes:
+            raise ConfigError("alter_topic_config needs at least one setting to change")
+        client = await self._client()
+        await self._call(topics.set_config(client, self._keys, name, changes), f"altering topic {name!r}")
         return await self.describe_topic(name)
 
     async def describe_topic(self, name: str) -> TopicInfo:
@@ -503,6 +544,3 @@ def _id_list(ids: object) -> list[str]:
 
 def _ttl_ms(ttl: float) -> int:
     return check_ttl_ms(ttl)
-
-
-_ = TopicConfig

@@ -55,7 +55,7 @@ def check_partitions(partitions: object) -> int:
     return partitions
 
 
-def _opt_int(value: object, what: str) -> str:
+def opt_int(value: object, what: str) -> str:
     if value is None:
         return ""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -104,9 +104,9 @@ async def create_topic(
     check_partitions(partitions)
     args = [
         str(partitions),
-        _opt_int(maxlen, "maxlen"),
-        _opt_int(retention_ms, "retention_ms"),
-        _opt_int(ttl_ms, "ttl_ms"),
+        opt_int(maxlen, "maxlen"),
+        opt_int(retention_ms, "retention_ms"),
+        opt_int(ttl_ms, "ttl_ms"),
         "1" if dead_letter_expired else "0",
     ]
     # The registry has no hash tag, so it is written outside the script; list_topics
@@ -133,6 +133,21 @@ async def create_topic(
             raise TopicExistsError(f"topic {name!r} already exists with {meta.partitions} partitions")
     if status == b"CREATED":
         log.info("created topic %s with %d partitions", name, partitions)
+    return meta
+
+
+async def set_config(client: Client, keys: Keys, name: str, changes: Mapping[str, str]) -> TopicMeta:
+    """Change per-topic settings (field -> value; "" removes the field) and bump the
+    metadata version; the partitions' markers carry the new version, so producers
+    re-read the topic at their next batch (growth notification)."""
+    args = [x for pair in changes.items() for x in pair]
+    reply = await scripts.run(client, scripts.script("set_topic_config"), [keys.meta(name)], args)
+    if reply[0] == b"UNKNOWN":
+        raise UnknownTopicError(f"unknown topic {name!r}")
+    meta = await read_meta(client, keys, name)
+    if meta is None:
+        raise UnknownTopicError(f"topic {name!r} was deleted while being altered")
+    await notify_version(client, keys, name, meta.partitions, int(reply[1]))
     return meta
 
 

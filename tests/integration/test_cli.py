@@ -124,6 +124,14 @@ def test_topics_create_list_describe_alter_delete(rc: Run, rcj: Callable[..., An
 
     altered = rcj("topics", "alter", "orders", "--partitions", "6")
     assert (altered["partitions"], altered["previous_partitions"]) == (6, 4)
+    configured = rcj("topics", "alter", "orders", "--config", "maxlen=none", "-c", "ttl=30",
+                     "-c", "dead_letter_expired=true")
+    assert configured["config"] == {"maxlen": None, "retention_ms": 60000, "ttl_ms": 30000,
+                                    "dead_letter_expired": True}
+    for bad in ("maxlen", "colour=red", "maxlen=lots", "dead_letter_expired=maybe"):
+        refused = rc("topics", "alter", "orders", "--config", bad)
+        assert refused.returncode == 2 and "--config" in refused.stderr, bad
+    assert rc("topics", "alter", "orders").returncode == 2  # nothing to do
 
     human = rc("topics", "list")
     assert human.returncode == 0 and "orders" in human.stdout

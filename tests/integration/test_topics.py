@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 import redis.asyncio
+from support.eventually import eventually
 from support.servers import AsyncClient, Target
 
 from redcurrent import (
@@ -327,3 +328,40 @@ async def test_admin_rejects_a_decoding_client(target: Target) -> None:
 def test_admin_repr_has_namespace_not_url() -> None:
     admin = Admin("redis://user:secret@localhost:1/0", namespace="app")
     assert repr(admin) == "<Admin namespace='app'>"
+
+
+# ----------------------------------------------------------------------------- alter config
+
+
+async def test_alter_topic_config_changes_what_is_passed_and_producers_follow(
+    admin: Admin, target: Target, namespace: str
+) -> None:
+    await admin.create_topic("cfg", partitions=2, ttl=60.0, maxlen=500)
+    async with Producer(target.url, namespace=namespace, metadata_max_age=60) as producer:
+        await producer.send("cfg", {"n": 1})
+        before = await admin.describe_topic("cfg")
+        info = await admin.alter_topic_config("cfg", ttl=None, retention_ms=3_600_000)
+        assert info.config == TopicConfig(maxlen=500, retention_ms=3_600_000, ttl_ms=None)  # maxlen kept
+        assert info.version == before.version + 1
+        await producer.send("cfg", {"n": 2})  # reads the new version from the partition's marker
+        async def follows() -> bool:
+            await producer.send("cfg", {"n": 3})
+            return producer._meta["cfg"].config.ttl_ms is None
+        await eventually(follows, timeout=5)
+    info = await admin.alter_topic_config("cfg", maxlen=None, dead_letter_expired=True)
+    assert info.config == TopicConfig(maxlen=None, retention_ms=3_600_000, ttl_ms=None, dead_letter_expired=True)
+
+
+async def test_alter_topic_config_refuses_bad_input(admin: Admin) -> None:
+    await admin.create_topic("cfg", partitions=1)
+    with pytest.raises(ConfigError):
+        await admin.alter_topic_config("cfg")  # nothing to change
+    with pytest.raises(ConfigError):
+        await admin.alter_topic_config("cfg", maxlen=0)
+    with pytest.raises(ConfigError):
+        await admin.alter_topic_config("cfg", ttl=-1.0)
+    with pytest.raises(ConfigError):
+        await admin.alter_topic_config("cfg", dead_letter_expired="yes")  # type: ignore[arg-type]
+    with pytest.raises(UnknownTopicError):
+        await admin.alter_topic_config("missing", maxlen=10)
+    assert (await admin.describe_topic("cfg")).version == 1  # nothing was written

@@ -144,27 +144,68 @@ def describe(env: Env, name: str) -> None:
     c.print(table(None, ["partition", "length", "first id", "last id"], rows))
 
 
-@topics.command("alter", short_help="Grow a topic's partition count.")
+@topics.command("alter", short_help="Grow a topic's partitions or change its settings.")
 @click.argument("name")
+@click.option("--partitions", "-p", type=int, help="New partition count (only grows).")
 @click.option(
-    "--partitions", "-p", type=int, required=True, help="New partition count (only grows)."
+    "--config", "-c", "settings", multiple=True, metavar="NAME=VALUE",
+    help="Change a setting: maxlen, retention_ms, ttl (seconds) or dead_letter_expired "
+    "(true/false); VALUE 'none' removes it. Repeatable.",
 )
 @json_option
 @pass_env
-def alter(env: Env, name: str, partitions: int) -> None:
-    """Grow topic NAME to --partitions partitions (keys remap, as in Kafka)."""
+def alter(env: Env, name: str, partitions: int | None, settings: tuple[str, ...]) -> None:
+    """Grow topic NAME to --partitions partitions (keys remap, as in Kafka), and/or change
+    its settings with --config (kafka-configs --alter --add-config)."""
+    if partitions is None and not settings:
+        raise click.UsageError("give --partitions and/or --config NAME=VALUE")
+    changes = _config_changes(settings)
 
     async def go() -> tuple[int, TopicInfo]:
         async with env.admin() as admin:
             before = (await admin.describe_topic(name)).partitions
-            return before, await admin.alter_partitions(name, partitions)
+            info = None
+            if changes:
+                info = await admin.alter_topic_config(name, **changes)
+            if partitions is not None:
+                info = await admin.alter_partitions(name, partitions)
+            assert info is not None
+            return before, info
 
     before, info = env.run(go())
+    cfg = info.config
     outcome(
         env.json,
         {**topic_json(info), "previous_partitions": before},
-        f"topic {info.name} has {info.partitions} partitions (was {before})",
+        f"topic {info.name} has {info.partitions} partitions (was {before}); maxlen={cfg.maxlen} "
+        f"retention_ms={cfg.retention_ms} ttl_ms={cfg.ttl_ms} dead_letter_expired={cfg.dead_letter_expired}",
     )
+
+
+_SETTINGS = {"maxlen": int, "retention_ms": int, "ttl": float, "dead_letter_expired": bool}
+
+
+def _config_changes(settings: tuple[str, ...]) -> dict[str, Any]:
+    """--config NAME=VALUE pairs as alter_topic_config keywords (usage errors for bad ones)."""
+    changes: dict[str, Any] = {}
+    for item in settings:
+        key, sep, raw = item.partition("=")
+        key, raw = key.strip().replace("-", "_"), raw.strip()
+        kind = _SETTINGS.get(key)
+        if not sep or kind is None:
+            raise click.UsageError(f"--config {item!r}: expected NAME=VALUE with NAME one of {', '.join(_SETTINGS)}")
+        if raw.lower() in ("none", "null", "") and kind is not bool:
+            changes[key] = None
+        elif kind is bool:
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise click.UsageError(f"--config {item!r}: {key} is true or false")
+            changes[key] = raw.lower() in ("true", "1", "yes")
+        else:
+            try:
+                changes[key] = kind(raw)
+            except ValueError:
+                raise click.UsageError(f"--config {item!r}: {key} must be a number or none") from None
+    return changes
 
 
 @topics.command("trim", short_help="Trim now (safe: keeps what groups need).")
