@@ -11,8 +11,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import NoReturn
 
 import click
 from redis.exceptions import RedisError
@@ -23,35 +22,12 @@ from redcurrent import RedcurrentError
 from .env import Env
 from .params import check_url
 
-__all__ = ["cli", "json_option", "pass_env", "run_main"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-pass_env = click.make_pass_decorator(Env)
+__all__ = ["cli", "run_main"]
 
 # click >= 8.2 raises this for a group run without a command (older ones print the help).
 _NO_ARGS_IS_HELP: type[click.UsageError] = getattr(
     click.exceptions, "NoArgsIsHelpError", type("_NeverRaised", (click.UsageError,), {})
 )
-
-
-def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    env = ctx.find_object(Env)
-    if value and env is not None:
-        env.json = True
-
-
-def json_option(f: F) -> F:
-    """``--json`` accepted after the subcommand too (``redcurrent topics list --json``)."""
-    return click.option(
-        "--json",
-        "json_mode",
-        is_flag=True,
-        expose_value=False,
-        is_eager=False,
-        callback=_set_json,
-        help="Machine-readable JSON output.",
-    )(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

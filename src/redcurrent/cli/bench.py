@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .app import pass_env
+from .context import pass_env
 from .env import Env
 
 __all__ = ["bench", "find_benchmarks"]

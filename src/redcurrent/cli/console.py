@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .app import pass_env
+from .context import pass_env
 from .env import Env
 
 __all__ = ["console"]

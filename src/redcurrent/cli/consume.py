@@ -22,7 +22,7 @@ import click
 from redcurrent import Admin, Consumer, Message, next_id
 from redcurrent.offsets import id_key
 
-from .app import json_option, pass_env
+from .context import json_option, pass_env
 from .env import Env
 from .output import dumps, text
 from .params import check_idle_timeout

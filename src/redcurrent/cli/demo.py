@@ -32,7 +32,7 @@ from rich.text import Text
 import redcurrent
 from redcurrent import Admin, GroupInfo, Producer, Record, UnknownGroupError, partition_for_key
 
-from .app import json_option, pass_env
+from .context import json_option, pass_env
 from .env import Env
 from .output import console, echo_json, table
 from .verdict import Handled, Verdict, recovery_seconds, verdict

@@ -9,7 +9,7 @@ import click
 
 from redcurrent import Admin, DeadLetterRecord, RequeueError
 
-from .app import json_option, pass_env
+from .context import json_option, pass_env
 from .env import Env
 from .output import console, dumps, echo_json, outcome, table, text
 from .params import check_entry_id, check_entry_ids

@@ -8,7 +8,7 @@ import click
 
 from redcurrent import GroupInfo, UnknownGroupError
 
-from .app import json_option, pass_env
+from .context import json_option, pass_env
 from .env import Env
 from .output import ago, console, echo_json, table
 

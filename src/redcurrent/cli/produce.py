@@ -17,7 +17,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from redcurrent import Producer, Record, UnknownTopicError
 
-from .app import json_option, pass_env
+from .context import json_option, pass_env
 from .env import Env
 from .output import echo_json, err_console
 
