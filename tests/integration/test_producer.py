@@ -840,3 +840,48 @@ async def test_growth_reaches_a_producer_through_its_next_batch_not_only_the_per
                 seen |= {m.partition for m in metas}
             assert seen & set(range(2, 8)), "the producer did not learn of the growth within 1 s"
             assert await producer.partitions_for("grow") == 8
+
+
+# ----------------------------------------------------------------------------- latency by default
+
+
+async def test_a_lone_send_is_one_round_trip_at_once(proxy: FaultProxy, namespace: str) -> None:
+    async with Producer(proxy.url, namespace=namespace, metadata_max_age=60, linger=1.0) as producer:
+        await producer.send("lone", "warm-up")  # metadata read and script loaded
+        before = proxy.seen(b"EVALSHA")
+        started = time.monotonic()
+        await producer.send("lone", "one")
+        took = time.monotonic() - started
+    assert proxy.seen(b"EVALSHA") - before == 1
+    assert took < 0.5  # linger=1.0 did not hold it back: nothing else was in flight
+
+
+async def test_while_a_request_is_outstanding_other_partitions_go_after_linger(
+    proxy: FaultProxy, namespace: str
+) -> None:
+    """A round trip takes 0.5 s. A record for another partition waits at most ``linger`` behind
+    the outstanding request, then goes in a request of its own; a record for the
+    partition in flight waits for it (one batch in flight a partition keeps its order)."""
+    async with Admin(proxy.url, namespace=namespace) as admin:
+        await admin.create_topic("slow", partitions=2)
+    async with Producer(proxy.url, namespace=namespace, metadata_max_age=60, linger=0.05) as producer:
+        await producer.send("slow", "warm-up", partition=0)
+        client = producer._conn.client  # type: ignore[union-attr]
+        await asyncio.gather(*(client.ping() for _ in range(3)))  # pooled connections, health-checked
+        proxy.set_latency(0.25)  # each way
+        started = time.monotonic()
+        done: dict[str, float] = {}
+
+        async def send(name: str, partition: int) -> RecordMetadata:
+            meta = await producer.send("slow", name, partition=partition)
+            done[name] = time.monotonic() - started
+            return meta
+
+        first = asyncio.create_task(send("a", 0))
+        await asyncio.sleep(0.01)
+        other = asyncio.create_task(send("b", 1))
+        same = asyncio.create_task(send("c", 0))
+        a, b, c = await asyncio.gather(first, other, same)
+    assert done["b"] < done["c"]  # b did not wait for a's reply
+    assert done["b"] < 0.5 + 0.05 + 0.25 and done["c"] >= 2 * 0.5 - 0.05  # c waited for a
+    assert (a.partition, c.partition) == (0, 0) and tuple(map(int, a.id.split("-"))) < tuple(map(int, c.id.split("-")))

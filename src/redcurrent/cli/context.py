@@ -19,7 +19,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 pass_env = click.make_pass_decorator(Env)
 
 
-
 def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     env = ctx.find_object(Env)
     if value and env is not None:
