@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -123,6 +124,9 @@ class Producer(Lifecycle):
         self._resolving: dict[str, tuple[asyncio.Future[int], int]] = {}  # topic -> (lookup, its number)
         self._lookups = 0
         self._refresh_now: asyncio.Future[None] | None = None
+        self._entering_count = 0  # sends between their call and the accumulator (see flush)
+        self._entered = asyncio.Event()
+        self._entered.set()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._acc else "new"
@@ -136,7 +140,11 @@ class Producer(Lifecycle):
             if self._acc is not None:
                 return
             # acks="replica" works on a cluster too: each node's pipeline ends with WAIT.
-            self._conn = await connect(self._url, self._given, retry_for=self._opt.request_timeout)
+            conn = await connect(self._url, self._given, retry_for=self._opt.request_timeout)
+            if self._closed:  # close() ran while we connected: start nothing
+                await conn.close()
+                raise ProducerClosedError("the producer was closed while it was starting")
+            self._conn = conn
             self._acc = Accumulator(self._conn, self._opt, self._topic_config)
             self._acc.on_version = self._version_seen
             self._acc.on_missing = self._topic_missing
@@ -200,20 +208,47 @@ class Producer(Lifecycle):
         ttl: float | None,
     ) -> RecordMetadata:
         acc = self._acc
-        if acc is None or self._closed:
-            await self.start()
-            acc = self._acc
-            assert acc is not None
         n = self._partitions.get(topic)
         record, nbytes = self._encode(topic, value, key, headers, ttl)  # bad input fails first
-        if n is None:
+        if acc is None or self._closed or n is None:  # starting, or the topic's first send
             self._check_partition(partition)
-            n = await self._resolve(topic)
-            if ttl is None:
-                record = self._with_topic_ttl(topic, record)
+            with self._entering():  # flush() waits for this send to be queued
+                acc, n = await self._ready_for(topic)
+                if ttl is None:
+                    record = self._with_topic_ttl(topic, record)
+                stored = self._append(acc, topic, n, key, partition, record, nbytes)
+            return await stored
+        return await self._append(acc, topic, n, key, partition, record, nbytes)
+
+    def _append(
+        self, acc: Accumulator, topic: str, n: int, key: object, partition: int | None, record: Framed, nbytes: int
+    ) -> asyncio.Future[RecordMetadata]:
         if partition is None:
-            return await acc.append(topic, self._choose(topic, n, key, None, record[1]), record, nbytes)
-        return await acc.append(topic, self._choose(topic, n, key, partition), record, nbytes, True)
+            return acc.append(topic, self._choose(topic, n, key, None, record[1]), record, nbytes)
+        return acc.append(topic, self._choose(topic, n, key, partition), record, nbytes, True)
+
+    async def _ready_for(self, topic: str) -> tuple[Accumulator, int]:
+        """Started, and ``topic``'s partition count known (looked up or auto-created)."""
+        if self._acc is None or self._closed:
+            await self.start()
+        assert self._acc is not None
+        n = self._partitions.get(topic)
+        if n is None:
+            n = await self._resolve(topic)
+        return self._acc, n
+
+    @contextlib.contextmanager
+    def _entering(self) -> Iterator[None]:
+        """A send on its way to the accumulator (connecting, or looking its topic up)."""
+        if not self._entering_count:
+            self._entered.clear()
+        self._entering_count += 1
+        try:
+            yield
+        finally:
+            self._entering_count -= 1
+            if not self._entering_count:
+                self._entered.set()
 
     async def send_batch(
         self, topic: str, records: Iterable[Record | Any]
@@ -223,10 +258,6 @@ class Producer(Lifecycle):
         A record is a :class:`Record` or a bare value (no key). Every record is
         validated and encoded before anything is written.
         """
-        if self._acc is None or self._closed:
-            await self.start()
-        acc = self._acc
-        assert acc is not None
         if isinstance(records, str | bytes | bytearray | Mapping) or not isinstance(records, Iterable):
             raise TypeError(f"records must be an iterable of Record or values, not {type(records).__name__}")
         records = records if isinstance(records, list) else list(records)
@@ -254,21 +285,23 @@ class Producer(Lifecycle):
 
     async def _send_batch(self, topic: str, records: list[Any]) -> list[RecordMetadata]:
         acc = self._acc
-        assert acc is not None
         n = self._partitions.get(topic)
-        encoded = None
-        if n is None:  # validate and encode all before the topic may be auto-created
+        if acc is None or self._closed or n is None:  # validate and encode all before the topic may be auto-created
             records = [r if isinstance(r, Record) else Record(r) for r in records]
             encoded = []
             for rec in records:
                 self._check_partition(rec.partition)
                 encoded.append(self._encode(topic, rec.value, rec.key, rec.headers, rec.ttl))
-            n = await self._resolve(topic)
-            encoded = [e if r.ttl is not None else (self._with_topic_ttl(topic, e[0]), e[1])
-                       for r, e in zip(records, encoded, strict=True)]
-        groups, order = self._frame_all(topic, n, records, encoded)
-        # Everything is validated and encoded: only now is anything queued.
-        futures = [acc.append_many(topic, p, group) for p, group in groups.items()]
+            with self._entering():  # flush() waits for these sends to be queued
+                acc, n = await self._ready_for(topic)
+                encoded = [e if r.ttl is not None else (self._with_topic_ttl(topic, e[0]), e[1])
+                           for r, e in zip(records, encoded, strict=True)]
+                groups, order = self._frame_all(topic, n, records, encoded)
+                futures = [acc.append_many(topic, p, group) for p, group in groups.items()]
+        else:
+            groups, order = self._frame_all(topic, n, records, None)
+            # Everything is validated and encoded: only now is anything queued.
+            futures = [acc.append_many(topic, p, group) for p, group in groups.items()]
         done: dict[int, Iterator[RecordMetadata]] = {}
         for p, futs in zip(groups, futures, strict=True):
             if len(futs) == 1:
@@ -338,7 +371,10 @@ class Producer(Lifecycle):
                     encode_value(value, None)  # SerializationError for NaN or infinity
 
     async def flush(self) -> None:
-        """Wait until every message sent so far is stored (or has failed)."""
+        """Wait until every message sent so far is stored (or has failed), including
+        sends still connecting or looking their topic up when flush was called."""
+        while self._entering_count:
+            await self._entered.wait()
         if self._acc is not None:
             await self._acc.flush()
 
@@ -346,6 +382,9 @@ class Producer(Lifecycle):
         """Flush, then release the connection. Idempotent."""
         if self._closed:
             return
+        # Sends still connecting or looking their topic up are not waited for: they fail
+        # with ProducerClosedError and write nothing (as a send blocked on metadata does
+        # in Kafka). Everything already queued is flushed.
         self._closed = True
         if self._acc is not None:
             # Every record gives up by itself within delivery_timeout; the bound is a safety net.

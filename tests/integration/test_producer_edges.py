@@ -131,3 +131,35 @@ async def test_sends_after_close_raise_producer_closed(redis_url: str, namespace
     await producer.close()
     with pytest.raises(ProducerClosedError):
         await producer.send("t", 2)
+
+
+async def test_flush_waits_for_sends_still_looking_their_topic_up(
+    proxy: FaultProxy, r: redis.asyncio.Redis, namespace: str
+) -> None:
+    """A send started before flush() is flushed by it even while its topic's first
+    lookup is in flight (not yet queued in the accumulator)."""
+    async with Producer(proxy.url, namespace=namespace) as producer:
+        proxy.set_latency(0.1)  # the first lookup (and auto-create) of the topic takes a while
+        sends = [asyncio.create_task(producer.send("later", i, key=str(i))) for i in range(20)]
+        batch = asyncio.create_task(producer.send_batch("later2", list(range(5))))
+        await asyncio.sleep(0.01)  # every send is inside its lookup now
+        await producer.flush()
+        assert all(t.done() and t.exception() is None for t in sends)
+        assert batch.done() and batch.exception() is None
+    keys = Keys(namespace)
+    assert await r.xlen(keys.stream("later", 0)) == 20
+    assert await r.xlen(keys.stream("later2", 0)) == 5
+
+
+async def test_close_while_the_producer_is_starting_starts_nothing(proxy: FaultProxy, namespace: str) -> None:
+    producer = Producer(proxy.url, namespace=namespace)
+    proxy.set_latency(0.2)  # connecting (the server probe) takes a while
+    starting = asyncio.create_task(producer.start())
+    await asyncio.sleep(0.05)
+    await producer.close()
+    with pytest.raises(ProducerClosedError):
+        await starting
+    names = {t.get_name() for t in asyncio.all_tasks()}
+    assert not names & {"redcurrent-producer-sender", "redcurrent-metadata"}  # no task left behind
+    with pytest.raises(ProducerClosedError):
+        await producer.send("t", 1)
