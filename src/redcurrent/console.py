@@ -341,46 +341,49 @@ def create_app(
             return Response("not confirmed", status_code=400)
         return None
 
-    async def requeue(request: Request) -> Response:
-        name, group, dl_id = (request.path_params[k] for k in ("topic", "group", "id"))
-        if request.method == "GET":
-            return confirm_page(request, f"Requeue dead letter {dl_id} to its partition of {name}?")
-        refused = await confirmed(request)
-        if refused is not None:
-            return refused
-        await adm.requeue_dead_letters(name, group, [dl_id])
-        return RedirectResponse(f"/topics/{name}/groups/{group}/dead-letters", status_code=303)
+    def write_action(
+        question: Callable[[dict[str, str]], str],
+        act: Callable[[dict[str, str], dict[str, str]], Awaitable[object]],
+        back: Callable[[dict[str, str]], str],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """A write: GET shows the confirmation page, POST (confirmed, writes allowed) acts."""
 
-    async def delete(request: Request) -> Response:
-        name, group, dl_id = (request.path_params[k] for k in ("topic", "group", "id"))
-        if request.method == "GET":
-            return confirm_page(request, f"Delete dead letter {dl_id} for good?")
-        refused = await confirmed(request)
-        if refused is not None:
-            return refused
-        await adm.delete_dead_letters(name, group, [dl_id])
-        return RedirectResponse(f"/topics/{name}/groups/{group}/dead-letters", status_code=303)
+        async def handle(request: Request) -> Response:
+            params = {k: str(v) for k, v in request.path_params.items()}
+            if request.method == "GET":
+                return confirm_page(request, question({**params, **request.query_params}))
+            refused = await confirmed(request)
+            if refused is not None:
+                return refused
+            await act(params, await _form(request))
+            return RedirectResponse(back(params), status_code=303)
 
-    async def purge(request: Request) -> Response:
-        name, group = request.path_params["topic"], request.path_params["group"]
-        if request.method == "GET":
-            return confirm_page(request, f"Delete every dead letter of {group} on {name}?")
-        refused = await confirmed(request)
-        if refused is not None:
-            return refused
-        await adm.purge_dead_letters(name, group)
-        return RedirectResponse(f"/topics/{name}/groups/{group}/dead-letters", status_code=303)
+        return handle
 
-    async def reset_offsets(request: Request) -> Response:
-        name, group = request.path_params["topic"], request.path_params["group"]
-        to = request.query_params.get("to", "earliest")
-        if request.method == "GET":
-            return confirm_page(request, f"Move group {group} on {name} to {to}? (only when no member is live)")
-        refused = await confirmed(request)
-        if refused is not None:
-            return refused
-        await adm.reset_offsets(name, group, (await _form(request)).get("to", "earliest"))
-        return RedirectResponse(f"/topics/{name}#group-{group}", status_code=303)
+    def dead_letters_url(p: dict[str, str]) -> str:
+        return f"/topics/{p['topic']}/groups/{p['group']}/dead-letters"
+
+    requeue = write_action(
+        lambda p: f"Requeue dead letter {p['id']} to its partition of {p['topic']}?",
+        lambda p, _f: adm.requeue_dead_letters(p["topic"], p["group"], [p["id"]]),
+        dead_letters_url,
+    )
+    delete = write_action(
+        lambda p: f"Delete dead letter {p['id']} for good?",
+        lambda p, _f: adm.delete_dead_letters(p["topic"], p["group"], [p["id"]]),
+        dead_letters_url,
+    )
+    purge = write_action(
+        lambda p: f"Delete every dead letter of {p['group']} on {p['topic']}?",
+        lambda p, _f: adm.purge_dead_letters(p["topic"], p["group"]),
+        dead_letters_url,
+    )
+    reset_offsets = write_action(
+        lambda p: f"Move group {p['group']} on {p['topic']} to {p.get('to', 'earliest')}? "
+        "(only when no member is live)",
+        lambda p, form: adm.reset_offsets(p["topic"], p["group"], form.get("to", "earliest")),
+        lambda p: f"/topics/{p['topic']}#group-{p['group']}",
+    )
 
     routes = [
         Route("/", guarded(topics_page)),
