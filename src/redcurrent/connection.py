@@ -75,20 +75,6 @@ class Capabilities:
     is_cluster: bool
     server: str = "redis"
 
-    @property
-    def xautoclaim_deleted(self) -> bool:
-        """XAUTOCLAIM reports deleted ids (Redis 7.0+)."""
-        return self.version >= (7, 0, 0)
-
-    @property
-    def group_lag(self) -> bool:
-        """XINFO GROUPS reports ``lag`` and ``entries-read`` (Redis 7.0+)."""
-        return self.version >= (7, 0, 0)
-
-    @property
-    def sharded_pubsub(self) -> bool:
-        return self.version >= (7, 0, 0)
-
 
 @dataclass(slots=True)
 class Connection:
