@@ -1,4 +1,5 @@
-"""``redcurrent demo``: three consumer processes, one SIGKILLed midway, nothing lost, order kept.
+"""``redcurrent demo``: three consumer processes, one SIGKILLed midway, nothing lost, order kept;
+with ``--cluster``, a Redis primary SIGKILLed too.
 
 Also the verdict's own rules (lost, duplicated, the per-key order rule, recovery time),
 checked on hand-made histories.
@@ -13,7 +14,13 @@ import sys
 
 import pytest
 
-from redcurrent.cli.verdict import Handled, order_violations, recovery_seconds, verdict
+from redcurrent.cli.verdict import (
+    Handled,
+    order_violations,
+    recovery_seconds,
+    resumed_seconds,
+    verdict,
+)
 
 CHILD_ENV = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
 
@@ -109,6 +116,35 @@ def test_demo_prints_a_table_and_a_verdict_when_not_on_a_terminal(
     assert "\x1b[" not in out  # no cursor movement or colour codes in a pipe
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_demo_on_a_cluster_survives_a_primary_sigkill_and_a_consumer_sigkill(
+    namespace: str,
+) -> None:
+    """``demo --cluster`` with no --url starts its own 3 + 3 cluster, kills a primary
+    that holds partitions (its replica is promoted, the node rejoins as a replica), then
+    a consumer; acks="replica" makes "nothing lost" a guarantee, not luck."""
+    done = subprocess.run(
+        [sys.executable, "-m", "redcurrent", "--namespace", namespace, "demo", "--cluster",
+         "--duration", "8", "--partitions", "6", "--consumers", "3", "--json"],
+        capture_output=True, text=True, timeout=120, env=CHILD_ENV,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "started an embedded Redis Cluster" in done.stderr
+    v = json.loads(done.stdout)
+    assert v["ok"] is True, v
+    assert (v["lost"], v["order_violations"], v["unexpected"]) == (0, 0, 0), v["examples"]
+    assert v["produced"] > 500 and v["consumed"] == v["produced"] and v["drained"] is True
+    primary = v["cluster"]["primary"]
+    assert v["cluster"]["acks"] == "replica"
+    assert primary["killed"]["partitions"], "the killed primary held some of the partitions"
+    assert primary["replaced_by"]["port"] != primary["killed"]["port"]
+    assert primary["replaced_by"]["role"] == "primary" and primary["rejoined_as_replica"] is True
+    assert primary["back_s"] is not None and primary["back_s"] < 10, primary
+    assert v["killed"]["partitions"] and v["recovery_s"] is not None
+    assert all(gone(pid) for pid in v["pids"].values()), "no consumer process outlives the demo"
+
+
 # -- the verdict's rules ------------------------------------------------------------
 
 
@@ -164,3 +200,17 @@ def test_recovery_is_until_every_lost_partition_is_handled_by_a_survivor() -> No
     ]
     assert recovery_seconds(history, "a", [0, 1], kill_ns=1_000_000_000) == pytest.approx(2.5)
     assert recovery_seconds(history, "a", [0, 2], kill_ns=1_000_000_000) is None
+
+
+def test_a_killed_node_is_back_once_each_partition_handles_a_message_written_after_it() -> None:
+    def at(t_s: float, partition: int, written_ms: int) -> Handled:
+        return Handled(int(t_s * 1e9), "b", partition, f"{written_ms}-0", "k", 0)
+
+    kill_ns, kill_ms = 1_000_000_000, 5_000
+    history = [
+        at(1.5, 0, 4_999),  # written before the kill: proves nothing
+        at(2.0, 0, 5_001),
+        at(3.0, 1, 5_500),
+    ]
+    assert resumed_seconds(history, [0, 1], kill_ns, kill_ms) == pytest.approx(2.0)
+    assert resumed_seconds(history[:1], [0], kill_ns, kill_ms) is None

@@ -5,6 +5,11 @@ Creates a topic (a unique name per run), starts N consumer *processes* of one gr
 sequence numbers, SIGKILLs the consumer owning the most partitions halfway through,
 drains, and prints a verdict computed from the producer's record of what it sent and
 the workers' logs of what they handled (see :mod:`.verdict`).
+
+With ``--cluster`` it runs on a Redis Cluster (a private 3 + 3 one unless ``--url`` names
+a cluster), produces with ``acks="replica"``, SIGKILLs a Redis primary holding some of the
+topic's partitions a third of the way through (see :mod:`._demo_cluster`) and the
+consumer two thirds of the way through.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import time
 import uuid
 from collections import Counter, deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 import orjson
@@ -30,12 +35,22 @@ from rich.live import Live
 from rich.text import Text
 
 import redcurrent
-from redcurrent import Admin, GroupInfo, Producer, Record, UnknownGroupError, partition_for_key
+from redcurrent import (
+    Admin,
+    GroupInfo,
+    Producer,
+    Record,
+    RedcurrentError,
+    UnknownGroupError,
+    partition_for_key,
+)
+from redcurrent.embedded import EmbeddedCluster
 
+from ._demo_cluster import PrimaryKill, is_cluster
 from .context import json_option, pass_env
 from .env import Env
 from .output import console, echo_json, table
-from .verdict import Handled, Verdict, recovery_seconds, verdict
+from .verdict import Handled, Verdict, recovery_seconds, resumed_seconds, verdict
 
 __all__ = ["demo"]
 
@@ -95,8 +110,17 @@ def demo_keys(count: int, partitions: int) -> list[str]:
 
 
 class Demo:
-    def __init__(self, env: Env, admin: Admin, opts: dict[str, Any], out: Console | None) -> None:
+    def __init__(
+        self,
+        env: Env,
+        admin: Admin,
+        opts: dict[str, Any],
+        out: Console | None,
+        cluster: EmbeddedCluster | None = None,
+    ) -> None:
         self.env, self.admin, self.opts, self.out = env, admin, opts, out
+        # --cluster: the Redis primary to SIGKILL (none if the cluster is not ours)
+        self.chaos = PrimaryKill(cluster, self.say) if opts.get("cluster") else None
         self.topic = f"demo-{uuid.uuid4().hex[:8]}"
         self.dir = Path(tempfile.mkdtemp(prefix="redcurrent-demo-"))
         self.t0 = time.monotonic()
@@ -152,8 +176,10 @@ class Demo:
             )
             for w in self.workers
         ]
+        nodes = [Text(f"redis cluster: {self.chaos.status}")] if self.chaos else []
         return Group(
             head,
+            *nodes,
             table(None, ["partition", "owner", "lag", "pending", "msg/s", "handled"], parts),
             table(None, ["consumer", "pid", "status", "partitions", "msg/s", "handled"], members),
         )
@@ -206,6 +232,8 @@ class Demo:
             self.info = await self.admin.describe_group(self.topic, GROUP)
         except UnknownGroupError:  # no member has joined yet
             self.info = None
+        except RedcurrentError:  # the server is failing over: keep the last state shown
+            pass
         self.read_logs()
         self.check_rebalance()
         if self.live is not None:
@@ -292,31 +320,54 @@ class Demo:
         seq: Counter[str] = Counter()
         loop = asyncio.get_running_loop()
         start = loop.time()
-        kill_at, sent, i = start + duration / 2, 0, 0
+        # on a cluster a primary dies at 1/3 and a consumer at 2/3; else a consumer at 1/2
+        primary_after = duration / 3 if self.chaos else None
+        consumer_after = duration * 2 / 3 if self.chaos else duration / 2
+        kill_at, sent, i = start + consumer_after, 0, 0
+        chaos: asyncio.Task[None] | None = None
         self.say(
             f"producing {rate} msg/s over {len(keys)} keys for {duration:g}s; "
-            f"one consumer is killed at t+{duration / 2:g}s"
+            + (
+                ""
+                if primary_after is None
+                else f"a Redis primary is killed at t+{primary_after:.1f}s, "
+            )
+            + f"one consumer is killed at t+{consumer_after:{'.1f' if self.chaos else 'g'}}s"
         )
+        # acks="replica" on a cluster: a send returns only once a replica has it too, so
+        # the primary's SIGKILL cannot lose what the verdict counts as sent.
+        acks: Literal["leader", "replica"] = "replica" if self.chaos else "leader"
         async with Producer(
-            self.env.url, namespace=self.env.namespace, auto_create_topics=False
+            self.env.url, namespace=self.env.namespace, auto_create_topics=False, acks=acks
         ) as producer:
-            while (now := loop.time()) < start + duration:
-                due = min(int((now - start) * rate) - sent, MAX_BATCH)
-                if due > 0:
-                    batch = []
-                    for _ in range(due):
-                        key = keys[i % len(keys)]
-                        i += 1
-                        batch.append(Record({"k": key, "s": seq[key]}, key=key))
-                        seq[key] += 1
-                    for rec, meta in zip(
-                        batch, await producer.send_batch(self.topic, batch), strict=True
-                    ):
-                        self.sent[(rec.value["k"], rec.value["s"])] = meta.id
-                    sent += len(batch)
-                if self.kill is None and now >= kill_at:
-                    self.kill_one()
-                await asyncio.sleep(0.02)
+            try:
+                while (now := loop.time()) < start + duration:
+                    due = min(int((now - start) * rate) - sent, MAX_BATCH)
+                    if due > 0:
+                        batch = []
+                        for _ in range(due):
+                            key = keys[i % len(keys)]
+                            i += 1
+                            batch.append(Record({"k": key, "s": seq[key]}, key=key))
+                            seq[key] += 1
+                        for rec, meta in zip(
+                            batch, await producer.send_batch(self.topic, batch), strict=True
+                        ):
+                            self.sent[(rec.value["k"], rec.value["s"])] = meta.id
+                        sent += len(batch)
+                    if self.chaos and not chaos and primary_after and now >= start + primary_after:
+                        chaos = asyncio.create_task(
+                            self.chaos.run(self.topic, self.opts["partitions"]), name="demo-chaos"
+                        )
+                    if self.kill is None and now >= kill_at:
+                        self.kill_one()
+                    await asyncio.sleep(0.02)
+                if chaos is not None:
+                    await chaos  # the killed node has rejoined before the drain starts
+            finally:
+                if chaos is not None and not chaos.done():
+                    chaos.cancel()
+                    await asyncio.gather(chaos, return_exceptions=True)
         self.say(f"producer done: {len(self.sent)} messages; draining")
 
     async def drain(self) -> bool:
@@ -367,7 +418,21 @@ class Demo:
             "kept": {"topic": self.topic, "logs": str(self.dir)} if self.opts["keep"] else None,
             "elapsed_s": round(time.monotonic() - self.t0, 2),
             "examples": list(v.examples),
+            **({"cluster": self.cluster_result()} if self.chaos else {}),
         }
+
+    def cluster_result(self) -> dict[str, Any]:
+        """What the primary's SIGKILL did: which node, who replaced it, when it was back."""
+        assert self.chaos is not None
+        report = dict(self.chaos.report)
+        if report:
+            report["back_s"] = resumed_seconds(
+                self.handled,
+                report["killed"]["partitions"],
+                self.chaos.kill_ns,
+                self.chaos.kill_ms,
+            )
+        return {"acks": "replica", "primary": report or None}
 
     async def run(self) -> dict[str, Any]:
         o = self.opts
@@ -414,6 +479,18 @@ def print_verdict(r: dict[str, Any], c: Console) -> None:
         ("order violations", r["order_violations"]),
         ("seconds to recover", rec),
     ]
+    primary = (r.get("cluster") or {}).get("primary")
+    if primary:
+        back = "-" if primary["back_s"] is None else f"{primary['back_s']:.2f}"
+        rows += [
+            (
+                "Redis primary killed",
+                f":{primary['killed']['port']} {primary['killed']['partitions']}",
+            ),
+            ("replaced by (promoted)", f":{primary['replaced_by']['port']}"),
+            ("seconds to promote", f"{primary['promoted_s']:.2f}"),
+            ("seconds until its partitions were back", back),
+        ]
     c.print()
     c.print(table("verdict", ["", "value"], rows))
     for example in r["examples"]:
@@ -456,16 +533,30 @@ def print_verdict(r: dict[str, Any], c: Console) -> None:
     "--keys", type=click.IntRange(min=1), default=64, show_default=True, help="Distinct keys."
 )
 @click.option("--keep", is_flag=True, help="Keep the topic and the worker logs afterwards.")
+@click.option(
+    "--cluster",
+    is_flag=True,
+    help="Run on a Redis Cluster (a private 3+3 one unless --url is a cluster) and also "
+    "SIGKILL a Redis primary holding some of the partitions.",
+)
 @json_option
 @pass_env
 def demo(
-    env: Env, duration: float, partitions: int, consumers: int, rate: int, keys: int, keep: bool
+    env: Env,
+    duration: float,
+    partitions: int,
+    consumers: int,
+    rate: int,
+    keys: int,
+    keep: bool,
+    cluster: bool,
 ) -> None:
     """Watch a consumer group lose a member to SIGKILL and lose no message.
 
     Prints a live table, then a verdict from what was really sent and handled:
     produced, consumed, lost, duplicated, per-key order violations, seconds to recover.
-    Exits 1 if anything was lost or out of order.
+    Exits 1 if anything was lost or out of order. With --cluster, a Redis primary holding
+    some of the partitions is SIGKILLed too (sends use acks="replica").
     """
     out = None if env.json else console()
     opts = {
@@ -475,17 +566,35 @@ def demo(
         "rate": rate,
         "keys": keys,
         "keep": keep,
+        "cluster": cluster,
     }
 
-    async def go() -> dict[str, Any]:
-        async with env.admin() as admin:
-            run = Demo(env, admin, opts, out)
-            try:
-                return await run.run()
-            finally:
-                await run.cleanup()
+    def go(env: Env, nodes: EmbeddedCluster | None) -> dict[str, Any]:
+        async def main() -> dict[str, Any]:
+            async with env.admin() as admin:
+                run = Demo(env, admin, opts, out, nodes)
+                try:
+                    return await run.run()
+                finally:
+                    await run.cleanup()
 
-    result = env.run(go())
+        return env.run(main())
+
+    if not cluster:
+        result = go(env, None)
+    else:
+        given = click.get_current_context().find_root().params.get("url")
+        if given and is_cluster(given):
+            result = go(env, None)  # not ours: a consumer is killed, no primary
+        else:
+            with EmbeddedCluster() as nodes:
+                print(
+                    f"redcurrent: started an embedded Redis Cluster, 3 primaries + 3 replicas, at "
+                    f"{nodes.url}{' (the --url / REDIS_URL server is not a cluster)' if given else ''}; "
+                    "stopped on exit, its data with it",
+                    file=sys.stderr,
+                )
+                result = go(Env(nodes.url, env.namespace, env.json), nodes)
     if env.json:
         echo_json(result)
     else:

@@ -20,7 +20,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Handled", "Verdict", "order_violations", "recovery_seconds", "verdict"]
+__all__ = [
+    "Handled",
+    "Verdict",
+    "order_violations",
+    "recovery_seconds",
+    "resumed_seconds",
+    "verdict",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +120,22 @@ def recovery_seconds(
     wanted = set(partitions)
     for h in handled:
         if h.partition in wanted and h.consumer != killed and h.t_ns > kill_ns:
+            first[h.partition] = min(first.get(h.partition, h.t_ns), h.t_ns)
+    if not wanted or set(first) != wanted:
+        return None
+    return (max(first.values()) - kill_ns) / 1e9
+
+
+def resumed_seconds(
+    handled: Iterable[Handled], partitions: Iterable[int], kill_ns: int, after_ms: int
+) -> float | None:
+    """From a Redis node's SIGKILL until, on every partition it held, a message *written
+    after the kill* (entry id time above ``after_ms``) was handled: the partition is
+    written and consumed again. None when one of them saw no such message."""
+    first: dict[int, int] = {}
+    wanted = set(partitions)
+    for h in handled:
+        if h.partition in wanted and h.t_ns > kill_ns and int(h.entry_id.split("-")[0]) > after_ms:
             first[h.partition] = min(first.get(h.partition, h.t_ns), h.t_ns)
     if not wanted or set(first) != wanted:
         return None
