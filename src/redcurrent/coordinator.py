@@ -86,6 +86,11 @@ class Coordinator:
         self._wake_heartbeat = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        # Set when the background loops must end (abort, or a stop past its revoke). They
+        # check it as well as being cancelled: on Python 3.11 redis-py's asyncio.wait_for
+        # can swallow a cancellation that lands as a command is written, and the loop
+        # would otherwise run on until cancel_all cancelled it again.
+        self._closed = False
         self._retry_at = 0.0
         self._rejoining = False
         self._last_beat_ok = False
@@ -117,6 +122,7 @@ class Coordinator:
         await cancel_all([t for t in self._tasks if t.get_name() == "redcurrent-rebalance"])
         in_flight = min(self._opt.rebalance_timeout, max(0.1, budget * 0.8))
         await self._revoke(list(self.fetchers), in_flight, deadline)
+        self._closed = True
         await cancel_all(self._tasks)
         self._tasks = []
         try:
@@ -129,6 +135,7 @@ class Coordinator:
     async def abort(self) -> None:
         """Forced stop: drop everything without acking; unacked entries stay pending."""
         self._stopping = True
+        self._closed = True
         for f in self.fetchers.values():
             f.abort()
         await cancel_all(self._tasks)
@@ -151,7 +158,7 @@ class Coordinator:
     # -- heartbeat --
     async def _heartbeat_loop(self) -> None:
         interval = self._opt.heartbeat_interval
-        while self.fatal is None:
+        while self.fatal is None and not self._closed:
             started = time.monotonic()
             try:
                 await self._heartbeat_once()
@@ -160,6 +167,8 @@ class Coordinator:
             except Exception as exc:
                 self._ctx.stats["heartbeat_errors"] = self._ctx.stats.get("heartbeat_errors", 0) + 1
                 log.warning("heartbeat failed after %.3fs: %s", time.monotonic() - started, translate(exc, "heartbeat"))
+            if self._closed:
+                return  # a cancellation was swallowed by the call above (see _closed)
             delay = max(0.0, interval - (time.monotonic() - started))
             try:
                 async with asyncio.timeout(delay):
@@ -302,7 +311,7 @@ class Coordinator:
 
     # -- reconciliation --
     async def _reconcile_loop(self) -> None:
-        while True:
+        while not self._closed:
             await self._wake_reconcile.wait()
             self._wake_reconcile.clear()
             try:
@@ -488,7 +497,8 @@ async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
     while pending:
         for t in pending:
             t.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.5)
+        # Soon again: a swallowed cancellation costs a stop or abort this long at most.
+        _, pending = await asyncio.wait(pending, timeout=0.1)
     for t in tasks:
         if t.done() and not t.cancelled() and t.exception() is not None:
             log.debug("background task %s ended with %r", t.get_name(), t.exception())
