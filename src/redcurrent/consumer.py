@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import socket
@@ -12,13 +13,14 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Literal
 
+from . import offsets
 from . import topics as topics_mod
 from .config import DEFAULT_NAMESPACE, ConsumerOptions
 from .connection import Client, Connection, Lifecycle, connect
 from .coordinator import Coordinator, Listener
 from .deadletter import DeadLetterWriter
 from .errors import ConfigError, ConsumerStoppedError, FencedError, IllegalStateError, translate
-from .fetcher import Credits, Dispatcher, FetchContext
+from .fetcher import Credits, Dispatcher, FetchContext, PartitionFetcher
 from .handlers import BatchDispatcher, EachDispatcher, Histogram, IteratorDispatcher, Policy, Slot
 from .keys import Keys, validate_name
 from .retry import Backoff, RetryPolicy
@@ -388,8 +390,8 @@ class Consumer(Lifecycle):
                     continue  # a wake-up meant for another waiter
                 self._queue.put_nowait(None)  # wake every other waiter too
                 raise StopAsyncIteration
-            if slot.done.done() or slot.fetcher.stopping:
-                continue  # its partition was revoked before we got to it: not ours to hand out
+            if slot.done.done() or slot.fetcher.stopping or slot.gen != slot.fetcher.generation:
+                continue  # its partition was revoked, or sought, before we got to it: not ours to hand out
             if slot.msg.expires_at is not None and slot.msg.expires_at <= time.time() * 1000:
                 slot.done.set_result(None)  # expired in the queue: never handed out
                 continue
@@ -448,6 +450,81 @@ class Consumer(Lifecycle):
             names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in fenced)
             raise FencedError(f"not acked: this consumer no longer owns {names}")
 
+    # -- positions --
+    async def seek(self, topic: str, partition: int, position: str | dt.datetime) -> None:
+        """Start partition ``partition`` of ``topic`` at ``position``: the next message it
+        hands out is the first at or after it (an entry id, inclusive, or a ``datetime``:
+        the first entry stamped at or after that time). Example::
+
+            await consumer.seek("orders", 0, "1700000000000-0")      # replay from this entry
+            await consumer.seek("orders", 0, datetime(2026, 12, 1, tzinfo=UTC))
+
+        The partition must be one this consumer owns (:meth:`assignment`); the change is
+        fenced by its owner key, like fetch and ack, and recorded for the group, so a
+        member that takes the partition over later reads on from ``position`` too.
+
+        As Kafka's seek, it discards what was fetched: whatever the group had pending on
+        the partition is acked (entries before ``position`` count as handled, entries at
+        or after it are delivered again, as attempt 1). A message in hand when it runs
+        (a handler still working, the one ``async for`` gave you) is not acked when it
+        finishes, no more of its batch is handed out, and a later ``ack()`` of a message
+        fetched before the seek acks nothing. Works in every consuming style, from inside
+        a handler too.
+
+        Raises ConfigError (bad position, or a topic not subscribed), ConsumerStoppedError
+        (not started, or stopped), FencedError (partition not owned, or the lease lost).
+        """
+        target = _seek_target(position)
+        fetcher = self._owned([TopicPartition(topic, partition)])[0]
+        await self._seek_one(fetcher, target)
+
+    async def seek_to_beginning(self, *partitions: TopicPartition | Iterable[TopicPartition]) -> None:
+        """Start each of ``partitions`` (default: every partition owned) at its first entry
+        still in the stream. Otherwise as :meth:`seek`."""
+        await self._seek_all(_flatten(partitions), "0")
+
+    async def seek_to_end(self, *partitions: TopicPartition | Iterable[TopicPartition]) -> None:
+        """Start each of ``partitions`` (default: every partition owned) after its last
+        entry: only entries written from now on are handed out. Otherwise as :meth:`seek`."""
+        await self._seek_all(_flatten(partitions), "$")
+
+    async def _seek_all(self, partitions: list[TopicPartition], target: str) -> None:
+        fetchers = self._owned(partitions or None)
+        await asyncio.gather(*(self._seek_one(f, target) for f in fetchers))
+
+    async def _seek_one(self, fetcher: PartitionFetcher, target: str) -> None:
+        try:
+            await fetcher.seek(target)
+        except FencedError:
+            raise
+        except Exception as exc:
+            raise translate(exc, "seek") from None
+
+    def _owned(self, partitions: list[TopicPartition] | None) -> list[PartitionFetcher]:
+        """The fetchers of ``partitions`` (None: all owned), checked before anything moves."""
+        if self._state != "running" or self._coord is None:
+            raise ConsumerStoppedError("start the consumer first: 'async with Consumer(...)' (nothing was sought)")
+        coord = self._coord
+        if partitions is None:
+            partitions = sorted(coord.fetchers, key=lambda tp: (tp.topic, tp.partition))
+        unowned: list[TopicPartition] = []
+        fetchers: list[PartitionFetcher] = []
+        for tp in partitions:
+            if tp.topic not in self.topics:
+                raise ConfigError(f"this consumer is not subscribed to {tp.topic!r}; it has {list(self.topics)}")
+            if isinstance(tp.partition, bool) or not isinstance(tp.partition, int) or tp.partition < 0:
+                raise ConfigError(f"partition must be an int >= 0, got {tp.partition!r}")
+            f = coord.fetchers.get(tp)
+            if f is None or f.fenced or f.stopping:
+                unowned.append(tp)
+            else:
+                fetchers.append(f)
+        if unowned or (fetchers and not coord.lease_valid()):
+            names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in unowned or partitions)
+            why = "does not own" if unowned else "lost its lease on (Redis unreachable)"
+            raise FencedError(f"not sought: this consumer {why} {names}; see assignment()")
+        return fetchers
+
     # -- introspection and flow control --
     def assignment(self) -> set[TopicPartition]:
         """The partitions this consumer owns right now."""
@@ -502,6 +579,22 @@ def _flatten(items: tuple[TopicPartition | Iterable[TopicPartition], ...]) -> li
                     raise TypeError(f"expected TopicPartition, got {type(tp).__name__}")
                 out.append(tp)
     return out
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _seek_target(position: object) -> str:
+    """The group's last-delivered id that makes the next read start at ``position``."""
+    if isinstance(position, dt.datetime):
+        moment = position if position.tzinfo else position.replace(tzinfo=dt.UTC)
+        # Integer arithmetic: a float timestamp * 1000 can land a millisecond early.
+        ms = (moment - _EPOCH) // dt.timedelta(milliseconds=1)
+        return offsets.id_before(f"{max(0, ms)}-0")
+    if isinstance(position, str):
+        return offsets.id_before(offsets.check_id(position))
+    raise ConfigError(f"seek to an entry id (like '1700000000000-0') or a datetime, not {position!r}; "
+                      "seek_to_beginning() and seek_to_end() go to either end")
 
 
 def _check_member_id(member_id: object) -> None:

@@ -66,6 +66,7 @@ POLL_S = 0.1  # idle poll period on a cluster when every blocking-wait slot is t
 _FETCH = scripts.script("fetch")
 _RELEASE = scripts.script("release")
 _NACK = scripts.script("nack")
+_SEEK = scripts.script("seek")
 
 
 class LeaseLost(FencedError):
@@ -159,7 +160,16 @@ class PartitionFetcher:
         self._restarting = False
         self._idle = False
         self._busy = False
+        # Set when the batch in dispatch must be abandoned: a stop, or a seek (which then
+        # puts a fresh event in its place, so whoever waits on the old one wakes).
         self.stop_event = asyncio.Event()
+        # A seek discards the fetched buffer (Kafka's seek does): it bumps the generation,
+        # and whatever the batch in dispatch still finishes is neither acked nor counted.
+        self.generation = 0
+        self._batch_gen = 0
+        # Ids the seek acked as they were: a user's late ack of one of them acks nothing
+        # until the entry is handed out again (it may be pending anew, unhandled).
+        self.discarded: set[str] = set()
         self.raw: dict[str, list[bytes] | None] = {}  # entry id -> its fields, for dead letters
         self.plain = False  # the batch in dispatch needs no check before its first invocation
         self.trimmed: list[str] = []  # pending ids the claim found trimmed away: dead-letter them
@@ -192,6 +202,11 @@ class PartitionFetcher:
         return self._stopping
 
     @property
+    def stale(self) -> bool:
+        """The batch in dispatch was fetched before a seek: hand nothing more of it out."""
+        return self._batch_gen != self.generation
+
+    @property
     def paused(self) -> bool:
         return not self._resumed.is_set()
 
@@ -204,6 +219,10 @@ class PartitionFetcher:
     # -- finishing messages (called by dispatchers) --
     def invoking(self, msg: Message) -> None:
         """A handler is about to get ``msg`` (invocation number ``msg.attempts``)."""
+        if self._batch_gen != self.generation:
+            return
+        if self.discarded:
+            self.discarded.discard(msg.id)
         self.held[msg.id] = msg.attempts
 
     def finish(self, entry_id: str, *, ack: bool = True, advance: bool = True) -> None:
@@ -211,6 +230,8 @@ class PartitionFetcher:
 
         ``last_handled`` means "everything up to here is finished"; entries finished
         out of turn (before the batch is dispatched) pass ``advance=False``."""
+        if self._batch_gen != self.generation:
+            return  # fetched before a seek, which acked or replays it: not ours to ack
         self.held.pop(entry_id, None)
         if self.manually_acked and entry_id in self.manually_acked:
             self.manually_acked.discard(entry_id)
@@ -221,6 +242,8 @@ class PartitionFetcher:
 
     def finish_all(self, msgs: list[Message]) -> None:
         """Every message of ``msgs`` (in stream order) was handled: the batch form of finish."""
+        if self._batch_gen != self.generation:
+            return
         if self.manually_acked:
             for m in msgs:
                 self.finish(m.id)
@@ -233,6 +256,10 @@ class PartitionFetcher:
         self.last_handled = ids[-1]
 
     def invoking_all(self, msgs: list[Message]) -> None:
+        if self._batch_gen != self.generation:
+            return
+        if self.discarded:
+            self.discarded.difference_update(m.id for m in msgs)
         held = self.held
         for m in msgs:
             held[m.id] = m.attempts
@@ -322,12 +349,46 @@ class PartitionFetcher:
 
     async def ack_now(self, ids: list[str]) -> None:
         """Ack ``ids`` at once (manual acks). Raises FencedError if not the owner."""
+        if self.discarded:
+            ids = [i for i in ids if i not in self.discarded]  # the seek acked them already
+            if not ids:
+                return
         reply = await self.call("ack", lambda: self._fetch_call(0, ">", ids))
         if reply[0] == b"FENCED":
             raise FencedError(f"partition {self.tp.topic}[{self.tp.partition}] is no longer owned")
         for i in ids:
             if i in self.held:
                 self.manually_acked.add(i)
+
+    async def seek(self, position: str) -> None:
+        """Move the group's position on this partition to after ``position`` (a
+        last-delivered id, ``"0"`` or ``"$"``), fenced, and discard what was fetched.
+
+        The seek script acks what the group had pending here; entries at or after the
+        new position are read again. Locally the fetched buffer goes, as Kafka's seek
+        does: the batch in dispatch hands nothing more out, its message in hand is not
+        acked when it finishes (the script did it, or it is replayed), unsent acks are
+        dropped (the script acked them), and the next read is of our own pending list
+        (a fetch that raced with the seek may have put entries there), then ``>``.
+        """
+        c = self.ctx
+        args: list[str | int] = [c.token, c.group, position]
+        reply = await self.call("seek", lambda: scripts.run(c.client, _SEEK, [self.stream, self.owner], args))
+        if reply[0] == b"FENCED":
+            raise FencedError(f"not sought: this consumer no longer owns {self.tp.topic}[{self.tp.partition}]")
+        self.generation += 1
+        self.discarded = {i.decode() if isinstance(i, bytes) else str(i) for i in reply[1]}
+        self.acks.clear()
+        self.held.clear()
+        self.manually_acked.clear()
+        self.raw = {}
+        self.last_handled = "0"
+        self._read_id, self._restore, self._idle_at = "0", True, None
+        if not self._stopping:
+            old, self.stop_event = self.stop_event, asyncio.Event()
+            old.set()  # wakes a retry's backoff sleep or the iterator's wait: abandon the batch
+        if self._idle:
+            self.restart()  # blocked in an idle wait (or paused): start over from the new position
 
     async def call(self, what: str, fn: Callable[[], Awaitable[T]],
                    on_error: Callable[[], None] | None = None) -> T:
@@ -421,12 +482,16 @@ class PartitionFetcher:
                 self._idle_at = None
             return  # the next step re-checks pause, lease and stop before fetching
         want = await c.credits.take(c.batch_size)
+        gen = self.generation
         try:
             reply = await self._fetch(want)
         except BaseException:
             c.credits.give(want)
             raise
-        if reply is None:
+        if reply is None or gen != self.generation:
+            # A seek while the fetch was out: what it read is before the new position
+            # (acked by the seek) or, if it ran after it, pending to us and read again
+            # from our own pending list.
             c.credits.give(want)
             return
         n = len(reply[2])
@@ -458,26 +523,32 @@ class PartitionFetcher:
 
     async def _flush_acks(self) -> None:
         acks, self.acks = self.acks, []
+        gen = self.generation
         try:
-            reply = await self.call("ack", lambda: self._fetch_call(0, ">", acks))
+            reply = await self.call("ack", lambda: self._fetch_call(0, ">", acks if gen == self.generation else []))
         except BaseException:
-            self.acks = acks + self.acks
+            if gen == self.generation:  # a seek meanwhile acked them (and may replay them)
+                self.acks = acks + self.acks
             raise
         if reply[0] == b"FENCED":
             raise FencedError(f"{self.tp} fenced")
 
     async def _fetch(self, count: int) -> list[Any] | None:
         acks, self.acks = self.acks, []
+        gen = self.generation
         try:
             # A failed fetch is ambiguous (Redis may have run it): the acks are resent
             # (XACK is idempotent) and the retry re-reads our own pending list after
             # what we finished, never ">" again, or entries it delivered would be
-            # stranded and handled later, out of order.
-            reply = await self.call("fetch", lambda: self._fetch_call(count, self._read_id, acks),
-                                    on_error=self._fetch_failed)
+            # stranded and handled later, out of order. Acks from before a seek are
+            # never resent: the seek acked them, and a replay of one may be pending.
+            reply = await self.call(
+                "fetch", lambda: self._fetch_call(count, self._read_id, acks if gen == self.generation else []),
+                on_error=self._fetch_failed)
         except BaseException:
-            self.acks = acks + self.acks
-            self._reread_if_new()
+            if gen == self.generation:
+                self.acks = acks + self.acks
+                self._reread_if_new()
             raise
         status = reply[0]
         if status == b"OK":
@@ -486,7 +557,8 @@ class PartitionFetcher:
             raise FencedError(f"{self.tp} fenced")
         if status == b"NOGROUP":
             await self._recreate_group()
-            self.acks = acks + self.acks
+            if gen == self.generation:
+                self.acks = acks + self.acks
             return None
         raise RuntimeError(f"unexpected fetch reply {status!r}")
 
@@ -613,6 +685,7 @@ class PartitionFetcher:
         """Decode a fetched batch (XREADGROUP's entries; ``counts`` for a re-read) and
         hand it to the dispatcher."""
         c = self.ctx
+        self._batch_gen = gen = self.generation
         topic, partition, deserializer = self.tp.topic, self.tp.partition, c.deserializer
         messages: list[Message] = []
         raw: dict[str, list[bytes] | None] = {}
@@ -650,6 +723,8 @@ class PartitionFetcher:
             held[msg.id] = msg.attempts - 1
             messages.append(msg)
             raw[msg.id] = fields
+        if gen != self.generation:
+            return  # a seek while a dead letter was written: the batch is discarded
         self.plain = plain
         self.raw = raw
         raw_last = entries[-1][0]
@@ -668,6 +743,8 @@ class PartitionFetcher:
             await dispatcher(self, messages)
         finally:
             self._busy = False
+        if gen != self.generation:
+            return  # a seek during dispatch: it set where the next read starts
         held = self.held
         if self.last_handled == messages[-1].id or not any(m.id in held for m in messages):
             self.last_handled = batch_last  # every entry of the batch is finished

@@ -93,7 +93,7 @@ class HandlerCancelledError(Exception):
 
 
 def _handing_out(fetcher: PartitionFetcher, dispatcher: _Base) -> bool:
-    return not dispatcher.closed and not fetcher.stopping and fetcher.ctx.lease_valid()
+    return not dispatcher.closed and not fetcher.stopping and not fetcher.stale and fetcher.ctx.lease_valid()
 
 
 async def _call(policy: Policy, fn: Callable[[Any], Awaitable[Any]], arg: Any) -> None:
@@ -211,6 +211,8 @@ class EachDispatcher(_Base):
         policy = self.policy
         while True:
             if plain:
+                if fetcher.discarded:  # after a seek: see PartitionFetcher.invoking
+                    fetcher.discarded.discard(msg.id)
                 fetcher.held[msg.id] = msg.attempts  # _ready's bookkeeping, nothing to check
             elif not await _ready(policy, fetcher, msg):
                 return True
@@ -226,6 +228,8 @@ class EachDispatcher(_Base):
                     fetcher.finish(msg.id)
                     return True
                 policy.count("failed")
+                if fetcher.stale:
+                    return False  # a seek discarded it meanwhile: no retry, no dead letter
                 if _exhausted(policy, fetcher, msg, exc):
                     await _dead_letter(policy, fetcher, msg, exc)
                     return True
@@ -265,6 +269,8 @@ class BatchDispatcher(_Base):
                 fetcher.finish_all(pending)
                 return
             except Exception as exc:
+                if fetcher.stale:
+                    return  # a seek discarded the batch meanwhile: no retry, no dead letter
                 failed = exc.failed if isinstance(exc, BatchError) else pending
                 failed_ids = {m.id for m in failed} - fetcher.manually_acked
                 # Messages finished out of turn never move ``last_handled`` past one still
@@ -293,12 +299,14 @@ class BatchDispatcher(_Base):
 class Slot:
     """A message waiting in the iterator's queue. ``done`` resolves True once the
     message is handled, False if it was abandoned (the loop raised): not acked, and
-    None if it expired while it waited in the queue."""
+    None if it expired while it waited in the queue. ``gen`` is the fetcher's
+    generation when it was queued: a seek since then discarded it."""
 
     msg: Message
     fetcher: PartitionFetcher
     done: asyncio.Future[bool | None]
     yielded: bool = False
+    gen: int = 0
 
 
 class IteratorDispatcher(_Base):
@@ -324,7 +332,7 @@ class IteratorDispatcher(_Base):
                 self.policy.count("failed")
                 await _dead_letter(self.policy, fetcher, msg, None)
                 continue
-            slot = Slot(msg, fetcher, loop.create_future())
+            slot = Slot(msg, fetcher, loop.create_future(), gen=fetcher.generation)
             self.queue.put_nowait(slot)
             stop: asyncio.Future[Any] = asyncio.ensure_future(fetcher.stop_event.wait())
             try:
