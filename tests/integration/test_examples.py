@@ -143,3 +143,48 @@ def test_dead_letters_example_requeues_after_the_fix(redis_url: str, namespace: 
             return await admin.count_dead_letters("invoices", "accounting")
 
     assert asyncio.run(left()) == 0
+
+
+def test_flask_sync_producer_serves_concurrent_request_threads_with_one_producer(
+    redis_url: str, namespace: str
+) -> None:
+    """Eight threads post at once through Flask's test client; one shared blocking
+    producer stores every order, each customer's in one partition in the order posted."""
+    import threading
+
+    import redis
+
+    from redcurrent.keys import Keys
+
+    app = example("flask_sync_producer").create_app(redis_url, namespace)
+    producer = app.extensions["redcurrent.producer"]
+    threads, per_thread = 8, 25
+    replies: dict[int, list[tuple[int, dict[str, object] | None]]] = {}
+    start = threading.Barrier(threads)
+
+    def post_orders(t: int) -> None:
+        client = app.test_client()  # one per thread, all on the app's one producer
+        start.wait()
+        posted = (client.post("/orders", json={"customer": f"c{t}", "amount": i}) for i in range(per_thread))
+        replies[t] = [(r.status_code, r.get_json()) for r in posted]
+
+    workers = [threading.Thread(target=post_orders, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    bad = app.test_client().post("/orders", json={"customer": "c1"})  # no amount: refused, nothing sent
+    assert app.extensions["redcurrent.producer"] is producer
+    producer.close()
+    assert bad.status_code == 400
+    assert sorted(replies) == list(range(threads))
+    with redis.Redis.from_url(redis_url) as r:
+        stored = sum(r.xlen(Keys(namespace).stream("orders", p)) for p in range(8))
+    assert stored == threads * per_thread
+    for got in replies.values():
+        assert [status for status, _ in got] == [202] * per_thread
+        bodies = [body for _, body in got]
+        assert all(isinstance(b, dict) for b in bodies)
+        assert len({b["partition"] for b in bodies if isinstance(b, dict)}) == 1  # one customer, one partition
+        ids = [tuple(map(int, str(b["id"]).split("-"))) for b in bodies if isinstance(b, dict)]
+        assert ids == sorted(ids) and len(set(ids)) == per_thread  # in the order they were posted
