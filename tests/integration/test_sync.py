@@ -605,6 +605,31 @@ def test_abort_returns_at_once_while_a_graceful_stop_waits_for_a_handler(
     assert pending(client, namespace) == [meta.id]  # aborted: not acked
 
 
+def test_a_plain_handler_may_seek_its_partition_back(
+    redis_url: str, namespace: str, client: redis.Redis, admin: Admin
+) -> None:
+    """The blocking seek from a handler's worker thread: the loop runs it while the
+    partition waits for that very handler, without deadlock; reading goes on there."""
+    admin.create_topic(TOPIC)
+    with Producer(redis_url, namespace=namespace) as producer:
+        ids = [m.id for m in producer.send_batch(TOPIC, [{"i": i} for i in range(5)])]
+    c = consumer(redis_url, namespace)
+    seen: list[int] = []
+
+    def handle(msg: Message) -> None:
+        seen.append(msg.value["i"])
+        if msg.value["i"] == 3 and seen.count(3) == 1:
+            c.seek(TOPIC, 0, ids[1])
+        if len(seen) == 8:
+            c.stop()
+
+    c.process(handle)
+    assert seen == [0, 1, 2, 3, 1, 2, 3, 4]
+    assert pending(client, namespace) == []
+    with pytest.raises(ConsumerStoppedError):
+        c.seek(TOPIC, 0, ids[0])
+
+
 def test_plain_listeners_run_off_the_event_loop(redis_url: str, namespace: str, admin: Admin) -> None:
     admin.create_topic(TOPIC, partitions=2)
     calls: list[tuple[str, list[TopicPartition]]] = []
