@@ -8,6 +8,7 @@ when it is sent and the consumer records ``time.time() - ts`` when it handles it
 Roles (kwargs besides url and ns):
   produce-raw-lua, produce-raw-pipe     count             raw redis-py, 500 a call
   produce-batch                         count, idempotent send_batch of 500 Records
+                                        (+ acks, partitions: cluster.py)
   produce-send                          count, tasks      ``tasks`` concurrent send() loops
   fill-raw, fill-rc                     count             untimed fill for a drain
   drain-raw, drain-batch, drain-each    count             drain the fill
@@ -15,6 +16,8 @@ Roles (kwargs besides url and ns):
   lat-raw-consumer, lat-rc-consumer     expected, ready, max_wait (+ mode batch|each)
   fo-consumer                           log, hb, session  logs "<time> <partition>" per message
   fo-producer                           rate              sends until terminated
+  share-consumer                        ready, go, stop, partitions  one of N consumers of a
+                                        group draining a filled topic (cluster.py's scaling)
 """
 
 from __future__ import annotations
@@ -55,9 +58,9 @@ return #ARGV / 2
 """
 
 
-async def create_topic(url: str, ns: str) -> None:
+async def create_topic(url: str, ns: str, partitions: int = PARTITIONS) -> None:
     async with Admin(url, namespace=ns) as admin:
-        await admin.create_topic(TOPIC, partitions=PARTITIONS, exist_ok=True)
+        await admin.create_topic(TOPIC, partitions=partitions, exist_ok=True)
 
 
 def timed(n: int, t0: float) -> Result:
@@ -100,11 +103,12 @@ async def produce_raw_pipe(url: str, ns: str, count: int) -> Result:
     return res
 
 
-async def produce_batch(url: str, ns: str, count: int, idempotent: bool = True, warm: bool = True) -> Result:
+async def produce_batch(url: str, ns: str, count: int, idempotent: bool = True, warm: bool = True,
+                        acks: str = "leader", partitions: int = PARTITIONS) -> Result:
     """send_batch of 500 Record(dict, key=...) a call; values encoded by the producer."""
     data = payloads(count)
-    await create_topic(url, ns)
-    async with Producer(url, namespace=ns, idempotent=idempotent) as producer:
+    await create_topic(url, ns, partitions)
+    async with Producer(url, namespace=ns, idempotent=idempotent, acks=acks) as producer:  # type: ignore[arg-type]
         if warm:  # connection, topic metadata and script loaded before the timing, like raw_lua
             await producer.send(TOPIC, make_payload(0, warm=1), key="warm")
         t0 = time.perf_counter()
@@ -138,9 +142,9 @@ async def fill_raw(url: str, ns: str, count: int) -> Result:
     return await produce_raw_pipe(url, ns, count)
 
 
-async def fill_rc(url: str, ns: str, count: int) -> Result:
+async def fill_rc(url: str, ns: str, count: int, partitions: int = PARTITIONS) -> Result:
     """The topic filled by redcurrent's producer (the entry format is the library's)."""
-    return await produce_batch(url, ns, count, warm=False)
+    return await produce_batch(url, ns, count, warm=False, partitions=partitions)
 
 
 class Drain:
@@ -375,6 +379,38 @@ async def fo_producer(url: str, ns: str, rate: float) -> Result:
         return await paced(send, rate, 10**9, None)
 
 
+# -- consume scaling --------------------------------------------------------------------
+
+async def share_consumer(url: str, ns: str, ready: str, go: str, stop: str, hb: float = 0.2,
+                         session: float = 1.5) -> Result:
+    """One of N consumers of one group on a filled topic: joins, writes ``ready``, starts
+    process_batch (batch_size=500) once ``go`` exists, stops once ``stop`` exists.
+    ``points``: (time.monotonic(), messages handled so far) per batch; CLOCK_MONOTONIC is
+    one clock for every process of the machine, so the orchestrator can merge them."""
+    points: list[tuple[float, int]] = []
+    n = 0
+
+    async def handle(msgs: list[Message]) -> None:
+        nonlocal n
+        n += len(msgs)
+        points.append((time.monotonic(), n))
+
+    async def wait_for(path: str) -> None:
+        while not await asyncio.to_thread(os.path.exists, path):
+            await asyncio.sleep(0.01)
+
+    consumer = Consumer(TOPIC, group=GROUP, url=url, namespace=ns, start="earliest", batch_size=BATCH,
+                        heartbeat_interval=hb, session_timeout=session)
+    async with consumer:
+        await asyncio.to_thread(Path(ready).write_text, "")
+        await wait_for(go)
+        task = asyncio.create_task(consumer.process_batch(handle))
+        await wait_for(stop)
+        await consumer.stop()
+        await task
+    return {"n": n, "points": points}
+
+
 ROLES: dict[str, Callable[..., Coroutine[Any, Any, Result]]] = {
     "produce-raw-lua": produce_raw_lua,
     "produce-raw-pipe": produce_raw_pipe,
@@ -391,6 +427,7 @@ ROLES: dict[str, Callable[..., Coroutine[Any, Any, Result]]] = {
     "lat-rc-consumer": lat_rc_consumer,
     "fo-consumer": fo_consumer,
     "fo-producer": fo_producer,
+    "share-consumer": share_consumer,
 }
 
 
