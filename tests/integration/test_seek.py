@@ -18,6 +18,7 @@ import pytest
 import redis.asyncio
 from support.consuming import create_topic, make_consumer, running, start_processing, stop
 from support.eventually import eventually
+from support.servers import Target
 
 from redcurrent import (
     ConfigError,
@@ -44,7 +45,9 @@ async def producer(redis_url: str, namespace: str) -> AsyncIterator[Producer]:
 
 
 async def send(producer: Producer, values: range, partition: int = 0) -> list[str]:
-    metas = await producer.send_batch(TOPIC, [Record({"i": i}, partition=partition) for i in values])
+    metas = await producer.send_batch(
+        TOPIC, [Record({"i": i}, partition=partition) for i in values]
+    )
     return [m.id for m in metas]
 
 
@@ -335,3 +338,45 @@ async def test_bad_seeks_raise_typed_errors(
             await c.seek(TOPIC, -1, "0-0")
     with pytest.raises(ConsumerStoppedError):
         await c.seek_to_end()
+
+
+async def test_seek_on_an_idle_partition_wakes_it_and_a_takeover_reads_on_from_there(
+    target: Target, namespace: str, target_client: Any
+) -> None:
+    """Single node (the shared idle wait) and cluster (a blocking read per partition):
+    a drained partition blocked in its idle wait replays at once after a seek back, and
+    after a graceful handoff the next member starts where the seek put the group."""
+    await create_topic(target.url, namespace, TOPIC, 2)
+    async with Producer(target.url, namespace=namespace) as producer:
+        ids = await send(producer, range(6), partition=1)
+    seen1: list[int] = []
+    c1 = consumer(target.url, namespace)
+    task1 = start_processing(c1, recorder(seen1))
+    try:
+        await eventually(lambda: len(seen1) == 6, 10)
+        await asyncio.sleep(0.2)  # let partition 1 settle into its idle wait
+        await c1.seek(TOPIC, 1, ids[2])
+        await eventually(lambda: len(seen1) == 10, 5, message="the idle partition did not replay")
+        assert seen1 == [0, 1, 2, 3, 4, 5, 2, 3, 4, 5]
+        c1.pause(TopicPartition(TOPIC, 1))  # c1 reads nothing more: the next member must
+        await c1.seek(TOPIC, 1, ids[4])
+    finally:
+        await stop(c1)
+        await task1
+    seen2: list[int] = []
+    c2 = consumer(target.url, namespace)
+    task2 = start_processing(c2, recorder(seen2))
+    try:
+        await eventually(lambda: len(seen2) >= 2, 10)
+        assert seen1[10:] == [] and seen2 == [4, 5]
+        stream = Keys(namespace).stream(TOPIC, 1)
+        await eventually(
+            lambda: _no_rows(target_client.xpending_range(stream, "g", "-", "+", 10)), 5
+        )
+    finally:
+        await stop(c2)
+        await task2
+
+
+async def _no_rows(rows: Any) -> bool:
+    return not await rows
