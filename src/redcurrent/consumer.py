@@ -505,8 +505,9 @@ class Consumer(Lifecycle):
         if self._state != "running" or self._coord is None:
             raise ConsumerStoppedError("start the consumer first: 'async with Consumer(...)' (nothing was sought)")
         coord = self._coord
-        if partitions is None:
-            partitions = sorted(coord.fetchers, key=lambda tp: (tp.topic, tp.partition))
+        if partitions is None:  # every partition owned, leaving out any being revoked right now
+            owned = [tp for tp, f in coord.fetchers.items() if not (f.fenced or f.stopping)]
+            partitions = sorted(owned, key=lambda tp: (tp.topic, tp.partition))
         unowned: list[TopicPartition] = []
         fetchers: list[PartitionFetcher] = []
         for tp in partitions:
