@@ -1,4 +1,7 @@
-"""``redcurrent bench``: run the repository's benchmarks (benchmarks/produce.py, consume.py) briefly."""
+"""``redcurrent bench``: run the repository's benchmarks (benchmarks/produce.py, consume.py) briefly.
+
+``--only cluster`` runs benchmarks/cluster.py instead (its own one node and 3 + 3 cluster).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from .env import Env
 __all__ = ["bench", "find_benchmarks"]
 
 SCRIPTS = ("produce", "consume")
+OPTIONAL = ("cluster",)  # run only when asked: it starts a cluster of its own
 
 
 def find_benchmarks() -> Path | None:
@@ -36,7 +40,11 @@ def find_benchmarks() -> Path | None:
     show_default=True,
     help="Messages per case (the benchmarks' own default is 100,000).",
 )
-@click.option("--only", type=click.Choice(SCRIPTS), help="Run one of the two.")
+@click.option(
+    "--only",
+    type=click.Choice(SCRIPTS + OPTIONAL),
+    help="Run one of them (cluster: benchmarks/cluster.py, on its own 3+3 cluster).",
+)
 @pass_env
 def bench(env: Env, count: int, only: str | None) -> None:
     """Run benchmarks/produce.py and benchmarks/consume.py with a small --count.
@@ -50,11 +58,13 @@ def bench(env: Env, count: int, only: str | None) -> None:
             "no benchmarks/ directory here or above the package: run it from a "
             "source checkout of redcurrent"
         )
-    scripts = [where / f"{name}.py" for name in SCRIPTS if only in (None, name)]
+    scripts = [where / f"{name}.py" for name in SCRIPTS + OPTIONAL if only == name]
+    scripts = scripts or [where / f"{name}.py" for name in SCRIPTS]
     missing = [str(s) for s in scripts if not s.is_file()]
     if missing:
         raise click.ClickException(f"benchmark script not found: {', '.join(missing)}")
-    child_env = {**os.environ, "REDIS_URL": env.url}
+    # cluster.py starts its own servers: no server of ours to resolve (or start) for it
+    child_env = {**os.environ} if only in OPTIONAL else {**os.environ, "REDIS_URL": env.url}
     for script in scripts:
         # one rep and a short latency run: a quick look, not the 3-rep measurement
         args = ["--count", str(count), "--reps", "1"]
