@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 import redis.asyncio
+from support.proxy import FaultProxy
 from support.servers import (
     SERVER_KINDS,
     AsyncClient,
@@ -26,6 +27,8 @@ from support.servers import (
     find_server_binary,
     sync_server_version,
 )
+
+from redcurrent import Admin
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -168,3 +171,18 @@ async def target_client(target: Target) -> AsyncIterator[AsyncClient]:
     client = target.client()
     yield client
     await client.aclose()
+
+
+@pytest_asyncio.fixture
+async def admin(target: Target, namespace: str) -> AsyncIterator[Admin]:
+    """An Admin on the test's target (single node and cluster) in the test's namespace.
+    (Files whose tests run on a single server define their own ``admin``.)"""
+    async with Admin(target.url, namespace=namespace) as admin:
+        yield admin
+
+
+@pytest_asyncio.fixture
+async def proxy(redis_url: str) -> AsyncIterator[FaultProxy]:
+    """A FaultProxy in front of the test server (drop, delay or cut replies)."""
+    async with FaultProxy.for_url(redis_url) as started:
+        yield started

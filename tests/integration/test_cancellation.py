@@ -24,12 +24,10 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
-import pytest_asyncio
 import redis.asyncio
 import redis.exceptions
 from redis.asyncio.retry import Retry
@@ -48,12 +46,6 @@ LATENCY = (0.0125, 0.0075)  # 5-20 ms each way
 
 def seed() -> int:
     return int(os.environ.get("REDCURRENT_FUZZ_SEED") or random.randrange(2**32))
-
-
-@pytest_asyncio.fixture
-async def proxy(redis_url: str) -> AsyncIterator[FaultProxy]:
-    async with FaultProxy.for_url(redis_url) as started:
-        yield started
 
 
 async def create_topic(url: str, namespace: str) -> None:

@@ -63,12 +63,6 @@ async def make_producer(target: Target, namespace: str) -> AsyncIterator[Factory
         await producer.close()
 
 
-@pytest_asyncio.fixture
-async def admin(target: Target, namespace: str) -> AsyncIterator[Admin]:
-    async with Admin(target.url, namespace=namespace) as a:
-        yield a
-
-
 async def entries(
     client: AsyncClient, namespace: str, topic: str, partition: int
 ) -> list[tuple[str, dict[bytes, bytes]]]:
@@ -672,12 +666,6 @@ async def test_produce_script_without_producer_id_always_writes(
     assert await target_client.exists(seq_key) == 0
 
 
-@pytest_asyncio.fixture
-async def proxy(redis_url: str) -> AsyncIterator[FaultProxy]:
-    async with FaultProxy.for_url(redis_url) as started:
-        yield started
-
-
 async def test_send_whose_reply_was_lost_is_retried_and_stored_once(
     proxy: FaultProxy, r: redis.asyncio.Redis, namespace: str
 ) -> None:
@@ -881,7 +869,7 @@ async def test_while_a_request_is_outstanding_other_partitions_go_after_linger(
         await asyncio.sleep(0.01)
         other = asyncio.create_task(send("b", 1))
         same = asyncio.create_task(send("c", 0))
-        a, b, c = await asyncio.gather(first, other, same)
+        a, _b, c = await asyncio.gather(first, other, same)
     assert done["b"] < done["c"]  # b did not wait for a's reply
     assert done["b"] < 0.5 + 0.05 + 0.25 and done["c"] >= 2 * 0.5 - 0.05  # c waited for a
     assert (a.partition, c.partition) == (0, 0) and tuple(map(int, a.id.split("-"))) < tuple(map(int, c.id.split("-")))

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
-import pytest_asyncio
 import redis.asyncio
 from support.eventually import eventually
 from support.proxy import FaultProxy
@@ -25,12 +23,6 @@ from redcurrent import (
     SerializationError,
 )
 from redcurrent.keys import Keys
-
-
-@pytest_asyncio.fixture
-async def proxy(redis_url: str) -> AsyncIterator[FaultProxy]:
-    async with FaultProxy.for_url(redis_url) as started:
-        yield started
 
 
 async def namespace_keys(r: redis.asyncio.Redis, namespace: str) -> set[bytes]:

@@ -5,10 +5,7 @@ Each test runs twice (``target``: single / cluster) in its own namespace.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
-import pytest_asyncio
 import redis.asyncio
 from support.eventually import eventually
 from support.servers import AsyncClient, Target
@@ -26,12 +23,6 @@ from redcurrent import (
     UnknownTopicError,
 )
 from redcurrent.keys import Keys
-
-
-@pytest_asyncio.fixture
-async def admin(target: Target, namespace: str) -> AsyncIterator[Admin]:
-    async with Admin(target.url, namespace=namespace) as a:
-        yield a
 
 
 async def namespace_keys(client: AsyncClient, namespace: str) -> set[bytes]:
