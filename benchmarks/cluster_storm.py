@@ -108,6 +108,11 @@ async def wait_drained(url: str, timeout: float = 60) -> None:
             await asyncio.sleep(0.1)
 
 
+async def epoch(url: str) -> int:
+    async with Admin(url, namespace=NS) as admin:
+        return (await admin.describe_group(TOPIC, GROUP)).epoch
+
+
 async def produce(url: str, partitions: int, n: int, create: bool = False) -> None:
     if create:
         async with Admin(url, namespace=NS) as admin:
@@ -194,6 +199,7 @@ def main() -> None:
             asyncio.run(wait_drained(url))
             before_s = time.monotonic() - t
             time.sleep(2.0)  # idle: every partition waits in its XREAD
+            epoch_before = asyncio.run(epoch(url))
             quiet = calm(cluster, window)
             fault = outage(cluster, args.partitions, args.outage, args.after)
             alive = proc.poll() is None
@@ -201,6 +207,7 @@ def main() -> None:
             asyncio.run(produce(cluster.url, args.partitions, 100))
             asyncio.run(wait_drained(cluster.url))
             resumed_s = time.monotonic() - t
+            epoch_after = asyncio.run(epoch(cluster.url))
             stop.write_text("")
             proc.wait(30)
         finally:
@@ -217,9 +224,10 @@ def main() -> None:
           f"{fault['cluster_fail_after_s']}s; takeover at {fault['takeover_at_s']}s; replicas replayed "
           f"{fault['replicas_replayed']} writes")
     print(f"  consumer alive through it: {alive}; 100 messages sent after it consumed in {resumed_s:.2f}s "
-          f"(before the windows: {before_s:.2f}s; it handled {consumed} in all)")
+          f"(before the windows: {before_s:.2f}s; it handled {consumed} in all); group epoch {epoch_before} -> "
+          f"{epoch_after}")
     print("JSON " + json.dumps({"calm": quiet, "outage": fault, "window_s": window, "alive": alive,
-                                "resumed_s": resumed_s, "before_s": before_s, "args": vars(args)}), file=sys.stderr)
+                                "resumed_s": resumed_s, "before_s": before_s, "epochs": [epoch_before, epoch_after], "args": vars(args)}), file=sys.stderr)
 
 
 if __name__ == "__main__":
