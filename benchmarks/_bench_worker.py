@@ -46,7 +46,7 @@ from _common import (
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from redcurrent import Admin, Consumer, Message, Producer, Record
+from redcurrent import Admin, Backoff, Consumer, Message, Producer, Record
 
 Result = dict[str, Any]
 
@@ -382,7 +382,7 @@ async def fo_producer(url: str, ns: str, rate: float) -> Result:
 # -- consume scaling --------------------------------------------------------------------
 
 async def share_consumer(url: str, ns: str, ready: str, go: str, stop: str, hb: float = 0.2,
-                         session: float = 1.5) -> Result:
+                         session: float = 1.5, backoff_max: float | None = None) -> Result:
     """One of N consumers of one group on a filled topic: joins, writes ``ready``, starts
     process_batch (batch_size=500) once ``go`` exists, stops once ``stop`` exists.
     ``points``: (time.monotonic(), messages handled so far) per batch; CLOCK_MONOTONIC is
@@ -399,8 +399,9 @@ async def share_consumer(url: str, ns: str, ready: str, go: str, stop: str, hb: 
         while not await asyncio.to_thread(os.path.exists, path):
             await asyncio.sleep(0.01)
 
+    backoff = None if backoff_max is None else Backoff(max=backoff_max)
     consumer = Consumer(TOPIC, group=GROUP, url=url, namespace=ns, start="earliest", batch_size=BATCH,
-                        heartbeat_interval=hb, session_timeout=session)
+                        heartbeat_interval=hb, session_timeout=session, backoff=backoff)
     async with consumer:
         await asyncio.to_thread(Path(ready).write_text, "")
         await wait_for(go)

@@ -181,6 +181,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=16)
     parser.add_argument("--heartbeat", type=float, default=1.0, help="the consumer's (library default 1.0)")
     parser.add_argument("--session", type=float, default=10.0, help="the consumer's (library default 10.0)")
+    parser.add_argument("--backoff-max", type=float, default=None, help="the consumer's Backoff.max (default 30)")
     args = parser.parse_args()
     window = args.outage + args.after
     with EmbeddedCluster(binary=server_binary(args.server)) as cluster, \
@@ -191,7 +192,8 @@ def main() -> None:
         go.write_text("")
         with log.open("w") as out:
             proc = spawn_worker("share-consumer", out, url=url, ns=NS, ready=str(Path(tmp, "ready")),
-                                go=str(go), stop=str(stop), hb=args.heartbeat, session=args.session)
+                                go=str(go), stop=str(stop), hb=args.heartbeat, session=args.session,
+                                backoff_max=args.backoff_max)
         try:
             asyncio.run(wait_drained(url))
             t = time.monotonic()  # the same probe as after the outage, for comparison
