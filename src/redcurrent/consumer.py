@@ -20,7 +20,14 @@ from .connection import Client, Connection, Lifecycle, connect
 from .coordinator import Coordinator, Listener
 from .deadletter import DeadLetterWriter
 from .errors import ConfigError, ConsumerStoppedError, FencedError, IllegalStateError, translate
-from .fetcher import Credits, Dispatcher, FetchContext, PartitionFetcher
+from .fetcher import (
+    WATCHED_MIN,
+    WATCHED_MIN_62,
+    Credits,
+    Dispatcher,
+    FetchContext,
+    PartitionFetcher,
+)
 from .handlers import BatchDispatcher, EachDispatcher, Histogram, IteratorDispatcher, Policy, Slot
 from .keys import Keys, validate_name
 from .retry import Backoff, RetryPolicy
@@ -205,6 +212,7 @@ class Consumer(Lifecycle):
                                           lambda t: self._dle.get(t, False), self._stats),
             stats=self._stats, limit=asyncio.Semaphore(limit), waiter=self._waiter,
             transactions=not self._conn.caps.is_cluster,
+            watched_min=WATCHED_MIN if self._conn.caps.version >= (7, 0, 0) else WATCHED_MIN_62,
             wait_slots=None if self._waiter is not None else asyncio.Semaphore(max(1, min(32, pool // 4))),
         )
         self._coord = Coordinator(client, opt, self.topics, self.member_id, self.instance_id,

@@ -59,9 +59,12 @@ INSIST = 10  # cancellations (0.2 s apart) before a stop leaves a handler's task
 _WATCH_TRIES = 3  # a watched fetch whose key keeps changing falls back to the script
 # Reads at least this large take the watched path: it moves per-entry work from the
 # server's Lua to native code, but costs the client two more commands a fetch, which
-# only pays over a large batch (process() with batch_size 100 was client-bound and
-# lost a third of its rate to it; process_batch with 500 gained 40%).
+# only pays over a large batch (on Valkey/Redis 7+, process() with batch_size 100 was
+# client-bound and lost a third of its rate to it; process_batch with 500 gained 40%).
+# Redis 6.2's Lua costs a fetched entry 6.3 us of server time (3.9 us on Valkey 9.1):
+# there reads of 100 (process()'s default) already pay (see WATCHED_MIN_62).
 WATCHED_MIN = 250
+WATCHED_MIN_62 = 100
 POLL_S = 0.1  # idle poll period on a cluster when every blocking-wait slot is taken
 _FETCH = scripts.script("fetch")
 _RELEASE = scripts.script("release")
@@ -133,6 +136,7 @@ class FetchContext:
     limit: asyncio.Semaphore
     waiter: IdleWaiter | None = None  # one blocking read for all idle partitions (single server)
     transactions: bool = False  # WATCH/MULTI fetches (single server; a cluster keeps the script)
+    watched_min: int = WATCHED_MIN  # reads at least this large take the watched path
     wait_slots: asyncio.Semaphore | None = None  # per-partition blocking reads (cluster)
     dispatcher: Dispatcher | None = None
     dispatcher_set: asyncio.Event = field(default_factory=asyncio.Event)
@@ -564,7 +568,7 @@ class PartitionFetcher:
 
     async def _fetch_call(self, count: int, read_id: str, acks: list[str]) -> Any:
         c = self.ctx
-        if count >= WATCHED_MIN and read_id == ">" and self._bulk and c.transactions:
+        if count >= c.watched_min and read_id == ">" and self._bulk and c.transactions:
             return await self._fetch_watched(count, acks)
         restore = "1" if self._restore and read_id != ">" else "0"
         return await scripts.run(
@@ -580,7 +584,7 @@ class PartitionFetcher:
         Used while a partition has a backlog: Redis reads natively instead of passing
         every entry through Lua, which cost 3.9 us a message of server time on Valkey
         9.1 and 6.3 us on Redis 6.2, against 1.8-2.1 us this way. It costs two more
-        round trips, so only large reads of a backlog take it (``WATCHED_MIN``).
+        round trips, so only large reads of a backlog take it (``watched_min``).
         Same reply shape as the script."""
         c = self.ctx
         token = c.token.encode()
