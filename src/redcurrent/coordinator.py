@@ -26,7 +26,7 @@ import orjson
 from . import scripts
 from .config import ConsumerOptions
 from .errors import FencedError, translate
-from .fetcher import FetchContext, PartitionFetcher
+from .fetcher import RETRY_MAX_S, FetchContext, PartitionFetcher
 from .structs import TopicPartition
 
 if TYPE_CHECKING:
@@ -420,7 +420,8 @@ class Coordinator:
             attempt += 1
             if failed and time.monotonic() < deadline:
                 self._ctx.count("release_errors", len(failed))
-                await asyncio.sleep(min(self._ctx.backoff.delay(attempt), max(0.0, deadline - time.monotonic())))
+                await asyncio.sleep(min(self._ctx.backoff.delay(attempt), RETRY_MAX_S,
+                                        max(0.0, deadline - time.monotonic())))
             elif failed:
                 error = next(r for r in replies if isinstance(r, BaseException))
                 (log.debug if quiet else log.warning)(

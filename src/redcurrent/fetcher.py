@@ -65,6 +65,7 @@ _WATCH_TRIES = 3  # a watched fetch whose key keeps changing falls back to the s
 # there reads of 100 (process()'s default) already pay (see WATCHED_MIN_62).
 WATCHED_MIN = 250
 WATCHED_MIN_62 = 100
+RETRY_MAX_S = 1.0  # the longest wait before retrying a consume-path Redis call
 POLL_S = 0.1  # idle poll period on a cluster when every blocking-wait slot is taken
 _FETCH = scripts.script("fetch")
 _RELEASE = scripts.script("release")
@@ -429,7 +430,11 @@ class PartitionFetcher:
                 if left <= 0:
                     raise transient_error(exc, f"{what} on {self.tp.topic}[{self.tp.partition}]: "
                                                f"gave up after request_timeout={c.request_timeout}s") from None
-                delay = min(left, c.backoff.delay(attempt))
+                # The handler backoff may grow to 30 s; a Redis error's retry is capped at
+                # RETRY_MAX_S, so a partition resumes within a second of Redis coming back
+                # (as Kafka's reconnect.backoff.max.ms): measured after a 5 s cluster
+                # outage, 2.5-3.0 s to resume uncapped, 0.06 s capped (docs/cluster.md).
+                delay = min(left, c.backoff.delay(attempt), RETRY_MAX_S)
                 log.warning("%r: %s failed (%s); retry %d in %.2fs", self, what,
                             transient_error(exc, what), attempt, delay)
                 await asyncio.sleep(delay)
