@@ -18,9 +18,9 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from itertools import repeat
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 from redis.asyncio import RedisCluster
@@ -315,7 +315,11 @@ class Accumulator:
         tasks = [t for t in (self._task, *self._requests) if t is not None]
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            # A cancellation that lands inside redis-py can be absorbed there; the retry
+            # loops end by the closed flag, and close() waits for them no longer than one
+            # request: whatever is still in flight then is failed as ambiguous below.
+            await asyncio.wait(tasks, timeout=self._opt.request_timeout + 1.0)
         self._task = None
         self._fail_all(ProducerClosedError("the producer was closed before the record was sent; nothing was written"))
         self._fail(self._inflight, AmbiguousWriteError(
@@ -458,7 +462,7 @@ class Accumulator:
                 replicas = await self._replica_count(b) if b.confirmed >= 0 else "?"
                 self._fail([b], self._give_up(b, replicas, idempotent=bool(pid)))
             pending = [b for b in retry if not b.done]
-            if not pending:
+            if not pending or self._closed:  # closing: close() fails what is left as ambiguous
                 return missing
             attempt += 1
             self.stats["retries"] += 1
@@ -569,7 +573,8 @@ class Accumulator:
         for topic, batches in by_topic.items():
             assert self.on_missing is not None
             try:
-                n = await self.on_missing(topic)
+                async with asyncio.timeout(self._opt.request_timeout):
+                    n = await self.on_missing(topic)
             except UnknownTopicError as exc:
                 self._fail(batches, exc)
                 continue
