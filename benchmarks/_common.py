@@ -6,7 +6,7 @@ row in its own process (``_bench_worker.py ROLE '{json kwargs}'``, which prints 
 ``--reps`` times interleaved (rep 1 of every row, then rep 2, ...), and print medians,
 spreads (min-max) and ratios computed per rep.
 
-The workload is peers-bench's (/work/shared/peers-bench/common.py): ~210-byte JSON dicts
+The workload is the peer yardstick's, reproduced here: ~210-byte JSON dicts
 with a ``key`` over 1,000 keys, a per-key ``seq``, a ``ts`` and padding, 8 partitions.
 """
 

@@ -235,8 +235,8 @@ async def test_cancelled_fetches_and_acks_lose_nothing_and_leave_nothing_pending
     from outside) hands each message to its own ack task (ack under random
     cancellation), so acks are in flight while later messages are fetched.
 
-    The fetch loop is one task at a time: concurrent getone() callers stall partitions
-    (a known bug with its own xfail test below)."""
+    The fetch loop is one task at a time here; concurrent getone() callers have their own
+    test below."""
     s = seed()
     rng = random.Random(s)
     await create_topic(redis_url, namespace)
