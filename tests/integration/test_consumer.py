@@ -34,10 +34,10 @@ from support.consuming import (
 )
 from support.eventually import eventually
 from support.group_scenarios import KEYS20, TOPIC
-from support.history import check_history
 
 from redcurrent import Consumer, FencedError, Message, Producer, TopicPartition
 from redcurrent.keys import Keys
+from redcurrent.testing import check_history
 
 pytestmark = pytest.mark.timeout(60)
 

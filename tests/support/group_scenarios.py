@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from redcurrent import Admin, Producer
+from redcurrent.testing import Sent, check_history
 from support.consuming import (
     HB,
     Seen,
@@ -26,7 +27,6 @@ from support.consuming import (
     tps,
 )
 from support.eventually import eventually
-from support.history import Sent, check_history
 
 TOPIC = "orders"
 KEYS20 = [f"k{i}" for i in range(20)]
