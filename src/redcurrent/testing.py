@@ -89,6 +89,7 @@ __all__ = [
     "Sent",
     "Violation",
     "check_history",
+    "order_violations",
     "parse_log_line",
     "read_log",
 ]
@@ -229,12 +230,7 @@ def check_history(sent: Iterable[Sent], events: Iterable[Event]) -> History:
         m: n for m, n in sorted(counts.items(), key=lambda kv: _order(kv[0])) if n > 1
     }
 
-    by_key: dict[Key, list[tuple[int, Event]]] = defaultdict(list)
-    for i, e in known:
-        by_key[e.key].append((i, e))
-    for key in sorted(by_key, key=repr):
-        ordered = [e for _, e in sorted(by_key[key], key=lambda ie: (ie[1].t_ns, ie[0]))]
-        report.violations.extend(_order_violations(ordered))
+    report.violations = order_violations(e for _, e in known)
     return report
 
 
@@ -242,7 +238,21 @@ def _order(m: tuple[Key, int]) -> tuple[str, int]:
     return (repr(m[0]), m[1])
 
 
-def _order_violations(events: list[Event]) -> list[Violation]:
+def order_violations(events: Iterable[Event]) -> list[Violation]:
+    """Per-key order violations among the handled ``events``, by the rule of the module
+    docstring (keys in ``repr`` order; no ``sent`` needed)."""
+    by_key: dict[Key, list[tuple[int, Event]]] = defaultdict(list)
+    for i, e in enumerate(events):
+        if e.event == HANDLED:
+            by_key[e.key].append((i, e))
+    out: list[Violation] = []
+    for key in sorted(by_key, key=repr):
+        ordered = [e for _, e in sorted(by_key[key], key=lambda ie: (ie[1].t_ns, ie[0]))]
+        out.extend(_tenure_violations(ordered))
+    return out
+
+
+def _tenure_violations(events: list[Event]) -> list[Violation]:
     """Apply the tenure rule to one key's handled events, already in time order."""
     out: list[Violation] = []
     prev: Event | None = None
