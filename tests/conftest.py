@@ -8,6 +8,7 @@ each with a replica attached (``redcurrent.embedded.EmbeddedCluster``, about 2 s
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -130,6 +131,13 @@ def _min_server_gate(request: pytest.FixtureRequest) -> None:
 
 
 # --------------------------------------------------------------------------- per test
+
+
+@pytest.fixture
+def runner() -> Iterator[asyncio.Runner]:
+    """One event loop for a whole synchronous test: hypothesis examples run in it one by one."""
+    with asyncio.Runner() as loop:
+        yield loop
 
 
 @pytest.fixture
