@@ -8,6 +8,7 @@ each with a replica attached (``redcurrent.embedded.EmbeddedCluster``, about 2 s
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -49,6 +50,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "min_server(major, minor): skip when the single-node server is older"
+    )
+    config.addinivalue_line(
+        "markers", "single_node: tests taking target/admin run on the single node only"
     )
 
 
@@ -133,6 +137,13 @@ def _min_server_gate(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture
+def runner() -> Iterator[asyncio.Runner]:
+    """One event loop for a whole synchronous test: hypothesis examples run in it one by one."""
+    with asyncio.Runner() as loop:
+        yield loop
+
+
+@pytest.fixture
 def namespace() -> str:
     """A unique key prefix per test (the library's ``namespace=``); never FLUSHALL."""
     return "t" + uuid.uuid4().hex[:10]
@@ -152,14 +163,28 @@ async def rc(cluster: Cluster) -> AsyncIterator[redis.asyncio.RedisCluster]:
     await client.aclose()
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("single", id="single"),
-        pytest.param("cluster", id="cluster", marks=pytest.mark.cluster),
-    ]
-)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The one way a behaviour runs on one node and on the cluster (saq's one suite per
+    backend): a test that takes ``target`` (directly, or through ``admin`` or
+    ``target_client``) runs twice, ``[single]`` and ``[cluster]``, unless its module or
+    itself is marked ``single_node``."""
+    if "target" in metafunc.fixturenames and not metafunc.definition.get_closest_marker(
+        "single_node"
+    ):
+        metafunc.parametrize(
+            "target",
+            [
+                pytest.param("single", id="single"),
+                pytest.param("cluster", id="cluster", marks=pytest.mark.cluster),
+            ],
+            indirect=True,
+        )
+
+
+@pytest.fixture
 def target(request: pytest.FixtureRequest) -> Target:
-    if request.param == "cluster":
+    """Where the test runs: the single-node server, or (``[cluster]``) the cluster."""
+    if getattr(request, "param", "single") == "cluster":
         started: Cluster = request.getfixturevalue("cluster")
         return Target(kind="cluster", url=started.url, is_cluster=True)
     url: str = request.getfixturevalue("redis_url")
@@ -175,8 +200,8 @@ async def target_client(target: Target) -> AsyncIterator[AsyncClient]:
 
 @pytest_asyncio.fixture
 async def admin(target: Target, namespace: str) -> AsyncIterator[Admin]:
-    """An Admin on the test's target (single node and cluster) in the test's namespace.
-    (Files whose tests run on a single server define their own ``admin``.)"""
+    """An Admin on the test's target in the test's namespace (on one node only in a
+    ``single_node`` module)."""
     async with Admin(target.url, namespace=namespace) as admin:
         yield admin
 

@@ -29,13 +29,13 @@ from typing import Any
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from support.history import Event, History, Sent, check_history, read_log
 from support.proxy import FaultProxy
 from support.servers import Cluster, ServerProcess
 
 from redcurrent import Admin, Producer, Record, RedcurrentError
 from redcurrent.embedded import ClusterNode
 from redcurrent.keys import Keys
+from redcurrent.testing import Event, History, Sent, check_history, read_log
 
 WORKER = Path(__file__).resolve().parents[1] / "support" / "worker.py"
 TOPIC, GROUP, NS = "orders", "g", "faults"

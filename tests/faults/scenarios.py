@@ -17,9 +17,9 @@ from typing import Any
 
 from harness import NS, TOPIC, FaultRun, Report
 from redis.crc import key_slot
-from support.history import Event, Sent, check_history
 
 from redcurrent import Admin
+from redcurrent.testing import Event, Sent, check_history
 
 S, H = 1.5, 0.2
 Scenario = Callable[[Path, str, bool], Awaitable[Report]]

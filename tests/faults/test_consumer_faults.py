@@ -2,7 +2,7 @@
 
 Three consumer processes (``tests/support/worker.py``) share 8 partitions while this
 test produces 100 keys x N sequence numbers; every scenario ends with the history
-checker (``tests/support/history.py``): nothing lost, nothing left unacked, per-key
+checker (``redcurrent.testing``): nothing lost, nothing left unacked, per-key
 order kept. Heartbeat 0.2 s, session timeout 1.5 s.
 """
 
@@ -22,11 +22,11 @@ import pytest
 import redis.asyncio
 from support.consuming import HB, SESSION, STOP_HANG, create_topic, group_state, produce
 from support.eventually import eventually
-from support.history import Event, History, Sent, check_history, read_log
 from support.servers import ServerProcess
 
 from redcurrent import Producer
 from redcurrent.keys import Keys
+from redcurrent.testing import Event, History, Sent, check_history, read_log
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

@@ -16,13 +16,12 @@ import sys
 import threading
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import pytest_asyncio
 from support.eventually import eventually
 
 from redcurrent import Admin, Consumer, Message, Producer, partition_for_key
@@ -91,10 +90,7 @@ def assert_one_line_error(done: subprocess.CompletedProcess[str], *needles: str)
         assert needle in lines[0], lines[0]
 
 
-@pytest_asyncio.fixture
-async def admin(redis_url: str, namespace: str) -> AsyncIterator[Admin]:
-    async with Admin(redis_url, namespace=namespace) as a:
-        yield a
+pytestmark = pytest.mark.single_node  # conftest's admin, on one node
 
 
 # -- topics --------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""Consumer groups on one node: delivery, order, acks, fencing, rebalancing (docs/architecture.md §3, §4, §7).
+"""Consumer groups: delivery, order, acks, fencing, rebalancing (docs/architecture.md §3, §4, §7).
 
 Every test runs real consumers against a real server in a namespace of its own, with a
-heartbeat of 0.2 s and a session timeout of 1.5 s.
+heartbeat of 0.2 s and a session timeout of 1.5 s. Tests taking ``target`` run twice:
+on one node and on the 3-master cluster (the conftest's parametrized fixture).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any
 
 import pytest
 import redis.asyncio
-from support import group_scenarios as scenarios
 from support.consuming import (
     HB,
     REBALANCE,
@@ -33,13 +33,17 @@ from support.consuming import (
     tps,
 )
 from support.eventually import eventually
-from support.group_scenarios import KEYS20, TOPIC
-from support.history import check_history
+from support.servers import AsyncClient, Target
 
-from redcurrent import Consumer, FencedError, Message, Producer, TopicPartition
+from redcurrent import Admin, Consumer, FencedError, Message, Producer, TopicPartition
 from redcurrent.keys import Keys
+from redcurrent.testing import Sent, check_history
 
 pytestmark = pytest.mark.timeout(60)
+
+TOPIC = "orders"
+KEYS20 = [f"k{i}" for i in range(20)]
+GROWTH_BOUND = 2 * HB + 0.3  # two heartbeat intervals, plus scheduling slack
 
 
 @pytest.fixture
@@ -60,9 +64,31 @@ async def pending_ids(
 
 
 async def test_two_consumers_get_every_message_once_in_per_key_order(
-    redis_url: str, namespace: str, r: redis.asyncio.Redis
+    target: Target, target_client: AsyncClient, namespace: str
 ) -> None:
-    await scenarios.every_message_once_in_per_key_order(redis_url, namespace, r)
+    """Two members split the partitions; each message is handled once, per-key in order."""
+    url, ns, client = target.url, namespace, target_client
+    await create_topic(url, ns, TOPIC, 4)
+    seen = Seen()
+    a = make_consumer(url, ns, TOPIC, member_id="a")
+    b = make_consumer(url, ns, TOPIC, member_id="b")
+    ta, tb = start_processing(a, seen.handler("a")), start_processing(b, seen.handler("b"))
+    try:
+        state = await eventually(
+            lambda: settled(client, ns, TOPIC, [a, b], 4), 5, message="rebalanced"
+        )
+        assert state.assignment == {"a": [0, 2], "b": [1, 3]}
+        async with Producer(url, namespace=ns) as producer:
+            sent = await produce(producer, TOPIC, KEYS20, 10)
+        await eventually(lambda: seen.count() >= len(sent), 10, message="all delivered")
+        await asyncio.sleep(2 * HB)  # no late duplicates
+        owned = {"a": a.assignment(), "b": b.assignment()}
+    finally:
+        await stop_all((a, ta), (b, tb))
+    report = check_history(sent, seen.events)
+    assert report.ok and not report.duplicated, report.summary()
+    for name in ("a", "b"):  # each handled exactly its own partitions
+        assert {m.partition for m in seen.handled(name)} == {tp.partition for tp in owned[name]}
 
 
 async def test_two_groups_on_one_topic_each_receive_every_message(
@@ -354,9 +380,57 @@ async def test_on_assign_on_revoke_and_on_lost_listeners_are_called(
 
 
 async def test_graceful_stop_moves_partitions_to_the_survivor_within_2s_without_duplicates(
-    redis_url: str, namespace: str, r: redis.asyncio.Redis
+    target: Target, target_client: AsyncClient, namespace: str
 ) -> None:
-    await scenarios.graceful_stop_hands_over_within_2s_without_duplicates(redis_url, namespace, r)
+    """A member that stops gracefully hands its partitions over at once: the survivor
+    consumes them within 2 s, and no message is handled twice."""
+    url, ns, client = target.url, namespace, target_client
+    await create_topic(url, ns, TOPIC, 4)
+    seen = Seen()
+    a = make_consumer(url, ns, TOPIC, member_id="a")
+    b = make_consumer(url, ns, TOPIC, member_id="b")
+    ta, tb = (
+        start_processing(a, seen.handler("a", 0.002)),
+        start_processing(b, seen.handler("b", 0.002)),
+    )
+    sent: list[Sent] = []
+    flowing = asyncio.Event()
+
+    async def keep_producing(producer: Producer) -> None:
+        seq = 0
+        while not flowing.is_set():
+            sent.extend(await produce(producer, TOPIC, KEYS20, 1, first_seq=seq))
+            seq += 1
+            await asyncio.sleep(0.02)
+
+    try:
+        await eventually(lambda: settled(client, ns, TOPIC, [a, b], 4), 5)
+        moved = sorted(tp.partition for tp in a.assignment())
+        async with Producer(url, namespace=ns) as producer:
+            pump = asyncio.create_task(keep_producing(producer))
+            await eventually(lambda: len(seen.handled("a")) > 50, 5)
+            t_stop = time.monotonic_ns()
+            await stop_all((a, ta))
+            await eventually(
+                lambda: b.assignment() == tps(TOPIC, 0, 1, 2, 3), 2, message="survivor owns all"
+            )
+            resumed = await eventually(lambda: _all_resumed(seen, t_stop, moved, "b"), 2.5)
+            flowing.set()
+            await pump
+        await eventually(lambda: seen.count() >= len(sent), 10, message="every message delivered")
+        await asyncio.sleep(2 * HB)
+    finally:
+        flowing.set()
+        await stop_all((a, ta), (b, tb))
+    took = (max(resumed) - t_stop) / 1e9
+    assert took < 2.0, f"handoff took {took:.2f}s"
+    report = check_history(sent, seen.events)
+    assert report.ok and not report.duplicated, report.summary()
+
+
+def _all_resumed(seen: Seen, t_ns: int, partitions: list[int], name: str) -> list[int] | None:
+    firsts = [seen.first_after(t_ns, p, name) for p in partitions]
+    return None if None in firsts else firsts  # type: ignore[return-value]
 
 
 async def test_graceful_stop_with_nothing_in_flight_returns_at_once(
@@ -449,11 +523,37 @@ async def test_a_joining_member_bumps_the_epoch_once_and_splits_the_partitions(
 
 
 async def test_growth_bumps_the_epoch_once_and_new_partitions_are_consumed_from_their_first_entry(
-    redis_url: str, namespace: str, r: redis.asyncio.Redis
+    target: Target, target_client: AsyncClient, namespace: str
 ) -> None:
-    await scenarios.growth_bumps_the_epoch_once_and_new_partitions_are_consumed_from_the_start(
-        redis_url, namespace, r
-    )
+    """alter_partitions: exactly one epoch bump, a full non-overlapping assignment, and
+    entries written to the new partitions before anyone noticed are consumed, soon."""
+    url, ns, client = target.url, namespace, target_client
+    await create_topic(url, ns, TOPIC, 2)
+    seen = Seen()
+    a = make_consumer(url, ns, TOPIC, member_id="a")
+    b = make_consumer(url, ns, TOPIC, member_id="b")
+    ta, tb = start_processing(a, seen.handler("a")), start_processing(b, seen.handler("b"))
+    try:
+        before = await eventually(lambda: settled(client, ns, TOPIC, [a, b], 2), 5)
+        async with Admin(url, namespace=ns) as admin:
+            t_grow = time.monotonic_ns()
+            await admin.alter_partitions(TOPIC, 4)
+        async with Producer(url, namespace=ns) as p:  # a fresh producer sees 4 partitions
+            written = [
+                await p.send(TOPIC, {"seq": i}, key="g", partition=2 + i % 2) for i in range(4)
+            ]
+        await eventually(lambda: seen.count() >= 4, 3, message="new partitions consumed")
+        took = (max(e.t_ns for e in seen.events if e.event == "handled") - t_grow) / 1e9
+        await eventually(lambda: settled(client, ns, TOPIC, [a, b], 4), 2)
+        await asyncio.sleep(5 * HB)  # several more heartbeats: no further bump
+        after = await group_state(client, ns, TOPIC)
+    finally:
+        await stop_all((a, ta), (b, tb))
+    assert after.epoch == before.epoch + 1
+    assert after.partitions == 4 and full_and_disjoint(after.assignment, 4)
+    assert after.assignment == {"a": [0, 2], "b": [1, 3]}
+    assert sorted(m.id for m in seen.handled()) == sorted(w.id for w in written)
+    assert took < GROWTH_BOUND, f"new partitions consumed {took:.2f}s after growth"
 
 
 async def _moves_when_c_joins(

@@ -14,13 +14,13 @@ import sys
 
 import pytest
 
-from redcurrent.cli.verdict import (
-    Handled,
+from redcurrent.cli.demo.report import (
     order_violations,
     recovery_seconds,
     resumed_seconds,
     verdict,
 )
+from redcurrent.testing import Event
 
 CHILD_ENV = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
 
@@ -148,8 +148,8 @@ def test_demo_on_a_cluster_survives_a_primary_sigkill_and_a_consumer_sigkill(
 # -- the verdict's rules ------------------------------------------------------------
 
 
-def h(t: int, consumer: str, key: str, seq: int, partition: int = 0) -> Handled:
-    return Handled(t, consumer, partition, f"{key}-{seq}", key, seq)
+def h(t: int, consumer: str, key: str, seq: int, partition: int = 0) -> Event:
+    return Event(consumer, "handled", key, seq, f"{key}-{seq}", t, partition)
 
 
 def sent_for(*items: tuple[str, int]) -> dict[tuple[str, int], str]:
@@ -203,8 +203,8 @@ def test_recovery_is_until_every_lost_partition_is_handled_by_a_survivor() -> No
 
 
 def test_a_killed_node_is_back_once_each_partition_handles_a_message_written_after_it() -> None:
-    def at(t_s: float, partition: int, written_ms: int) -> Handled:
-        return Handled(int(t_s * 1e9), "b", partition, f"{written_ms}-0", "k", 0)
+    def at(t_s: float, partition: int, written_ms: int) -> Event:
+        return Event("b", "handled", "k", 0, f"{written_ms}-0", int(t_s * 1e9), partition)
 
     kill_ns, kill_ms = 1_000_000_000, 5_000
     history = [

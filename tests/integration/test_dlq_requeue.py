@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import redis.asyncio
 from support.eventually import eventually
 
@@ -28,10 +26,7 @@ NOT_JSON = {b"f": b"1jn", b"v": b'{"n": "broken"}', b"h": b"{not json"}
 NOT_AN_OBJECT = {b"f": b"1jn", b"v": b'{"n": "list"}', b"h": b"[1, 2]"}
 
 
-@pytest_asyncio.fixture
-async def admin(redis_url: str, namespace: str) -> AsyncIterator[Admin]:
-    async with Admin(redis_url, namespace=namespace) as a:
-        yield a
+pytestmark = pytest.mark.single_node  # conftest's admin, on one node
 
 
 async def dead_letter_all(

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from support.eventually import eventually
@@ -24,11 +22,7 @@ from redcurrent.metrics import (
     update_lag,
 )
 
-
-@pytest_asyncio.fixture
-async def admin(redis_url: str, namespace: str) -> AsyncIterator[Admin]:
-    async with Admin(redis_url, namespace=namespace) as a:
-        yield a
+pytestmark = pytest.mark.single_node  # conftest's admin, on one node
 
 
 async def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 from support.eventually import eventually
 from support.proxy import FaultProxy
 from support.servers import AsyncClient, Target
@@ -30,12 +28,6 @@ from redcurrent import (
     murmur3_32,
 )
 from redcurrent.keys import Keys
-
-
-@pytest_asyncio.fixture
-async def admin(target: Target, namespace: str) -> AsyncIterator[Admin]:
-    async with Admin(target.url, namespace=namespace) as a:
-        yield a
 
 
 async def topic_keys(client: AsyncClient, namespace: str, topic: str) -> list[bytes]:

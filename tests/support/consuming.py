@@ -17,7 +17,7 @@ import orjson
 import redcurrent
 from redcurrent import Consumer, Message, Producer, Record, TopicPartition
 from redcurrent.keys import Keys
-from support.history import Event, Sent
+from redcurrent.testing import Event, Sent
 
 HB = 0.2  # heartbeat interval, s
 SESSION = 1.5  # session timeout, s

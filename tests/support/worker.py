@@ -15,7 +15,7 @@ stamped ``t`` = ``time.monotonic_ns()``, one clock for every process on the mach
     {"t", "c", "e": "assign" | "revoke" | "lost", "ps": [partition, ...]}   listeners
     {"t", "c", "e": "started" | "stopped"}           lifecycle ("stopped" carries "stats")
 
-``tests/support/history.py`` reads it back (``read_log``).
+It is a :class:`redcurrent.testing.EventLog`; ``redcurrent.testing.read_log`` reads it back.
 """
 
 from __future__ import annotations
@@ -23,26 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import os
 import signal
 import sys
-import time
 from typing import Any
 
 import redcurrent
-
-
-class Log:
-    """Append-only event log; one write per line (atomic with O_APPEND)."""
-
-    def __init__(self, path: str, member: str) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._member = member
-
-    def write(self, event: str, **fields: Any) -> None:
-        rec = {"t": time.monotonic_ns(), "c": self._member, "e": event, **fields}
-        os.write(self._fd, (json.dumps(rec, separators=(",", ":"), default=str) + "\n").encode())
+from redcurrent.testing import EventLog
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -63,7 +49,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> None:
-    log = Log(args.log, args.member_id)
+    log = EventLog(args.log, args.member_id)
 
     def listener(name: str) -> Any:
         def on_event(partitions: list[redcurrent.TopicPartition]) -> None:

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from support.history import Event, Sent, check_history, read_log
+from redcurrent.testing import Event, Sent, check_history, read_log
 
 
 def sent(key: str, n: int) -> list[Sent]:

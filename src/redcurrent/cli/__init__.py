@@ -5,7 +5,7 @@ also runs as ``python -m redcurrent``. It uses only the public API, plus
 ``redcurrent.embedded`` for the private server and ``redcurrent.keys`` for the
 groupless, read-only ``consume``. Nothing in the library imports this package.
 
-Click and Rich are imported lazily, so ``python -m redcurrent.cli._demo_worker``
+Click and Rich are imported lazily, so ``python -m redcurrent.cli.demo.worker``
 (a demo consumer process) starts without them.
 """
 

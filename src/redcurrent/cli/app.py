@@ -66,7 +66,8 @@ def cli(ctx: click.Context, url: str | None, namespace: str, json_mode: bool, ve
 
 
 def _register() -> None:
-    from . import bench, console, consume, demo, dlq, groups, offsets, produce, topics
+    from . import bench, console, consume, dlq, groups, offsets, produce, topics
+    from .demo.command import demo
 
     cli.add_command(topics.topics)
     cli.add_command(groups.groups)
@@ -74,7 +75,7 @@ def _register() -> None:
     cli.add_command(consume.consume)
     cli.add_command(offsets.offsets)
     cli.add_command(dlq.dlq)
-    cli.add_command(demo.demo)
+    cli.add_command(demo)
     cli.add_command(bench.bench)
     cli.add_command(console.console)
 

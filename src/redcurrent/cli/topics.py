@@ -16,19 +16,13 @@ __all__ = ["topic_json", "topics"]
 
 
 def topic_json(info: TopicInfo) -> dict[str, Any]:
-    cfg = info.config
     return {
         "name": info.name,
         "partitions": info.partitions,
         "version": info.version,
         "created_at": info.created_at,
         "length": info.length,
-        "config": {
-            "maxlen": cfg.maxlen,
-            "retention_ms": cfg.retention_ms,
-            "ttl_ms": cfg.ttl_ms,
-            "dead_letter_expired": cfg.dead_letter_expired,
-        },
+        "config": info.config,  # a dataclass: output.dumps writes it field by field
         "partition_info": [
             {
                 "partition": p.partition,

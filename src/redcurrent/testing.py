@@ -1,6 +1,20 @@
-"""The history checker: what producers sent vs. what handlers saw and acked.
+"""The history checker: what producers sent against what consumers handled and acked.
 
-Every crash, pause and handoff test feeds it two lists and asserts on the report:
+Use it in your own tests of a consumer group: record what the producer got entry ids
+for, record what each handler saw, and let :func:`check_history` say whether anything
+was lost, left unacked, delivered out of per-key order or delivered twice. The
+``redcurrent demo`` command and the library's own crash, pause and handoff tests use
+it. Example::
+
+    from redcurrent.testing import Event, Sent, check_history
+
+    sent = [Sent("k", seq, meta.id) for seq, meta in enumerate(metas)]
+    events = [Event("c1", "handled", m.key, m.value["seq"], m.id, time.monotonic_ns())
+              for m in seen]  # plus an "acked" Event once each handler returned
+    report = check_history(sent, events)
+    assert report.ok, report.summary()
+
+The two inputs:
 
 * ``sent``: one :class:`Sent` per record a producer got an entry id for, ``(key, seq,
   entry_id)``. ``(key, seq)`` identifies a message; producers number each key's records
@@ -9,7 +23,11 @@ Every crash, pause and handoff test feeds it two lists and asserts on the report
   entry_id, t_ns)`` with ``t_ns`` from ``time.monotonic_ns()`` (one clock for every
   process on the machine). ``event`` is ``"handled"`` (the handler got the message) or
   ``"acked"`` (the handler returned, so the library acks it); other events (``assign``,
-  ``lost``, …) are ignored here.
+  ``lost``, …) are ignored by the checker.
+
+Consumers in other processes write their events with :class:`EventLog` (one ``write``
+per line on an ``O_APPEND`` file, so what was logged survives a SIGKILL) and the test
+reads them back with :func:`read_log`.
 
 What the report says
 --------------------
@@ -52,19 +70,35 @@ mid-stream); what it skipped shows up as ``lost`` if it was expected.
 
 from __future__ import annotations
 
-import json
+import os
+import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
-__all__ = ["Event", "History", "Sent", "Violation", "check_history", "read_log"]
+import orjson
+
+__all__ = [
+    "ACKED",
+    "HANDLED",
+    "Event",
+    "EventLog",
+    "History",
+    "Sent",
+    "Violation",
+    "check_history",
+    "order_violations",
+    "parse_log_line",
+    "read_log",
+]
 
 HANDLED = "handled"
 ACKED = "acked"
 
-Key = Any  # str or bytes: whatever the producer used
+Key: TypeAlias = Hashable
+"""A message key as the test identifies it: whatever the producer used (str, bytes, a tuple …)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,15 +126,19 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class Violation:
-    """One per-key order violation (see the module docstring for the rule)."""
+    """One per-key order violation (see the module docstring for the rule).
 
-    kind: str  # "backwards" | "gap" | "skipped"
+    ``highest`` is the highest seq of the key handled before this event.
+    """
+
+    kind: Literal["backwards", "gap", "skipped"]
     key: Key
     seq: int
     previous_seq: int
     consumer: str
     previous_consumer: str
     t_ns: int
+    highest: int = -1
 
     def __str__(self) -> str:
         return (
@@ -129,6 +167,11 @@ class History:
         return not (
             self.lost or self.unacked or self.violations or self.unexpected or self.mismatched
         )
+
+    @property
+    def consumed(self) -> int:
+        """Distinct messages sent and handled at least once."""
+        return self.sent - len(self.lost)
 
     @property
     def duplicates(self) -> int:
@@ -187,12 +230,7 @@ def check_history(sent: Iterable[Sent], events: Iterable[Event]) -> History:
         m: n for m, n in sorted(counts.items(), key=lambda kv: _order(kv[0])) if n > 1
     }
 
-    by_key: dict[Key, list[tuple[int, Event]]] = defaultdict(list)
-    for i, e in known:
-        by_key[e.key].append((i, e))
-    for key in sorted(by_key, key=repr):
-        ordered = [e for _, e in sorted(by_key[key], key=lambda ie: (ie[1].t_ns, ie[0]))]
-        report.violations.extend(_order_violations(ordered))
+    report.violations = order_violations(e for _, e in known)
     return report
 
 
@@ -200,14 +238,28 @@ def _order(m: tuple[Key, int]) -> tuple[str, int]:
     return (repr(m[0]), m[1])
 
 
-def _order_violations(events: list[Event]) -> list[Violation]:
+def order_violations(events: Iterable[Event]) -> list[Violation]:
+    """Per-key order violations among the handled ``events``, by the rule of the module
+    docstring (keys in ``repr`` order; no ``sent`` needed)."""
+    by_key: dict[Key, list[tuple[int, Event]]] = defaultdict(list)
+    for i, e in enumerate(events):
+        if e.event == HANDLED:
+            by_key[e.key].append((i, e))
+    out: list[Violation] = []
+    for key in sorted(by_key, key=repr):
+        ordered = [e for _, e in sorted(by_key[key], key=lambda ie: (ie[1].t_ns, ie[0]))]
+        out.extend(_tenure_violations(ordered))
+    return out
+
+
+def _tenure_violations(events: list[Event]) -> list[Violation]:
     """Apply the tenure rule to one key's handled events, already in time order."""
     out: list[Violation] = []
     prev: Event | None = None
     high = -1
     for e in events:
         if prev is not None:
-            kind = None
+            kind: Literal["backwards", "gap", "skipped"] | None = None
             if e.consumer == prev.consumer:  # same tenure: strictly contiguous
                 if e.seq <= prev.seq:
                     kind = "backwards"
@@ -217,35 +269,68 @@ def _order_violations(events: list[Event]) -> list[Violation]:
                 kind = "skipped"
             if kind is not None:
                 out.append(
-                    Violation(kind, e.key, e.seq, prev.seq, e.consumer, prev.consumer, e.t_ns)
+                    Violation(kind, e.key, e.seq, prev.seq, e.consumer, prev.consumer, e.t_ns, high)
                 )
         high = max(high, e.seq)
         prev = e
     return out
 
 
-# --------------------------------------------------------------------------- worker logs
+# --------------------------------------------------------------------------- event logs
+
+
+class EventLog:
+    """A consumer's append-only event log, for a test that reads it from another process.
+
+    Each :meth:`write` is one line, one JSON object, written with a single ``os.write``
+    on an ``O_APPEND`` descriptor and stamped ``t`` = ``time.monotonic_ns()``: the
+    kernel has the line as soon as the call returns, so it survives a SIGKILL of the
+    writer, and lines of processes sharing a file never interleave. The lines
+    :func:`read_log` understands::
+
+        {"t", "c": member, "e": "handled" | "acked", "p", "id", "k", "s", ...}   a message
+        {"t", "c", "e": "assign" | "revoke" | "lost", "ps": [partition, ...]}  listeners
+        {"t", "c", "e": "started" | "stopped", ...}                           anything else
+
+    Example::
+
+        log = EventLog("/tmp/c1.log", "c1")
+        log.write("handled", p=msg.partition, id=msg.id, k=msg.key, s=msg.value["seq"])
+    """
+
+    def __init__(self, path: str | Path, member: str) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._member = member
+
+    def write(self, event: str, **fields: Any) -> None:
+        """Append one ``event`` line with ``fields`` (values that are not JSON become str)."""
+        rec = {"t": time.monotonic_ns(), "c": self._member, "e": event, **fields}
+        os.write(self._fd, orjson.dumps(rec, default=str) + b"\n")
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def parse_log_line(line: str | bytes) -> list[Event]:
+    """The events of one :class:`EventLog` line; none for a torn line (a writer killed mid-write).
+
+    Message events become one :class:`Event` with their key and seq; listener events
+    (``assign``/``revoke``/``lost``) become one Event per partition with seq -1.
+    """
+    try:
+        rec = orjson.loads(line)
+    except ValueError:
+        return []
+    if not isinstance(rec, dict):
+        return []
+    if "ps" in rec:
+        return [Event(rec["c"], rec["e"], None, -1, "", rec["t"], p) for p in rec["ps"]]
+    if "s" in rec:
+        return [Event(rec["c"], rec["e"], rec["k"], rec["s"], rec["id"], rec["t"], rec["p"])]
+    return [Event(rec["c"], rec["e"], None, -1, "", rec["t"])]
 
 
 def read_log(path: str | Path) -> list[Event]:
-    """Parse a worker log (``tests/support/worker.py``: one JSON object per line).
-
-    Message events become :class:`Event` with their key and seq; listener events
-    (``assign``/``revoke``/``lost``) become one Event per partition with seq -1. A torn
-    last line (the process was killed mid-write) is skipped.
-    """
-    out: list[Event] = []
-    text = Path(path).read_text(encoding="utf-8", errors="replace")
-    for line in text.splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if "ps" in rec:
-            for p in rec["ps"]:
-                out.append(Event(rec["c"], rec["e"], None, -1, "", rec["t"], p))
-        elif "s" in rec:
-            out.append(Event(rec["c"], rec["e"], rec["k"], rec["s"], rec["id"], rec["t"], rec["p"]))
-        else:
-            out.append(Event(rec["c"], rec["e"], None, -1, "", rec["t"]))
-    return out
+    """Every event of an :class:`EventLog` file, in file order (a torn last line is skipped)."""
+    data = Path(path).read_bytes()
+    return [e for line in data.splitlines() if line for e in parse_log_line(line)]

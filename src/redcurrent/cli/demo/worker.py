@@ -1,12 +1,12 @@
 """One consumer process of ``redcurrent demo`` (not a public interface).
 
-    REDCURRENT_DEMO_URL=redis://… python -m redcurrent.cli._demo_worker NS TOPIC GROUP MEMBER LOG
+    REDCURRENT_DEMO_URL=redis://… python -m redcurrent.cli.demo.worker NS TOPIC GROUP MEMBER LOG
 
-Handles messages ``{"k": key, "s": seq}`` and appends one JSON line per message to LOG
-with a single ``os.write`` on an ``O_APPEND`` descriptor, stamped with
-``time.monotonic_ns()`` (one clock for all processes of the machine): the kernel has
-each line as soon as the handler ran, so the record survives a SIGKILL. SIGTERM or
-SIGINT stop it gracefully. Imports neither Click nor Rich.
+Handles messages ``{"k": key, "s": seq}`` and logs a ``handled`` event per message to
+LOG with :class:`redcurrent.testing.EventLog`: one ``os.write`` on an ``O_APPEND``
+descriptor, stamped with ``time.monotonic_ns()`` (one clock for all processes of the
+machine), so the record survives a SIGKILL. SIGTERM or SIGINT stop it gracefully.
+Imports neither Click nor Rich.
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ import asyncio
 import os
 import signal
 import sys
-import time
-
-import orjson
 
 from redcurrent import Consumer, Message, run_consumer
+from redcurrent.testing import HANDLED, EventLog
 
 HEARTBEAT_S = 0.2
 SESSION_S = 1.5
@@ -27,24 +25,11 @@ WORK_S = 0.001
 
 
 async def run(namespace: str, topic: str, group: str, member: str, log_path: str) -> None:
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    log = EventLog(log_path, member)
 
     async def handle(msg: Message) -> None:
         value = msg.value
-        os.write(
-            fd,
-            orjson.dumps(
-                {
-                    "t": time.monotonic_ns(),
-                    "c": member,
-                    "p": msg.partition,
-                    "id": msg.id,
-                    "k": value["k"],
-                    "s": value["s"],
-                }
-            )
-            + b"\n",
-        )
+        log.write(HANDLED, p=msg.partition, id=msg.id, k=value["k"], s=value["s"])
         await asyncio.sleep(WORK_S)  # a little work: some messages are in flight at the SIGKILL
 
     consumer = Consumer(
@@ -64,7 +49,7 @@ async def run(namespace: str, topic: str, group: str, member: str, log_path: str
     finally:
         watchdog.cancel()
         await asyncio.gather(watchdog, return_exceptions=True)
-        os.close(fd)
+        log.close()
 
 
 async def _exit_with_parent(parent: int) -> None:
@@ -76,7 +61,7 @@ async def _exit_with_parent(parent: int) -> None:
 
 def main() -> None:
     if len(sys.argv) != 6:
-        sys.exit("usage: python -m redcurrent.cli._demo_worker NAMESPACE TOPIC GROUP MEMBER LOG")
+        sys.exit("usage: python -m redcurrent.cli.demo.worker NAMESPACE TOPIC GROUP MEMBER LOG")
     asyncio.run(run(*sys.argv[1:6]))
 
 
