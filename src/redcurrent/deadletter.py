@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .keys import Keys
+from .serde import FetchedEntry
 from .structs import TopicPartition
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ class DeadLetterWriter:
         tp: TopicPartition,
         stream: str,
         entry_id: str,
-        slots: list[Any],
+        slots: FetchedEntry,
         reason: str,
         attempts: int,
         error: BaseException | None = None,
@@ -74,7 +75,7 @@ class DeadLetterWriter:
             fields["error_type"] = type(error).__name__
             fields["error"] = str(error)[:4096]
             fields["traceback"] = "".join(tb.format_exception(error))[-16384:]
-        if isinstance(slots[2], bytes) and len(slots[2]) == 3 and slots[2][:1] == b"1":
+        if isinstance(slots.fmt, bytes) and len(slots.fmt) == 3 and slots.fmt[:1] == b"1":
             for name, value in zip(ORIGINAL_FIELDS, slots[2:8], strict=True):
                 if value != b"":
                     fields[name] = value

@@ -18,7 +18,8 @@ import orjson
 from . import scripts
 from .connection import Client
 from .keys import Keys
-from .serde import decode_entry
+from .replies import parse_requeue
+from .serde import FetchedEntry, decode_entry
 from .structs import TopicPartition
 
 __all__ = ["REQUEUE_HEADER", "DeadLetterRecord", "Requeue", "parse", "plan_requeue", "requeue_one"]
@@ -77,8 +78,8 @@ def parse(dlq_id: Any, raw: dict[Any, Any]) -> DeadLetterRecord:
     value: Any = fields.get(b"v", fields.get(b"raw.v"))
     fmt = fields.get(b"f", b"")
     if len(fmt) == 3:
-        slots = [orig.encode(), 1, fmt, fields.get(b"v", b""), fields.get(b"k", b""),
-                 fields.get(b"h", b""), b"", fields.get(b"t", b"")]
+        slots = FetchedEntry(orig.encode(), 1, fmt, fields.get(b"v", b""), fields.get(b"k", b""),
+                             fields.get(b"h", b""), b"", fields.get(b"t", b""))
         try:
             msg = decode_entry(topic, partition, slots, None)
             key, headers, value = msg.key, dict(msg.headers), msg.value
@@ -157,4 +158,4 @@ async def requeue_one(client: Client, keys: Keys, group: str, dlq_id: str, reque
         [keys.stream(requeue.topic, requeue.partition), keys.requeued(requeue.topic, requeue.partition, group)],
         [dlq_id, REQUEUE_MEMORY_MS, *requeue.fields],
     )
-    return bool(reply[0] == b"OK")
+    return parse_requeue(reply).id is not None
