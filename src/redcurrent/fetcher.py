@@ -40,10 +40,11 @@ from redis.exceptions import NoScriptError, ResponseError, WatchError
 
 from . import scripts
 from .connection import CONNECTION_ERRORS, refresh_slots, transient, transient_error
+from .deadletter import REQUEUE_HEADER
 from .errors import DecodeError, FencedError, GroupMissingError, translate
 from .replies import Fetched, parse_fetch, parse_fetch_ack, parse_nack, parse_release, parse_seek
 from .retry import Backoff
-from .serde import REQUEUE_HEADER, Deserializer, FetchedEntry, decode_fields, entry_slots
+from .serde import Deserializer, FetchedEntry, decode_fields, entry_slots
 from .structs import Message, TopicPartition
 
 if TYPE_CHECKING:
@@ -464,7 +465,7 @@ class PartitionFetcher:
         c = self.ctx
         if self.trimmed:
             entry_id = self.trimmed[0]
-            await self.dead_letter(entry_id, entry_slots(entry_id.encode(), 0, None), "trimmed", 0)
+            await self.dead_letter(entry_id, None, "trimmed", 0)  # its fields are gone: none to copy
             c.count("trimmed")
             self.trimmed.pop(0)
             return
@@ -777,16 +778,15 @@ class PartitionFetcher:
             await self.dead_letter(msg.id, None, "expired", msg.attempts)
         self.finish(msg.id, advance=advance)
 
-    async def dead_letter(self, entry_id: str, slots: FetchedEntry | None, reason: str, attempts: int,
+    async def dead_letter(self, entry_id: str, entry: FetchedEntry | None, reason: str, attempts: int,
                           error: BaseException | None = None) -> None:
-        """Write one dead letter (retried like every call); the caller then finishes the entry."""
-        if slots is None:
-            fields = self.raw.get(entry_id)
-            slots = (entry_slots(entry_id.encode(), attempts, fields) if entry_id in self.raw
-                     else FetchedEntry(entry_id.encode(), attempts, b"", b"", b"", b"", b"", b""))
-        final = slots
-        await self.call("dead-letter", lambda: self.ctx.dead_letters.write_raw(
-            self.tp, self.stream, entry_id, final, reason, attempts, error))
+        """Write one dead letter (retried like every call); the caller then finishes the entry.
+        ``entry``: its fields, else those of the batch in dispatch (or, not at hand, the
+        writer copies them from the stream)."""
+        if entry is None and entry_id in self.raw:
+            entry = entry_slots(entry_id.encode(), attempts, self.raw[entry_id])
+        await self.call("dead-letter", lambda: self.ctx.dead_letters.write(
+            self.tp, self.stream, entry_id, entry, reason, attempts, error))
 
 
 class _NoLimit:

@@ -42,7 +42,8 @@ __all__ = [
     "encode_value",
 ]
 
-# Header of a dead letter requeued for one group: other groups ack and skip it.
+# Header of a dead letter requeued for one group: other groups ack and skip it. A
+# reserved header of the entry format, so it is named here; redcurrent.deadletter writes it.
 REQUEUE_HEADER = "rc-requeue-group"
 RESERVED_HEADER_PREFIX = "rc-"  # header names redcurrent itself writes
 FORMAT_VERSION = 49  # ord("1"): the first byte of the format field
