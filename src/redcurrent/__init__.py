@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .admin import Admin
 from .consumer import Consumer
-from .dlq import DeadLetterRecord
+from .deadletter import DeadLetterRecord
 from .errors import (
     AmbiguousWriteError,
     ClientPoolExhaustedError,

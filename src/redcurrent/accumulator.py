@@ -43,13 +43,16 @@ from .errors import (
     AmbiguousWriteError,
     InvalidPartitionsError,
     NotEnoughReplicasError,
+    PartitionMissingError,
     ProducerClosedError,
     RedcurrentConnectionError,
     RedcurrentError,
+    StaleSequenceError,
     UnknownTopicError,
     redact,
     translate,
 )
+from .replies import Produced, parse_produce
 from .serde import RECORD_HEADER
 from .structs import RecordMetadata
 
@@ -442,14 +445,16 @@ class Accumulator:
             results, confirmed = await self._attempt(pending, max(_MIN_ATTEMPT_S, budget))
             retry = []
             for i, (b, result) in enumerate(zip(pending, results, strict=True)):
-                if isinstance(result, BaseException):
+                if isinstance(result, PartitionMissingError):
+                    missing.append(b)
+                elif isinstance(result, StaleSequenceError):
+                    self._fail([b], StaleSequenceError(f"produce to {self._where(b)}: {result}"))
+                elif isinstance(result, BaseException):
                     if self._transient(b, result):
                         retry.append(b)
                     else:
                         self._fail([b], translate(result, f"produce to {self._where(b)}"))
-                elif result[0] == b"NOTOPIC":
-                    missing.append(b)
-                elif confirmed is not None and confirmed[i] < 1 and result[0] != b"STALE":
+                elif confirmed is not None and confirmed[i] < 1:
                     b.confirmed, b.cause = confirmed[i], "too few replicas confirmed"
                     retry.append(b)
                 else:
@@ -470,7 +475,8 @@ class Accumulator:
             log.warning("produce failed (%s); retry %d in %.2fs", pending[0].cause, attempt, delay)
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
 
-    async def _attempt(self, batches: list[_Batch], budget: float) -> tuple[list[Any], list[int] | None]:
+    async def _attempt(self, batches: list[_Batch], budget: float
+                       ) -> tuple[list[Produced | BaseException], list[int] | None]:
         """One pipeline of produce calls (one per node on a cluster): a result (or
         exception) per batch, and per batch how many replicas confirmed it
         (acks="replica"; None otherwise)."""
@@ -483,7 +489,7 @@ class Accumulator:
             refresh_slots(self._conn.client, background=True)  # a failover: find the new primary
             return [exc] * len(batches), None
 
-    async def _execute(self, batches: list[_Batch]) -> tuple[list[Any], list[int] | None]:
+    async def _execute(self, batches: list[_Batch]) -> tuple[list[Produced | BaseException], list[int] | None]:
         """Run the calls for ``batches``: a reply (or exception) per batch, and per batch
         how many replicas confirmed it (acks="replica"; None otherwise). WAIT runs on the
         connection that carried the writes, right after them: on a cluster, one per node
@@ -493,15 +499,16 @@ class Accumulator:
         done = await scripts.execute(
             self._conn.client, [c for c, _ in calls], wait_replicas=int(wait), wait_ms=self._wait_ms if wait else 0
         )
-        replies: list[Any] = []
+        replies: list[Produced | BaseException] = []
         confirmed: list[int] = []
         for (_, group), result, waited in zip(calls, done.results, done.confirmed, strict=True):
-            if not isinstance(result, BaseException) and (not isinstance(result, list) or len(result) != len(group)):
-                result = RedcurrentError(f"unexpected reply from the produce script: {result!r:.200}")
+            if not isinstance(result, BaseException):
+                try:
+                    replies += parse_produce(result, len(group))
+                except RedcurrentError as exc:
+                    result = exc
             if isinstance(result, BaseException):
                 replies += [result] * len(group)
-            else:
-                replies += result
             confirmed += [max(0, waited)] * len(group)
         return replies, confirmed if wait else None
 
@@ -637,16 +644,11 @@ class Accumulator:
         b.done = True
         self._done(len(b.futures))
 
-    def _resolve(self, batch: _Batch, result: Any) -> None:
-        if result[0] == b"STALE":
-            self._fail([batch], RedcurrentError(
-                f"produce to {self._where(batch)}: stale producer sequence; nothing was written"
-            ))
-            return
-        ids = result[1].decode().split(",")
+    def _resolve(self, batch: _Batch, result: Produced) -> None:
+        ids = result.ids.decode().split(",")
         topic, partition = batch.topic, batch.partition
-        if result[2] and self.on_version is not None:
-            self.on_version(topic, int(result[2]))
+        if self.on_version is not None:
+            self.on_version(topic, result.version)
         self.stats["sent"] += len(batch.futures)
         self.stats["bytes"] += batch.size
         self.stats["batches"] += 1

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from . import dlq, offsets, serde, topics
+from . import deadletter, offsets, serde, topics
 from . import groups as groups_mod
 from .config import DEFAULT_NAMESPACE, check_bool, check_ttl_ms
 from .connection import Client, Connection, Lifecycle, connect
@@ -19,7 +19,6 @@ from .errors import (
     DecodeError,
     GroupError,
     InvalidPartitionsError,
-    RequeueError,
     UnknownGroupError,
     UnknownTopicError,
     translate,
@@ -421,24 +420,23 @@ class Admin(Lifecycle):
     # -- dead letters --
     async def dead_letters(
         self, topic: str, group: str, *, count: int = 100, after: str | None = None
-    ) -> list[dlq.DeadLetterRecord]:
+    ) -> list[deadletter.DeadLetterRecord]:
         """A page of ``group``'s dead letters on ``topic``, oldest first, after the id ``after``."""
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ConfigError(f"count must be a positive int, got {count!r}")
         if after is not None:
             offsets.check_id(after)
         client = await self._client()
-        start = f"({after}" if after else "-"
-        raw = await self._call(client.xrange(self._dlq(topic, group), start, "+", count=count), "dead_letters")
-        return [dlq.parse(i, f) for i, f in raw]
+        return list(await self._call(deadletter.read(client, self._dlq(topic, group), after=after, count=count),
+                                     "dead_letters"))
 
-    async def dead_letter(self, topic: str, group: str, dead_letter_id: str) -> dlq.DeadLetterRecord | None:
+    async def dead_letter(self, topic: str, group: str, dead_letter_id: str) -> deadletter.DeadLetterRecord | None:
         """One dead letter by its id in the dead-letter stream, or None if there is none."""
         offsets.check_id(dead_letter_id)
         client = await self._client()
         raw = await self._call(client.xrange(self._dlq(topic, group), dead_letter_id, dead_letter_id),
                                "dead_letter")
-        return dlq.parse(*raw[0]) if raw else None
+        return deadletter.record(*raw[0]) if raw else None
 
     async def count_dead_letters(self, topic: str, group: str) -> int:
         client = await self._client()
@@ -466,35 +464,10 @@ class Admin(Lifecycle):
         Ids not in the dead-letter stream are skipped.
         """
         ids = _id_list(ids) if ids is not None else None
+        self._dlq(topic, group)  # validates the names
         client = await self._client()
-        key = self._dlq(topic, group)
-        if ids is None:
-            entries = await self._call(client.xrange(key), "requeue_dead_letters")
-        else:
-            entries = []
-            for i in ids:
-                entries += await self._call(client.xrange(key, i, i), "requeue_dead_letters")
-        moved = 0
-        failed: dict[str, str] = {}
-        for dlq_id, fields in entries:
-            eid = dlq_id.decode() if isinstance(dlq_id, bytes) else str(dlq_id)
-            try:
-                plan = dlq.plan_requeue(fields, topic, group)
-            except ValueError as exc:
-                failed[eid] = str(exc)
-                continue
-            if await self._call(dlq.requeue_one(client, self._keys, group, eid, plan), "requeue"):
-                moved += 1
-            await client.xdel(key, eid)
-        if failed:
-            listed = "; ".join(f"{i}: {why}" for i, why in failed.items())
-            raise RequeueError(
-                f"requeued {moved} dead letter(s) of group {group!r} on topic {topic!r}; "
-                f"{len(failed)} could not be and stay in the dead-letter stream ({listed})",
-                moved,
-                failed,
-            )
-        return moved
+        return int(await self._call(deadletter.requeue(client, self._keys, topic, group, ids),
+                                    "requeue_dead_letters"))
 
     async def delete_dead_letters(self, topic: str, group: str, ids: Iterable[str]) -> int:
         """Delete dead letters by id (idempotent). Returns how many were deleted now."""

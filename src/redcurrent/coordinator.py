@@ -25,8 +25,16 @@ import orjson
 
 from . import scripts
 from .config import ConsumerOptions
-from .errors import FencedError, translate
+from .errors import (
+    FencedError,
+    FencedInstanceError,
+    LeaseExpiredError,
+    PartitionBusyError,
+    UnknownTopicError,
+    translate,
+)
 from .fetcher import RETRY_MAX_S, FetchContext, PartitionFetcher
+from .replies import parse_claim, parse_heartbeat, parse_refresh
 from .structs import TopicPartition
 
 if TYPE_CHECKING:
@@ -220,45 +228,36 @@ class Coordinator:
         if changed or time.monotonic() >= self._retry_at > 0:
             self._wake_reconcile.set()
 
-    def _apply(self, topic: str, reply: list[Any], late: float = 0.0) -> bool:
+    def _apply(self, topic: str, reply: Any, late: float = 0.0) -> bool:
         st = self.state[topic]
-        status = reply[0]
-        if status == b"OK":
-            epoch, parts, created, mine = int(reply[1]), int(reply[2]), int(reply[3]), reply[4]
-            target = frozenset(int(p) for p in mine.split(b",")) if mine else frozenset()
-            if int(reply[5]):
-                self._log_gap(topic, late)
-            changed = epoch != st.epoch or target != st.target
-            if epoch != st.epoch:
-                self._ctx.stats["rebalances"] = self._ctx.stats.get("rebalances", 0) + 1
-                log.info("%s: epoch %d, assigned %s", topic, epoch, sorted(target))
-            st.epoch, st.partitions, st.created, st.target, st.op = epoch, parts, created, target, "beat"
-            return changed
-        if status == b"DELETED":
-            self._stop_for_good(topic, FencedError(
-                f"group {self._opt.group!r} on topic {topic!r} was deleted by an operator while this "
-                "consumer was a member; it stops instead of recreating the group"
-            ))
+        try:
+            beat = parse_heartbeat(reply, topic, self._opt.group, self.member_id)
+        except FencedInstanceError as exc:
+            # Static membership: a newer process took this member id over, or an operator
+            # deleted the group. Like Kafka's fenced instance id, this one must stop, not
+            # fight for the partitions (nor recreate the group).
+            self._stop_for_good(topic, exc)
             return False
-        if status == b"FENCED" and b"replaced" in reply[1]:
-            # Static membership: a newer process took this member id over. Like Kafka's
-            # fenced instance id, this one must stop, not fight it for the partitions.
-            log.error("%s: %s; this consumer stops", topic, reply[1].decode())
-            self._stop_for_good(topic, FencedError(
-                f"member {self.member_id!r} was taken over by a newer instance; "
-                "give each running consumer its own member_id"
-            ))
-            return False
-        if status == b"FENCED":
-            log.error("%s: %s; dropping its partitions and rejoining", topic, reply[1].decode())
+        except FencedError as exc:
+            log.error("%s: %s; dropping its partitions and rejoining", topic, exc)
             self._lose([tp for tp in self.fetchers if tp.topic == topic], release=True)
             st.op, st.target = "join", frozenset()
             self._rejoining = True
             self._wake_heartbeat.set()
             return True
-        log.error("%s: unknown topic; nothing assigned", topic)
-        st.target = frozenset()
-        return True
+        except UnknownTopicError:
+            log.error("%s: unknown topic; nothing assigned", topic)
+            st.target = frozenset()
+            return True
+        if beat.rearmed:
+            self._log_gap(topic, late)
+        changed = beat.epoch != st.epoch or beat.mine != st.target
+        if beat.epoch != st.epoch:
+            self._ctx.stats["rebalances"] = self._ctx.stats.get("rebalances", 0) + 1
+            log.info("%s: epoch %d, assigned %s", topic, beat.epoch, sorted(beat.mine))
+        st.epoch, st.partitions, st.created, st.target, st.op = (
+            beat.epoch, beat.partitions, beat.created, beat.mine, "beat")
+        return changed
 
     def _stop_for_good(self, topic: str, exc: FencedError) -> None:
         log.error("%s: %s", topic, exc)
@@ -286,22 +285,27 @@ class Coordinator:
                 raise reply
             if self.fetchers.get(tp) is not f or f.stopping or self._stopping:
                 continue  # being revoked or released: its key may be gone on purpose
-            if reply == b"FENCED":
+            try:
+                parse_refresh(reply, tp)
+            except LeaseExpiredError:
+                if tp.partition in self.state[tp.topic].target:
+                    # Our key expired while Redis was away (restart, pause): nobody else
+                    # holds it and the coordinator still assigns it to us. Claim it back.
+                    ok = await self._reclaim(tp, f) and ok
+            except FencedError:
                 self.on_fenced(tp)
                 ok = False
-            elif reply == b"ABSENT" and tp.partition in self.state[tp.topic].target:
-                # Our key expired while Redis was away (restart, pause): nobody else
-                # holds it and the coordinator still assigns it to us. Claim it back.
-                ok = await self._reclaim(tp, f) and ok
         return ok
 
     async def _reclaim(self, tp: TopicPartition, f: PartitionFetcher) -> bool:
         reply = await scripts.run(self._client, _CLAIM, [f.stream, f.owner], self._claim_args(tp))
-        if reply[0] == b"OK":
-            log.warning("%s[%d]: owner key had expired; reclaimed it", tp.topic, tp.partition)
-            return True
-        self.on_fenced(tp)
-        return False
+        try:
+            parse_claim(reply, tp)
+        except PartitionBusyError:
+            self.on_fenced(tp)
+            return False
+        log.warning("%s[%d]: owner key had expired; reclaimed it", tp.topic, tp.partition)
+        return True
 
     def _info(self) -> str:
         return orjson.dumps({
@@ -359,8 +363,10 @@ class Coordinator:
         for tp, reply in zip(gained, replies, strict=True):
             if isinstance(reply, Exception):
                 raise reply
-            if reply[0] == b"BUSY":
-                busy_ms.append(max(1, int(reply[1])))
+            try:
+                won = parse_claim(reply, tp)
+            except PartitionBusyError as exc:
+                busy_ms.append(exc.retry_ms)
                 continue
             f = PartitionFetcher(self._ctx, tp, k.stream(tp.topic, tp.partition),
                                  k.owner(tp.topic, tp.partition, g))
@@ -369,7 +375,7 @@ class Coordinator:
             # XAUTOCLAIM (Redis 7+) reported pending entries that were trimmed away and
             # dropped them from the pending list: the fetcher dead-letters them first
             # (with its retries), never silently.
-            f.trimmed = [raw_id.decode() for raw_id in reply[2]]
+            f.trimmed = won.trimmed
             self.fetchers[tp] = f
             f.start()
             claimed.append(tp)

@@ -10,15 +10,21 @@ redis-py exceptions are translated into it in exactly one place
      ├── MessageTooLargeError (also ValueError) raise max_message_bytes or shrink the value
      ├── TopicError
      │    ├── UnknownTopicError                create the topic or turn auto-create on
-     │    └── TopicExistsError                 pass exist_ok=True or pick another name
+     │    ├── TopicExistsError                 pass exist_ok=True or pick another name
+     │    └── PartitionMissingError            a partition has no marker: re-read the topic
      ├── InvalidPartitionsError (also ValueError)  partitions only grow
      ├── GroupError
-     │    └── UnknownGroupError
+     │    ├── UnknownGroupError
+     │    └── GroupMissingError                the Redis group of a partition vanished: recreate it
      ├── FencedError                           this consumer no longer owns the partition
+     │    ├── FencedInstanceError              stop for good: member id taken over, or group deleted
+     │    ├── PartitionBusyError               another member still holds it: claim again later
+     │    └── LeaseExpiredError                its owner key expired: nobody holds it, claim it back
      ├── DecodeError                           a stream entry redcurrent cannot read (dead-lettered)
      ├── ConsumerStoppedError                  the consumer was stopped
      ├── IllegalStateError (also RuntimeError) a call that does not fit the object's state
      ├── ProducerClosedError                   the producer was closed
+     ├── StaleSequenceError                    a batch older than the partition's last: not written
      ├── RequeueError                          some dead letters could not be requeued (.moved, .failed)
      ├── NotEnoughReplicasError (retriable)    the primary stored it; too few replicas confirmed
      └── RedcurrentConnectionError (retriable) Redis is unreachable or timed out
@@ -27,6 +33,11 @@ redis-py exceptions are translated into it in exactly one place
 
 ``retriable`` tells whether retrying the same call later may succeed (aiokafka's
 convention). Messages never contain credentials: :func:`redact` scrubs URLs.
+
+The subclasses a script's status maps to (``FencedInstanceError``, ``PartitionBusyError``,
+``LeaseExpiredError``, ``GroupMissingError``, ``PartitionMissingError``,
+``StaleSequenceError``; see :mod:`redcurrent.replies`) are how the library acts on a
+reply; they are not exported: user code meets them, if at all, as their exported bases.
 """
 
 from __future__ import annotations
@@ -40,6 +51,12 @@ __all__ = [
     "DecodeError",
     "ClientPoolExhaustedError",
     "FencedError",
+    "FencedInstanceError",
+    "GroupMissingError",
+    "LeaseExpiredError",
+    "PartitionBusyError",
+    "PartitionMissingError",
+    "StaleSequenceError",
     "GroupError",
     "IllegalStateError",
     "InvalidPartitionsError",
@@ -125,11 +142,46 @@ class FencedError(RedcurrentError):
     """
 
 
+class FencedInstanceError(FencedError):
+    """This instance is fenced for good (Kafka's fenced instance id): a newer instance
+    took its member id over, or an operator deleted its group. It stops; it must not
+    rejoin and fight for the partitions."""
+
+
+class PartitionBusyError(FencedError):
+    """Another member still holds the partition's owner key: claim it again after
+    ``retry_ms`` (the key's remaining time to live)."""
+
+    def __init__(self, message: str, retry_ms: int) -> None:
+        super().__init__(message)
+        self.retry_ms = retry_ms
+
+
+class LeaseExpiredError(FencedError):
+    """The partition's owner key expired (Redis was away): nobody holds it, and it is
+    never recreated by a refresh. Claim it again if it is still assigned."""
+
+
 class DecodeError(RedcurrentError):
     """A stream entry could not be decoded (corrupt, foreign, unknown format version).
 
     Consumers never raise it to handlers: such an entry goes to the dead-letter stream.
     """
+
+
+class GroupMissingError(GroupError):
+    """The Redis consumer group of a partition vanished (Redis restarted empty):
+    recreate it (docs/architecture.md §12)."""
+
+
+class PartitionMissingError(TopicError):
+    """A partition has no marker (its topic was deleted, or the server lost its data):
+    nothing was written; read the topic again (docs/architecture.md §10)."""
+
+
+class StaleSequenceError(RedcurrentError):
+    """A produce batch's sequence is older than the partition's last for this producer
+    id: nothing was written."""
 
 
 class ConsumerStoppedError(RedcurrentError):

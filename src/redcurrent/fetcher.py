@@ -40,9 +40,11 @@ from redis.exceptions import NoScriptError, ResponseError, WatchError
 
 from . import scripts
 from .connection import CONNECTION_ERRORS, refresh_slots, transient, transient_error
-from .errors import DecodeError, FencedError, translate
+from .deadletter import REQUEUE_HEADER
+from .errors import DecodeError, FencedError, GroupMissingError, translate
+from .replies import Fetched, parse_fetch, parse_fetch_ack, parse_nack, parse_release, parse_seek
 from .retry import Backoff
-from .serde import REQUEUE_HEADER, Deserializer, decode_fields, entry_slots
+from .serde import Deserializer, FetchedEntry, decode_fields, entry_slots
 from .structs import Message, TopicPartition
 
 if TYPE_CHECKING:
@@ -354,7 +356,11 @@ class PartitionFetcher:
         """Act on the release reply; False if we were fenced (nothing was changed)."""
         self.acks.clear()
         self.held.clear()
-        return bool(reply[0] == b"OK")
+        try:
+            parse_release(reply, self.tp)
+        except FencedError:
+            return False
+        return True
 
     async def note_attempt(self, entry_id: str, attempts: int) -> None:
         """Persist a failed attempt in the pending entry's delivery count (fenced)."""
@@ -363,8 +369,7 @@ class PartitionFetcher:
             "record a failed attempt",
             lambda: scripts.run(self.ctx.client, _NACK, [self.stream, self.owner], args),
         )
-        if reply == b"FENCED":
-            raise FencedError(f"partition {self.tp.topic}[{self.tp.partition}] is no longer owned")
+        parse_nack(reply, self.tp)
 
     async def ack_now(self, ids: list[str]) -> None:
         """Ack ``ids`` at once (manual acks). Raises FencedError if not the owner."""
@@ -372,9 +377,7 @@ class PartitionFetcher:
             ids = [i for i in ids if i not in self.discarded]  # the seek acked them already
             if not ids:
                 return
-        reply = await self.call("ack", lambda: self._fetch_call(0, ">", ids))
-        if reply[0] == b"FENCED":
-            raise FencedError(f"partition {self.tp.topic}[{self.tp.partition}] is no longer owned")
+        parse_fetch_ack(await self.call("ack", lambda: self._fetch_call(0, ">", ids)), self.tp)
         for i in ids:
             if i in self.held:
                 self.manually_acked.add(i)
@@ -393,10 +396,9 @@ class PartitionFetcher:
         c = self.ctx
         args: list[str | int] = [c.token, c.group, position]
         reply = await self.call("seek", lambda: scripts.run(c.client, _SEEK, [self.stream, self.owner], args))
-        if reply[0] == b"FENCED":
-            raise FencedError(f"not sought: this consumer no longer owns {self.tp.topic}[{self.tp.partition}]")
+        acked = parse_seek(reply, self.tp)
         self.generation += 1
-        self.discarded = {i.decode() if isinstance(i, bytes) else str(i) for i in reply[1]}
+        self.discarded = acked
         self.acks.clear()
         self.held.clear()
         self.manually_acked.clear()
@@ -477,7 +479,7 @@ class PartitionFetcher:
         c = self.ctx
         if self.trimmed:
             entry_id = self.trimmed[0]
-            await self.dead_letter(entry_id, [entry_id.encode(), 0, 0, b"", b"", b"", b"", b""], "trimmed", 0)
+            await self.dead_letter(entry_id, None, "trimmed", 0)  # its fields are gone: none to copy
             c.count("trimmed")
             self.trimmed.pop(0)
             return
@@ -517,17 +519,17 @@ class PartitionFetcher:
             # from our own pending list.
             c.credits.give(want)
             return
-        n = len(reply[2])
+        n = len(reply.entries)
         c.credits.give(want - n)
         self._bulk = n == want
         if n == 0:
             if self._read_id != ">":
                 self._read_id, self._restore = ">", False
             else:
-                self._idle_at = reply[1]
+                self._idle_at = reply.last_id
             return
         try:
-            await self._dispatch(reply[2], reply[3])
+            await self._dispatch(reply.entries, reply.counts)
         finally:
             c.credits.give(n)
         if n < want and self._read_id == ">" and gen == self.generation:
@@ -577,10 +579,9 @@ class PartitionFetcher:
             if gen == self.generation:  # a seek meanwhile acked them (and may replay them)
                 self.acks = acks + self.acks
             raise
-        if reply[0] == b"FENCED":
-            raise FencedError(f"{self.tp} fenced")
+        parse_fetch_ack(reply, self.tp)
 
-    async def _fetch(self, count: int) -> list[Any] | None:
+    async def _fetch(self, count: int) -> Fetched | None:
         acks, self.acks = self.acks, []
         gen = self.generation
         try:
@@ -597,17 +598,13 @@ class PartitionFetcher:
                 self.acks = acks + self.acks
                 self._reread_if_new()
             raise
-        status = reply[0]
-        if status == b"OK":
-            return list(reply)
-        if status == b"FENCED":
-            raise FencedError(f"{self.tp} fenced")
-        if status == b"NOGROUP":
+        try:
+            return parse_fetch(reply, self.tp)
+        except GroupMissingError:
             await self._recreate_group()
             if gen == self.generation:
                 self.acks = acks + self.acks
             return None
-        raise RuntimeError(f"unexpected fetch reply {status!r}")
 
     async def _fetch_call(self, count: int, read_id: str, acks: list[str]) -> Any:
         c = self.ctx
@@ -819,16 +816,15 @@ class PartitionFetcher:
             await self.dead_letter(msg.id, None, "expired", msg.attempts)
         self.finish(msg.id, advance=advance)
 
-    async def dead_letter(self, entry_id: str, slots: list[Any] | None, reason: str, attempts: int,
+    async def dead_letter(self, entry_id: str, entry: FetchedEntry | None, reason: str, attempts: int,
                           error: BaseException | None = None) -> None:
-        """Write one dead letter (retried like every call); the caller then finishes the entry."""
-        if slots is None:
-            fields = self.raw.get(entry_id)
-            slots = (entry_slots(entry_id.encode(), attempts, fields) if entry_id in self.raw
-                     else [entry_id.encode(), attempts, b"", b"", b"", b"", b"", b""])
-        final = slots
-        await self.call("dead-letter", lambda: self.ctx.dead_letters.write_raw(
-            self.tp, self.stream, entry_id, final, reason, attempts, error))
+        """Write one dead letter (retried like every call); the caller then finishes the entry.
+        ``entry``: its fields, else those of the batch in dispatch (or, not at hand, the
+        writer copies them from the stream)."""
+        if entry is None and entry_id in self.raw:
+            entry = entry_slots(entry_id.encode(), attempts, self.raw[entry_id])
+        await self.call("dead-letter", lambda: self.ctx.dead_letters.write(
+            self.tp, self.stream, entry_id, entry, reason, attempts, error))
 
 
 class _NoLimit:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import tracing
+from .deadletter import reason_for
 from .errors import FencedError
 from .fetcher import PartitionFetcher
 from .retry import Backoff, BatchError, DeadLetter, Retry, RetryPolicy
@@ -154,10 +155,7 @@ def _exhausted(policy: Policy, fetcher: PartitionFetcher, msg: Message, exc: Bas
 
 async def _dead_letter(policy: Policy, fetcher: PartitionFetcher, msg: Message, exc: BaseException | None,
                        *, advance: bool = True) -> None:
-    reason = exc.reason if isinstance(exc, DeadLetter) else "max_attempts"
-    if isinstance(exc, TimeoutError) and policy.handler_timeout is not None and reason == "max_attempts":
-        reason = "handler_timeout"
-    await fetcher.dead_letter(msg.id, None, reason, msg.attempts, exc)
+    await fetcher.dead_letter(msg.id, None, reason_for(exc, policy.handler_timeout), msg.attempts, exc)
     fetcher.finish(msg.id, advance=advance)
 
 

@@ -3,8 +3,9 @@
 Attempts are counted from the pending entry's delivery count, which the fetcher
 persists on every failed attempt (XCLAIM ... RETRYCOUNT), so a restart does not
 reset them. After ``max_attempts`` the message is written to the group's
-dead-letter stream and only then acked: a crash in between duplicates a dead
-letter, it never loses the message.
+dead-letter stream (:mod:`redcurrent.deadletter`) and only then acked: a crash in
+between duplicates a dead letter, it never loses the message. ``DeadLetter`` is the
+handler's way to ask for that at once, next to ``Retry`` and ``BatchError``.
 """
 
 from __future__ import annotations

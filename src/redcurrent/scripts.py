@@ -1,5 +1,8 @@
 """Lua scripts: loaded once from ``lua/*.lua``, run by EVALSHA.
 
+Every script's reply is a table whose first element is its status; exactly one parser
+per script (:mod:`redcurrent.replies`) turns it into a typed result or error.
+
 A NOSCRIPT reply (Redis restarted, failed over, or a new cluster primary) loads the
 script and runs the call once more; that is safe because NOSCRIPT means the script
 did not run. Inside pipelines the same holds per command: only the commands that got
@@ -56,10 +59,16 @@ class Script:
     sha: str
 
 
+def _lua(name: str) -> str:
+    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
 @cache
 def script(name: str) -> Script:
-    """The script ``lua/<name>.lua`` (read once per process)."""
-    source = resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
+    """The script ``lua/<name>.lua`` (read once per process), after ``lua/_prelude.lua``:
+    the helpers every script may use live once, in one file, and each script is still
+    one EVALSHA. The script's own text comes last, so its contract opens what it adds."""
+    source = _lua("_prelude") + _lua(name)
     return Script(name, source, hashlib.sha1(source.encode()).hexdigest())
 
 

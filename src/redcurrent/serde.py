@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -32,6 +32,7 @@ from .structs import Message
 __all__ = [
     "FORMAT_VERSION",
     "Deserializer",
+    "FetchedEntry",
     "Serializer",
     "decode_entry",
     "decode_fields",
@@ -41,7 +42,8 @@ __all__ = [
     "encode_value",
 ]
 
-# Header of a dead letter requeued for one group: other groups ack and skip it.
+# Header of a dead letter requeued for one group: other groups ack and skip it. A
+# reserved header of the entry format, so it is named here; redcurrent.deadletter writes it.
 REQUEUE_HEADER = "rc-requeue-group"
 RESERVED_HEADER_PREFIX = "rc-"  # header names redcurrent itself writes
 FORMAT_VERSION = 49  # ord("1"): the first byte of the format field
@@ -133,6 +135,23 @@ def encode_headers(headers: Mapping[str, str] | None) -> bytes:
         raise ValueError(f"headers are not valid UTF-8 text: {exc}") from exc
 
 
+class FetchedEntry(NamedTuple):
+    """One stream entry's format-1 fields, in place, next to its id and delivery count:
+    what :func:`decode_entry` reads and a dead letter keeps. A missing field is ``b""``;
+    ``fmt`` is ``TRIMMED`` (an int no field value can be) for an entry deleted while
+    pending. Built once per entry that is not the producer's common shape, never for
+    that one (:func:`decode_fields`)."""
+
+    id: bytes
+    attempts: int
+    fmt: bytes | int
+    value: bytes
+    key: bytes
+    headers: bytes
+    expiry: bytes
+    timestamp: bytes
+
+
 _EMPTY_HEADERS: Mapping[str, str] = {}
 _PLAIN_JSON = frozenset((b"1js", b"1jn"))
 _loads = orjson.loads
@@ -142,14 +161,14 @@ _tuple_new = tuple.__new__
 def decode_entry(
     topic: str,
     partition: int,
-    slots: list[Any],
+    entry: FetchedEntry,
     deserializer: Deserializer | None,
 ) -> Message:
-    """Build a Message from one fetch-reply record: id, attempts, f, v, k, h, x, t.
+    """Build a Message from one entry's fields: id, attempts, f, v, k, h, x, t.
 
     Raises DecodeError with a reason for anything that is not a valid format-1 entry.
     """
-    entry_id, attempts, fmt, value, key, headers, expiry, ts = slots
+    entry_id, attempts, fmt, value, key, headers, expiry, ts = entry
     if deserializer is None and not headers and not expiry and not ts and fmt in _PLAIN_JSON:
         return _plain(topic, partition, entry_id, attempts, key if fmt == b"1js" else None, value)
     eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
@@ -170,14 +189,14 @@ def decode_entry(
     return Message(topic, partition, eid, decoded_key, decoded_value, hdrs, timestamp, int(attempts), exp)
 
 
-def entry_slots(entry_id: bytes, attempts: int, fields: list[bytes] | None) -> list[Any]:
-    """The eight slots of one entry (id, attempts, f, v, k, h, x, t) from its raw fields."""
-    if fields is None:  # deleted while pending
-        return [entry_id, attempts, TRIMMED, b"", b"", b"", b"", b""]
+def entry_slots(entry_id: bytes, attempts: int, fields: list[bytes] | None) -> FetchedEntry:
+    """One entry's :class:`FetchedEntry` from its raw fields (None: deleted while pending)."""
+    if fields is None:
+        return _tuple_new(FetchedEntry, (entry_id, attempts, TRIMMED, b"", b"", b"", b"", b""))
     by_name = dict(zip(fields[::2], fields[1::2], strict=True))
     get = by_name.get
-    return [entry_id, attempts, get(b"f", b""), get(b"v", b""), get(b"k", b""), get(b"h", b""),
-            get(b"x", b""), get(b"t", b"")]
+    return _tuple_new(FetchedEntry, (entry_id, attempts, get(b"f", b""), get(b"v", b""), get(b"k", b""),
+                                     get(b"h", b""), get(b"x", b""), get(b"t", b"")))
 
 
 def decode_fields(

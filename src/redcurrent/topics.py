@@ -18,6 +18,7 @@ from .errors import (
     UnknownTopicError,
 )
 from .keys import Keys, validate_name
+from .replies import parse_alter_partitions, parse_create_topic, parse_set_topic_config
 from .structs import TopicConfig
 
 __all__ = [
@@ -112,26 +113,24 @@ async def create_topic(
     # The registry has no hash tag, so it is written outside the script; list_topics
     # checks every name against its meta hash, so a crash between the two is harmless.
     await client.sadd(keys.topics(), name)
-    wrote_markers = False
-    if await client.exists(keys.meta(name)):
-        reply: list[Any] = [b"EXISTS"]
-    else:
+    wrote_markers = created = False
+    if not await client.exists(keys.meta(name)):
         wrote_markers = True
         # Partition markers first, then the meta hash: whoever sees the metadata can
         # write to every partition it names (the produce script checks the marker).
         await set_markers(client, keys, name, range(partitions), 1)
         reply = await scripts.run(client, scripts.script("create_topic"), [keys.meta(name)], args)
-    status = reply[0]
+        created = parse_create_topic(reply).created
     meta = await read_meta(client, keys, name)
     if meta is None:  # deleted between the two calls
         raise UnknownTopicError(f"topic {name!r} was deleted while being created")
-    if status == b"EXISTS":
+    if not created:
         if wrote_markers and meta.partitions < partitions:
             # We lost a creation race and wrote markers for partitions the topic lacks.
             await delete_markers(client, keys, name, range(meta.partitions, partitions))
         if not exist_ok:
             raise TopicExistsError(f"topic {name!r} already exists with {meta.partitions} partitions")
-    if status == b"CREATED":
+    else:
         log.info("created topic %s with %d partitions", name, partitions)
     return meta
 
@@ -142,12 +141,11 @@ async def set_config(client: Client, keys: Keys, name: str, changes: Mapping[str
     re-read the topic at their next batch (growth notification)."""
     args = [x for pair in changes.items() for x in pair]
     reply = await scripts.run(client, scripts.script("set_topic_config"), [keys.meta(name)], args)
-    if reply[0] == b"UNKNOWN":
-        raise UnknownTopicError(f"unknown topic {name!r}")
+    version = parse_set_topic_config(reply, name)
     meta = await read_meta(client, keys, name)
     if meta is None:
         raise UnknownTopicError(f"topic {name!r} was deleted while being altered")
-    await notify_version(client, keys, name, meta.partitions, int(reply[1]))
+    await notify_version(client, keys, name, meta.partitions, version)
     return meta
 
 
@@ -162,22 +160,18 @@ async def alter_partitions(client: Client, keys: Keys, name: str, new_count: int
     # Markers of the new partitions before the metadata names them (see create_topic).
     await set_markers(client, keys, name, added, before.version + 1)
     reply = await scripts.run(client, scripts.script("alter_partitions"), [keys.meta(name)], [new_count])
-    status = reply[0]
-    if status == b"UNKNOWN":  # deleted meanwhile: take back what we wrote
+    try:
+        altered = parse_alter_partitions(reply, name, new_count)
+    except UnknownTopicError:  # deleted meanwhile: take back what we wrote
         await delete_markers(client, keys, name, added)
-        raise UnknownTopicError(f"unknown topic {name!r}")
-    if status == b"SHRINK":
-        raise InvalidPartitionsError(
-            f"topic {name!r} has {reply[1]} partitions; partitions can only grow, not shrink to "
-            f"{new_count} (create a new topic to have fewer)"
-        )
-    if status == b"OK":
-        old = int(reply[1])
+        raise
+    if altered.version is not None:
+        old = altered.old
         groups = [_text(g) for g in await client.smembers(keys.groups(name))]
         # Groups on new partitions start at 0, so nothing written before consumers
         # noticed the growth is skipped (docs/architecture.md §10).
         await ensure_groups(client, keys, name, range(old, new_count), groups, "0")
-        await notify_version(client, keys, name, new_count, int(reply[3]))
+        await notify_version(client, keys, name, new_count, altered.version)
         log.info("grew topic %s from %d to %d partitions", name, old, new_count)
     meta = await read_meta(client, keys, name)
     if meta is None:

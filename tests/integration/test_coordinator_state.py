@@ -104,7 +104,7 @@ class CoordinatorMachine(RuleBasedStateMachine):
         expected_status, changed, rearmed = self._predict(op, member, instance)
         assert reply[0].decode() == expected_status, (reply, op, member)
         epoch, partitions, assignment = self.stored()
-        if expected_status == "FENCED":
+        if expected_status in ("FENCED", "REPLACED"):
             assert epoch == self.epoch
             return reply
         assert int(reply[5]) == rearmed, "gap detection disagrees with the model"
@@ -145,7 +145,8 @@ class CoordinatorMachine(RuleBasedStateMachine):
                 changed = True
         else:
             if self.registry.get(member) != instance:
-                return "FENCED", False, rearmed
+                # A newer instance holds the member id (stop for good), or nobody does (rejoin).
+                return ("REPLACED" if member in self.registry else "FENCED"), False, rearmed
             self.crashed.discard(member)
         for dead in self.crashed:  # expired by this call
             self.retired[dead] = self.registry.pop(dead)
@@ -229,8 +230,9 @@ class CoordinatorMachine(RuleBasedStateMachine):
         stale = self.retired[member]
         if self.registry.get(member) == stale:
             return  # it is current again (rejoined with that instance): not stale
+        expected = b"REPLACED" if member in self.registry else b"FENCED"
         reply = self.call("beat", member, stale)
-        assert reply[0] == b"FENCED"
+        assert reply[0] == expected
 
     @rule(by=st.integers(1, 5))
     def grow_partitions(self, by: int) -> None:

@@ -21,8 +21,8 @@ local created = 0
 local ok, err = pcall(redis.call, 'XGROUP', 'CREATE', stream, group, start, 'MKSTREAM')
 if ok then
   created = 1
-elseif not string.find(tostring(err and err.err or err), 'BUSYGROUP') then
-  return redis.error_reply(tostring(err and err.err or err))
+elseif not string.find(error_text(err), 'BUSYGROUP') then
+  return redis.error_reply(error_text(err))
 end
 
 local deleted = {}

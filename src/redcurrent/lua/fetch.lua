@@ -10,7 +10,7 @@
 --         [7] entry ids to ack first, joined by "," ("" for none): one argument, because
 --             the client packs every argument in Python (a batch of 500 acks as 500
 --             arguments cost more than decoding the batch)
--- Reply:  {"OK", last_id, entries, counts}
+-- Reply:  {"OK", last_id, entries, counts}; {"OK", ""} for count 0 (acks only)
 --           entries: XREADGROUP's own entries, untouched: {{id, {field, value, ...}}, ...};
 --           the fields are false (nil) for an entry deleted while pending (trimmed).
 --           Returning them as they are costs the script nothing per entry; reshaping
@@ -19,7 +19,8 @@
 --           pending list; {} for a ">" read (every count is 1).
 --           last_id is the newest entry id of the stream ("0-0" if empty) when a ">" read
 --           found nothing (what an idle wait blocks on), else "".
---         {"FENCED"} | {"NOGROUP"}
+--         {"FENCED"}   not the owner: nothing acked, nothing read
+--         {"NOGROUP"}  the group vanished (Redis restarted empty): the caller recreates it
 local stream, owner = KEYS[1], KEYS[2]
 local token, group, consumer, count, read_id = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 if redis.call('GET', owner) ~= token then return {'FENCED'} end
@@ -39,8 +40,8 @@ if count == 0 then return {'OK', ''} end
 local ok, r = pcall(redis.call, 'XREADGROUP', 'GROUP', group, consumer, 'COUNT', count,
   'STREAMS', stream, read_id)
 if not ok then
-  if string.find(tostring(r and r.err or r), 'NOGROUP') then return {'NOGROUP'} end
-  return redis.error_reply(tostring(r and r.err or r))
+  if string.find(error_text(r), 'NOGROUP') then return {'NOGROUP'} end
+  return redis.error_reply(error_text(r))
 end
 local entries = (r and r[1] and r[1][2]) or {}
 if #entries == 0 then

@@ -8,7 +8,9 @@
 --         [6] op: "join" | "beat" | "leave"  [7] member info json (join)
 --         [8] assignor: "round_robin" | "sticky"
 -- Reply:  {"OK", epoch, partitions, created_partitions, "p,p,...", rearmed}
---         {"FENCED", reason}     this instance is not (or no longer) a member: rejoin
+--         {"FENCED"}             this member is not registered (its session expired): rejoin
+--         {"REPLACED"}           a newer instance of this member id registered since: stop
+--                                for good (Kafka's fenced instance id), never rejoin
 --         {"DELETED"}            an operator deleted this group while this instance was in
 --                                it: stop for good, never recreate it
 --         {"UNKNOWN_TOPIC"}
@@ -56,8 +58,8 @@ elseif op == 'leave' then
     changed = true
   end
 else
-  if not cur then return {'FENCED', 'not a member (session expired)'} end
-  if not mine then return {'FENCED', 'replaced by a newer instance of this member'} end
+  if not cur then return {'FENCED'} end
+  if not mine then return {'REPLACED'} end
   redis.call('ZADD', deadlines, now + session, mid)
 end
 

@@ -1,0 +1,319 @@
+"""Typed script replies: one parser per Lua script in ``lua/``, and nowhere else.
+
+Every script answers a table whose first element is its status (docs/architecture.md,
+each script's contract at the top of its file). A status that reports success, however
+it got there (``DUP``, ``DONE``, ``EXISTS``, ``SAME``), is a field of the result; a
+status that refuses is a typed error from :mod:`redcurrent.errors`:
+
+==================  ===========================================================
+``FENCED``          :class:`FencedError` (heartbeat: rejoin; elsewhere: drop it)
+``REPLACED``        :class:`FencedInstanceError` (a newer instance took the member id)
+``DELETED``         :class:`FencedInstanceError` (an operator deleted the group)
+``BUSY``            :class:`PartitionBusyError` (claim again after ``retry_ms``)
+``ABSENT``          :class:`LeaseExpiredError` (the owner key expired)
+``NOGROUP``         :class:`GroupMissingError`
+``NOTOPIC``         :class:`PartitionMissingError`
+``STALE``           :class:`StaleSequenceError`
+``UNKNOWN[_TOPIC]`` :class:`UnknownTopicError`
+``SHRINK``          :class:`InvalidPartitionsError`
+==================  ===========================================================
+
+Replies come as hiredis/redis-py give them with no response callbacks: bulk strings
+are bytes, Lua numbers ints. The two hot replies are parsed once per call and no more:
+``produce`` per partition batch (its ids stay one comma-joined bytes string) and
+``fetch`` per batch (its entries stay XREADGROUP's, decoded by
+:func:`redcurrent.serde.decode_fields` one by one, as before).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from .errors import (
+    FencedError,
+    FencedInstanceError,
+    GroupMissingError,
+    InvalidPartitionsError,
+    LeaseExpiredError,
+    PartitionBusyError,
+    PartitionMissingError,
+    RedcurrentError,
+    StaleSequenceError,
+    UnknownTopicError,
+)
+from .structs import TopicPartition
+
+__all__ = [
+    "Assignment",
+    "Claimed",
+    "Fetched",
+    "PartitionsAltered",
+    "Produced",
+    "Requeued",
+    "TopicCreated",
+    "parse_alter_partitions",
+    "parse_claim",
+    "parse_create_topic",
+    "parse_fetch",
+    "parse_fetch_ack",
+    "parse_heartbeat",
+    "parse_nack",
+    "parse_produce",
+    "parse_refresh",
+    "parse_release",
+    "parse_requeue",
+    "parse_seek",
+    "parse_set_topic_config",
+]
+
+_tuple_new = tuple.__new__
+_OK = b"OK"
+_FENCED = b"FENCED"
+
+
+def _unexpected(script: str, reply: Any) -> RedcurrentError:
+    return RedcurrentError(f"unexpected reply from the {script} script: {reply!r:.200}")
+
+
+def _where(tp: TopicPartition) -> str:
+    return f"{tp.topic}[{tp.partition}]"
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+# --------------------------------------------------------------------------- produce
+
+
+class Produced(NamedTuple):
+    """One partition batch stored (now, or before: ``duplicate``)."""
+
+    ids: bytes  # the entry ids, comma-joined, in record order
+    version: int  # the topic version the partition's marker holds (growth notification)
+    duplicate: bool
+
+
+def parse_produce(reply: Any, batches: int) -> list[Produced | RedcurrentError]:
+    """One result per batch of a ``produce`` call, in order: the batch's
+    :class:`Produced`, or the error that refused it (one batch's refusal does not stop
+    the others, so the errors are returned, not raised). ``NOTOPIC`` is
+    :class:`PartitionMissingError`, ``STALE`` :class:`StaleSequenceError`. Raises
+    RedcurrentError when the reply does not have ``batches`` batch replies."""
+    if not isinstance(reply, list) or len(reply) != batches:
+        raise _unexpected("produce", reply)
+    out: list[Produced | RedcurrentError] = []
+    for r in reply:
+        status = r[0]
+        if status == _OK or status == b"DUP":
+            out.append(_tuple_new(Produced, (r[1], int(r[2]), status != _OK)))
+        elif status == b"NOTOPIC":
+            out.append(PartitionMissingError("the partition has no marker; nothing was written"))
+        elif status == b"STALE":
+            out.append(StaleSequenceError(
+                f"stale producer sequence (the partition's last is {int(r[1])}); nothing was written"))
+        else:
+            out.append(_unexpected("produce", r))
+    return out
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+class Fetched(NamedTuple):
+    """A fetch that read (an ack-only fetch has its own parser)."""
+
+    last_id: bytes  # the stream's newest id when a ">" read found nothing, else b""
+    entries: list[Any]  # XREADGROUP's own entries: [id, [field, value, ...] or None]
+    counts: list[int]  # delivery counts of a re-read of my pending list; [] for ">"
+
+
+def parse_fetch(reply: Any, tp: TopicPartition) -> Fetched:
+    """The ``fetch`` script's reply (or the watched fetch's, which has its shape).
+    FENCED: FencedError; NOGROUP: GroupMissingError."""
+    status = reply[0]
+    if status == _OK:
+        return _tuple_new(Fetched, (reply[1], reply[2], reply[3]))
+    if status == _FENCED:
+        raise FencedError(f"{tp} fenced")
+    if status == b"NOGROUP":
+        raise GroupMissingError(f"the consumer group of {_where(tp)} vanished")
+    raise _unexpected("fetch", reply)
+
+
+def parse_fetch_ack(reply: Any, tp: TopicPartition) -> None:
+    """The ``fetch`` script called with count 0 (acks only). FENCED: FencedError.
+    NOGROUP passes: with the group gone there is nothing left to ack, and the next
+    fetch that reads recreates it."""
+    status = reply[0]
+    if status == _FENCED:
+        raise FencedError(f"partition {_where(tp)} is no longer owned")
+    if status != _OK and status != b"NOGROUP":
+        raise _unexpected("fetch", reply)
+
+
+# --------------------------------------------------------------------------- ownership
+
+
+class Claimed(NamedTuple):
+    """A claimed partition."""
+
+    group_created: bool
+    trimmed: list[str]  # pending ids XAUTOCLAIM found trimmed away (Redis 7+): dead-letter them
+
+
+def parse_claim(reply: Any, tp: TopicPartition) -> Claimed:
+    """The ``claim`` script's reply. BUSY: PartitionBusyError with the owner key's
+    remaining time to live (at least 1 ms)."""
+    status = reply[0]
+    if status == _OK:
+        return Claimed(bool(reply[1]), [_text(i) for i in reply[2]])
+    if status == b"BUSY":
+        raise PartitionBusyError(f"{_where(tp)} is still held by another member", max(1, int(reply[1])))
+    raise _unexpected("claim", reply)
+
+
+def parse_refresh(reply: Any, tp: TopicPartition) -> None:
+    """The ``refresh`` script's reply. FENCED: FencedError; ABSENT: LeaseExpiredError."""
+    status = reply[0]
+    if status == _OK:
+        return
+    if status == _FENCED:
+        raise FencedError(f"partition {_where(tp)} is no longer owned")
+    if status == b"ABSENT":
+        raise LeaseExpiredError(f"the owner key of {_where(tp)} expired")
+    raise _unexpected("refresh", reply)
+
+
+def parse_release(reply: Any, tp: TopicPartition) -> None:
+    """The ``release`` script's reply. FENCED (nothing acked or released): FencedError."""
+    _fenced_or_ok("release", reply, tp)
+
+
+def parse_nack(reply: Any, tp: TopicPartition) -> None:
+    """The ``nack`` script's reply. FENCED (no attempt recorded): FencedError."""
+    _fenced_or_ok("nack", reply, tp)
+
+
+def _fenced_or_ok(script: str, reply: Any, tp: TopicPartition) -> None:
+    status = reply[0]
+    if status == _FENCED:
+        raise FencedError(f"partition {_where(tp)} is no longer owned")
+    if status != _OK:
+        raise _unexpected(script, reply)
+
+
+def parse_seek(reply: Any, tp: TopicPartition) -> set[str]:
+    """The ``seek`` script's reply: the ids it acked. FENCED (nothing changed): FencedError."""
+    status = reply[0]
+    if status == _OK:
+        return {_text(i) for i in reply[1]}
+    if status == _FENCED:
+        raise FencedError(f"not sought: this consumer no longer owns {_where(tp)}")
+    raise _unexpected("seek", reply)
+
+
+# --------------------------------------------------------------------------- coordinator
+
+
+class Assignment(NamedTuple):
+    """What the coordinator answered a join or beat."""
+
+    epoch: int
+    partitions: int  # the topic's partition count
+    created: int  # the partition count when the group first heartbeated
+    mine: frozenset[int]  # the partitions assigned to this member
+    rearmed: bool  # a coordinator gap was detected and every deadline re-armed
+
+
+def parse_heartbeat(reply: Any, topic: str, group: str, member: str) -> Assignment:
+    """The ``heartbeat`` script's reply. FENCED (not a member: rejoin): FencedError;
+    REPLACED and DELETED (stop for good): FencedInstanceError; UNKNOWN_TOPIC:
+    UnknownTopicError."""
+    status = reply[0]
+    if status == _OK:
+        mine = reply[4]
+        return Assignment(int(reply[1]), int(reply[2]), int(reply[3]),
+                          frozenset(int(p) for p in mine.split(b",")) if mine else frozenset(),
+                          bool(int(reply[5])))
+    if status == _FENCED:
+        raise FencedError(f"member {member!r} of group {group!r} on {topic!r} is not registered "
+                          "(its session expired)")
+    if status == b"REPLACED":
+        raise FencedInstanceError(f"member {member!r} was taken over by a newer instance; "
+                                  "give each running consumer its own member_id")
+    if status == b"DELETED":
+        raise FencedInstanceError(
+            f"group {group!r} on topic {topic!r} was deleted by an operator while this "
+            "consumer was a member; it stops instead of recreating the group")
+    if status == b"UNKNOWN_TOPIC":
+        raise UnknownTopicError(f"unknown topic {topic!r}")
+    raise _unexpected("heartbeat", reply)
+
+
+# --------------------------------------------------------------------------- topics
+
+
+class TopicCreated(NamedTuple):
+    created: bool  # False: it existed already (EXISTS)
+    partitions: int
+    version: int
+
+
+def parse_create_topic(reply: Any) -> TopicCreated:
+    """The ``create_topic`` script's reply (CREATED or EXISTS: both describe the topic)."""
+    status = reply[0]
+    if status == b"CREATED" or status == b"EXISTS":
+        return TopicCreated(status == b"CREATED", int(reply[1]), int(reply[2]))
+    raise _unexpected("create_topic", reply)
+
+
+class PartitionsAltered(NamedTuple):
+    old: int
+    new: int
+    version: int | None  # the topic's new version; None when the count was already ``new`` (SAME)
+
+
+def parse_alter_partitions(reply: Any, topic: str, new_count: int) -> PartitionsAltered:
+    """The ``alter_partitions`` script's reply. SHRINK: InvalidPartitionsError;
+    UNKNOWN: UnknownTopicError."""
+    status = reply[0]
+    if status == _OK:
+        return PartitionsAltered(int(reply[1]), int(reply[2]), int(reply[3]))
+    if status == b"SAME":
+        return PartitionsAltered(int(reply[1]), int(reply[1]), None)
+    if status == b"SHRINK":
+        raise InvalidPartitionsError(
+            f"topic {topic!r} has {int(reply[1])} partitions; partitions can only grow, not shrink to "
+            f"{new_count} (create a new topic to have fewer)")
+    if status == b"UNKNOWN":
+        raise UnknownTopicError(f"unknown topic {topic!r}")
+    raise _unexpected("alter_partitions", reply)
+
+
+def parse_set_topic_config(reply: Any, topic: str) -> int:
+    """The ``set_topic_config`` script's reply: the topic's new version. UNKNOWN:
+    UnknownTopicError."""
+    status = reply[0]
+    if status == _OK:
+        return int(reply[1])
+    if status == b"UNKNOWN":
+        raise UnknownTopicError(f"unknown topic {topic!r}")
+    raise _unexpected("set_topic_config", reply)
+
+
+# --------------------------------------------------------------------------- dead letters
+
+
+class Requeued(NamedTuple):
+    id: str | None  # the new entry's id; None if this dead letter had been requeued before (DONE)
+
+
+def parse_requeue(reply: Any) -> Requeued:
+    """The ``requeue`` script's reply (OK, or DONE: requeued before, nothing written)."""
+    status = reply[0]
+    if status == _OK:
+        return Requeued(_text(reply[1]))
+    if status == b"DONE":
+        return Requeued(None)
+    raise _unexpected("requeue", reply)
