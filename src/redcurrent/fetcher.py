@@ -535,7 +535,7 @@ class PartitionFetcher:
         if n < want and self._read_id == ">" and gen == self.generation:
             # The read drained the partition: wait for the next entry after the last one
             # read at once, while the acks go out beside the wait (not before it).
-            self._idle_at = reply[2][-1][0]
+            self._idle_at = reply.entries[-1][0]
             if self.acks:
                 self._ack_beside()
 
