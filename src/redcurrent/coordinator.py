@@ -27,6 +27,7 @@ from . import scripts
 from .config import ConsumerOptions
 from .errors import FencedError, translate
 from .fetcher import RETRY_MAX_S, FetchContext, PartitionFetcher
+from .protocols import Listener
 from .structs import TopicPartition
 
 if TYPE_CHECKING:
@@ -36,7 +37,6 @@ __all__ = ["Coordinator", "Listener"]
 
 log = logging.getLogger(__name__)
 
-Listener = Callable[[list[TopicPartition]], Any]
 _HEARTBEAT = scripts.script("heartbeat")
 _CLAIM = scripts.script("claim")
 _REFRESH = scripts.script("refresh")

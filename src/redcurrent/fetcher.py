@@ -33,7 +33,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, ResponseError, WatchError
@@ -41,8 +41,9 @@ from redis.exceptions import NoScriptError, ResponseError, WatchError
 from . import scripts
 from .connection import CONNECTION_ERRORS, refresh_slots, transient, transient_error
 from .errors import DecodeError, FencedError, translate
+from .protocols import Deserializer, Dispatcher
 from .retry import Backoff
-from .serde import REQUEUE_HEADER, Deserializer, decode_fields, entry_slots
+from .serde import REQUEUE_HEADER, decode_fields, entry_slots
 from .structs import Message, TopicPartition
 
 if TYPE_CHECKING:
@@ -79,15 +80,6 @@ class LeaseLost(FencedError):
     Nothing more is handed out; what was finished keeps waiting to be acked, and the
     loop goes on once the heartbeat renews the lease (a Redis restart must cost no
     rebalance and no duplicate). To user code it is a FencedError: nothing was acked."""
-
-
-class Dispatcher(Protocol):
-    """Hands one fetched batch of a partition to user code, in order. It finishes
-    each message through ``fetcher.finish`` (or leaves it pending by not doing so)."""
-
-    closed: bool
-
-    def __call__(self, fetcher: PartitionFetcher, msgs: list[Message]) -> Awaitable[None]: ...
 
 
 class Credits:

@@ -27,16 +27,13 @@ from typing import Any
 from . import tracing
 from .errors import FencedError
 from .fetcher import PartitionFetcher
+from .protocols import BatchHandler, Handler
 from .retry import Backoff, BatchError, DeadLetter, Retry, RetryPolicy
 from .structs import Message
 
 __all__ = ["BatchDispatcher", "EachDispatcher", "IteratorDispatcher", "Policy"]
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[Message], Awaitable[Any]]
-BatchHandler = Callable[[list[Message]], Awaitable[Any]]
-
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
