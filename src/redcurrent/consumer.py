@@ -551,6 +551,13 @@ class Consumer(Lifecycle):
         return self._latency
 
 
+async def start_if_new(consumer: Consumer) -> None:
+    """Start ``consumer`` unless it was started before (running, or stopped: then its
+    first consuming call says so): the first step of :func:`redcurrent.run_consumer`."""
+    if consumer._state == "new":
+        await consumer.start()
+
+
 def _flatten(items: tuple[TopicPartition | Iterable[TopicPartition], ...]) -> list[TopicPartition]:
     out: list[TopicPartition] = []
     for item in items:
