@@ -13,7 +13,7 @@ import orjson
 from . import dlq, offsets, serde, topics
 from . import groups as groups_mod
 from .config import DEFAULT_NAMESPACE, check_bool, check_ttl_ms
-from .connection import Client, Connection, Lifecycle, connect
+from .connection import Client, Connection, connect
 from .errors import (
     ConfigError,
     DecodeError,
@@ -25,6 +25,7 @@ from .errors import (
     translate,
 )
 from .keys import Keys, validate_name
+from .lifecycle import Lifecycle
 from .structs import GroupInfo, Message, PartitionInfo, TopicInfo
 
 __all__ = ["Admin"]

@@ -16,13 +16,14 @@ from typing import Any, Literal
 from . import offsets
 from . import topics as topics_mod
 from .config import DEFAULT_NAMESPACE, ConsumerOptions, handler_timeout_of
-from .connection import Client, Connection, Lifecycle, connect
+from .connection import Client, Connection, connect
 from .coordinator import Coordinator
 from .deadletter import DeadLetterWriter
 from .errors import ConfigError, ConsumerStoppedError, FencedError, IllegalStateError, translate
 from .fetcher import WATCHED_MIN, WATCHED_MIN_62, Credits, FetchContext, PartitionFetcher
 from .handlers import BatchDispatcher, EachDispatcher, Histogram, IteratorDispatcher, Policy, Slot
 from .keys import Keys
+from .lifecycle import Lifecycle
 from .protocols import BatchHandler, Deserializer, Dispatcher, Handler, Listener
 from .retry import Backoff, RetryPolicy
 from .structs import Message, TopicPartition

@@ -15,7 +15,7 @@ import orjson
 from . import topics, tracing
 from .accumulator import Accumulator, Framed, Group
 from .config import DEFAULT_NAMESPACE, MiB, ProducerOptions, check_ttl_ms
-from .connection import Client, Connection, Lifecycle, connect
+from .connection import Client, Connection, connect
 from .errors import (
     InvalidPartitionsError,
     MessageTooLargeError,
@@ -24,6 +24,7 @@ from .errors import (
     translate,
 )
 from .keys import Keys, validate_name
+from .lifecycle import Lifecycle
 from .partitioner import StickyPartitioner, partition_for_key
 from .serde import (
     CODEC_CODES,
