@@ -21,11 +21,12 @@ from .coordinator import Coordinator
 from .deadletter import DeadLetterWriter
 from .errors import ConfigError, ConsumerStoppedError, FencedError, IllegalStateError, translate
 from .fetcher import WATCHED_MIN, WATCHED_MIN_62, Credits, FetchContext, PartitionFetcher
-from .handlers import BatchDispatcher, EachDispatcher, Histogram, IteratorDispatcher, Policy, Slot
+from .handlers import BatchDispatcher, EachDispatcher, IteratorDispatcher, Policy, Slot
 from .keys import Keys
 from .lifecycle import Lifecycle
 from .protocols import BatchHandler, Deserializer, Dispatcher, Handler, Listener
 from .retry import Backoff, RetryPolicy
+from .stats import ConsumerStats, Histogram
 from .structs import Message, TopicPartition
 from .waiter import IdleWaiter
 
@@ -108,11 +109,10 @@ class Consumer(Lifecycle):
         self.instance_id = uuid.uuid4().hex
         self._url = url
         self._given = redis
-        self._stats: dict[str, int] = {}
+        self._stats = ConsumerStats()
         self._latency = Histogram()
         self._backoff = opt.backoff_or_default
-        self._policy = Policy(max_attempts, self._backoff, opt.handler_timeout,
-                              self._stats, self._latency, dict(opt.topic_retry or {}))
+        self._policy = Policy(max_attempts, self._backoff, opt.handler_timeout, dict(opt.topic_retry or {}))
         self._conn: Connection | None = None
         self._coord: Coordinator | None = None
         self._ctx: FetchContext | None = None
@@ -343,13 +343,13 @@ class Consumer(Lifecycle):
         """
         if not callable(handler):
             raise TypeError("handler must be an async callable taking a Message")
-        await self._run_dispatcher("process", EachDispatcher(handler, self._policy))
+        await self._run_dispatcher("process", EachDispatcher(handler, self._policy, self._stats, self._latency))
 
     async def process_batch(self, handler: BatchHandler) -> None:
         """Call ``await handler(msgs)`` with batches of one partition, in order; ack them together."""
         if not callable(handler):
             raise TypeError("handler must be an async callable taking a list of Message")
-        await self._run_dispatcher("process_batch", BatchDispatcher(handler, self._policy))
+        await self._run_dispatcher("process_batch", BatchDispatcher(handler, self._policy, self._stats, self._latency))
 
     def __aiter__(self) -> Consumer:
         return self
@@ -360,7 +360,7 @@ class Consumer(Lifecycle):
         if self._state == "stopped" and self._queue.empty():
             raise StopAsyncIteration
         if self._mode is None:
-            self._use("iterator", IteratorDispatcher(self._queue, self._opt.auto_ack, self._policy))
+            self._use("iterator", IteratorDispatcher(self._queue, self._opt.auto_ack, self._policy, self._stats, self._latency))
         for done in self._yielded:
             self._finish(done)
         self._yielded.clear()
@@ -544,8 +544,9 @@ class Consumer(Lifecycle):
 
     def stats(self) -> dict[str, int]:
         """Counters: processed, failed, retried, dead_lettered, expired, decode_failures,
-        trimmed, rebalances, partitions_lost, heartbeat_errors, fetch_errors, …"""
-        return dict(self._stats)
+        trimmed, rebalances, partitions_lost, heartbeat_errors, fetch_errors, …; a counter
+        that never counted is absent (read it with ``.get(name, 0)``)."""
+        return self._stats.as_dict()
 
     def handler_latency(self) -> Histogram:
         """Handler latency histogram (seconds; ``cumulative()``, ``count``, ``sum``)."""

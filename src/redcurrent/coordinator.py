@@ -165,7 +165,7 @@ class Coordinator:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._ctx.stats["heartbeat_errors"] = self._ctx.stats.get("heartbeat_errors", 0) + 1
+                self._ctx.stats.heartbeat_errors += 1
                 log.warning("heartbeat failed after %.3fs: %s", time.monotonic() - started, translate(exc, "heartbeat"))
             if self._closed:
                 return  # a cancellation was swallowed by the call above (see _closed)
@@ -230,7 +230,7 @@ class Coordinator:
                 self._log_gap(topic, late)
             changed = epoch != st.epoch or target != st.target
             if epoch != st.epoch:
-                self._ctx.stats["rebalances"] = self._ctx.stats.get("rebalances", 0) + 1
+                self._ctx.stats.rebalances += 1
                 log.info("%s: epoch %d, assigned %s", topic, epoch, sorted(target))
             st.epoch, st.partitions, st.created, st.target, st.op = epoch, parts, created, target, "beat"
             return changed
@@ -419,7 +419,7 @@ class Coordinator:
                     f.released(r)
             attempt += 1
             if failed and time.monotonic() < deadline:
-                self._ctx.count("release_errors", len(failed))
+                self._ctx.stats.release_errors += len(failed)
                 await asyncio.sleep(min(self._ctx.backoff.delay(attempt), RETRY_MAX_S,
                                         max(0.0, deadline - time.monotonic())))
             elif failed:
@@ -442,7 +442,7 @@ class Coordinator:
         if release and dropped:
             self._tasks.append(asyncio.get_running_loop().create_task(self._release(dropped, quiet=True)))
         if gone:
-            self._ctx.stats["partitions_lost"] = self._ctx.stats.get("partitions_lost", 0) + len(gone)
+            self._ctx.stats.partitions_lost += len(gone)
             log.warning("lost %s", [f"{tp.topic}[{tp.partition}]" for tp in gone])
             task = asyncio.get_running_loop().create_task(self._notify("on_lost", gone))
             self._tasks.append(task)

@@ -49,6 +49,7 @@ from .structs import Message, TopicPartition
 if TYPE_CHECKING:
     from .connection import Client
     from .deadletter import DeadLetterWriter
+    from .stats import ConsumerStats
     from .waiter import IdleWaiter
 
 __all__ = ["Credits", "Dispatcher", "FetchContext", "LeaseLost", "PartitionFetcher"]
@@ -123,7 +124,7 @@ class FetchContext:
     on_fenced: Callable[[TopicPartition], None]
     on_error: Callable[[TopicPartition, BaseException], None]
     dead_letters: DeadLetterWriter
-    stats: dict[str, int]
+    stats: ConsumerStats
     # Bounds concurrent commands of the consume path below the client's pool size, so
     # heartbeats and claims always find a connection (a pool of 100 is redis-py's default).
     limit: asyncio.Semaphore
@@ -133,9 +134,6 @@ class FetchContext:
     wait_slots: asyncio.Semaphore | None = None  # per-partition blocking reads (cluster)
     dispatcher: Dispatcher | None = None
     dispatcher_set: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def count(self, name: str, n: int = 1) -> None:
-        self.stats[name] = self.stats.get(name, 0) + n
 
 
 class PartitionFetcher:
@@ -413,7 +411,7 @@ class PartitionFetcher:
                 if not transient(exc):
                     raise
                 attempt += 1
-                c.count("redis_errors")
+                c.stats.redis_errors += 1
                 if isinstance(exc, CONNECTION_ERRORS):
                     refresh_slots(c.client, background=True)  # our deadline hides it from redis-py
                 if on_error is not None:
@@ -447,7 +445,7 @@ class PartitionFetcher:
             self.fenced = True
             self.ctx.on_fenced(self.tp)
         except Exception as exc:  # never a silent stall: the coordinator drops it, process() raises
-            self.ctx.count("partition_errors")
+            self.ctx.stats.partition_errors += 1
             log.error("%r: consuming failed: %s", self, translate(exc, "consume"))
             self.ctx.on_error(self.tp, exc)
 
@@ -456,7 +454,7 @@ class PartitionFetcher:
         if self.trimmed:
             entry_id = self.trimmed[0]
             await self.dead_letter(entry_id, [entry_id.encode(), 0, 0, b"", b"", b"", b"", b""], "trimmed", 0)
-            c.count("trimmed")
+            c.stats.trimmed += 1
             self.trimmed.pop(0)
             return
         if not c.dispatcher_set.is_set() or not self._resumed.is_set():
@@ -510,7 +508,7 @@ class PartitionFetcher:
             c.credits.give(n)
 
     def _fetch_failed(self) -> None:
-        self.ctx.count("fetch_errors")
+        self.ctx.stats.fetch_errors += 1
         self._reread_if_new()
 
     def _reread_if_new(self) -> None:
@@ -633,7 +631,7 @@ class PartitionFetcher:
         # The group vanished (Redis restarted empty or the key was deleted): recreate
         # it at 0 (at-least-once), say so loudly, never crash-loop.
         log.error("%r: consumer group %r vanished; recreating it at 0", self, self.ctx.group)
-        self.ctx.count("groups_recreated")
+        self.ctx.stats.groups_recreated += 1
         try:
             await self.call("recreate the group", lambda: self.ctx.client.execute_command(
                 "XGROUP", "CREATE", self.stream, self.ctx.group, "0", "MKSTREAM"))
@@ -709,7 +707,7 @@ class PartitionFetcher:
                     continue
             if msg.headers and msg.headers.get(REQUEUE_HEADER, c.group) != c.group:
                 # A dead letter requeued for another group: ack it, never handle it.
-                c.count("requeue_skipped")
+                c.stats.requeue_skipped += 1
                 self.finish(msg.id, advance=False)
                 continue
             if not fresh:
@@ -758,7 +756,10 @@ class PartitionFetcher:
                       exc: DecodeError) -> None:
         reason = str(exc)
         trimmed = reason == "trimmed"
-        self.ctx.count("trimmed" if trimmed else "decode_failures")
+        if trimmed:
+            self.ctx.stats.trimmed += 1
+        else:
+            self.ctx.stats.decode_failures += 1
         eid = entry_id.decode()
         log.error("%r: entry %s cannot be handled (%s); dead-lettering it", self, eid, reason)
         await self.dead_letter(eid, entry_slots(entry_id, attempts, fields),
@@ -768,7 +769,7 @@ class PartitionFetcher:
     async def expired(self, msg: Message, *, advance: bool = True) -> None:
         """``msg`` outlived its TTL: count it, dead-letter it if the topic asks, finish it."""
         c = self.ctx
-        c.count("expired")
+        c.stats.expired += 1
         if c.dead_letters.dead_letter_expired(self.tp.topic):
             await self.dead_letter(msg.id, None, "expired", msg.attempts)
         self.finish(msg.id, advance=advance)
