@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, Literal
+from typing import Literal
 
 from . import offsets
 from . import topics as topics_mod
@@ -589,7 +589,7 @@ def _seek_target(position: object) -> str:
                       "seek_to_beginning() and seek_to_end() go to either end")
 
 
-def _pool_size(client: Any) -> int:
+def _pool_size(client: Client) -> int:
     """The most connections the client may open (per node on a cluster)."""
     for holder in (getattr(client, "connection_pool", None), client):
         size = getattr(holder, "max_connections", None)
@@ -598,9 +598,8 @@ def _pool_size(client: Any) -> int:
     return 100
 
 
-def _socket_timeout(client: Any) -> float | None:
-    try:
-        value = client.connection_pool.connection_kwargs.get("socket_timeout")
-    except AttributeError:
-        return None
+def _socket_timeout(client: Client) -> float | None:
+    """The client's socket timeout (None on a cluster client, which has no single pool)."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    value = kwargs.get("socket_timeout") if isinstance(kwargs, dict) else None
     return float(value) if value else None
