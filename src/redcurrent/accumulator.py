@@ -37,7 +37,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import scripts
-from .config import ProducerOptions, seconds_to_ms
+from .config import IDEMPOTENCE_WINDOW_MS, ProducerOptions, seconds_to_ms
 from .connection import Connection, cluster_transient, refresh_slots, transient
 from .errors import (
     AmbiguousWriteError,
@@ -407,7 +407,7 @@ class Accumulator:
                 calls.append((scripts.Call(_PRODUCE, call_keys, call_args), group))
                 group, call_keys, call_args, records, size = [], [], [], 0, 0
             if not group:
-                call_args = [pid, seconds_to_ms(self._opt.idempotence_window)]
+                call_args = [pid, IDEMPOTENCE_WINDOW_MS]
             maxlen, retention_ms = self._topic_config(b.topic)
             call_keys += (
                 keys.stream(b.topic, b.partition),

@@ -13,7 +13,7 @@ import orjson
 from . import deadletter, offsets, serde, topics
 from . import groups as groups_mod
 from .config import DEFAULT_NAMESPACE, check_bool, check_ttl_ms
-from .connection import Client, Connection, Lifecycle, connect
+from .connection import Client, Connection, connect
 from .errors import (
     ConfigError,
     DecodeError,
@@ -24,6 +24,8 @@ from .errors import (
     translate,
 )
 from .keys import Keys, validate_name
+from .lifecycle import Lifecycle
+from .retention import safe_floor, trim_partition
 from .structs import GroupInfo, Message, PartitionInfo, TopicInfo
 
 __all__ = ["Admin"]
@@ -411,9 +413,9 @@ class Admin(Lifecycle):
         removed = 0
         for p in range(meta.partitions):
             stream = self._keys.stream(topic, p)
-            floor = await self._call(offsets.safe_floor(client, stream), "trim") if safe else None
+            floor = await self._call(safe_floor(client, stream), "trim") if safe else None
             removed += await self._call(
-                offsets.trim_partition(client, stream, min_id, maxlen, floor, safe), "trim"
+                trim_partition(client, stream, min_id, maxlen, floor, safe), "trim"
             )
         return removed
 

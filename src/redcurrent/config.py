@@ -6,13 +6,28 @@ Public durations are float seconds; whatever reaches Redis is converted here to 
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .errors import ConfigError
-from .keys import Keys
+from .keys import Keys, validate_name
 
-__all__ = ["ConsumerOptions", "ProducerOptions", "check_bool", "check_ttl_ms", "positive", "seconds_to_ms"]
+if TYPE_CHECKING:
+    from .protocols import Deserializer, Listener, Serializer
+    from .retry import Backoff, RetryPolicy
+
+__all__ = [
+    "IDEMPOTENCE_WINDOW_MS",
+    "ConsumerOptions",
+    "ProducerOptions",
+    "check_bool",
+    "check_ttl_ms",
+    "handler_timeout_of",
+    "positive",
+    "seconds_to_ms",
+]
 
 DEFAULT_NAMESPACE = "rc"
 MiB = 1024 * 1024
@@ -54,6 +69,12 @@ def seconds_to_ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
+# How long the produce script remembers a producer's last batch on a partition
+# (docs/architecture.md §9): a resend within it is answered DUP, never stored twice.
+# Not an option: resends come within delivery_timeout (two minutes by default).
+IDEMPOTENCE_WINDOW_MS = 86_400_000
+
+
 @dataclass(frozen=True, slots=True)
 class ProducerOptions:
     """Validated producer settings (see :class:`redcurrent.Producer`)."""
@@ -66,11 +87,11 @@ class ProducerOptions:
     idempotent: bool = True
     auto_create_topics: bool = True
     default_partitions: int = 1
+    serializer: Serializer | None = None
     request_timeout: float = 30.0
     delivery_timeout: float = 120.0
     retry_backoff: float = 0.05
     metadata_max_age: float = 0.5
-    idempotence_window: float = 86_400.0
     acks: Literal["leader", "replica"] = "leader"
 
     def __post_init__(self) -> None:
@@ -83,18 +104,25 @@ class ProducerOptions:
         positive(self.delivery_timeout, "delivery_timeout")
         positive(self.retry_backoff, "retry_backoff", allow_zero=True)
         positive(self.metadata_max_age, "metadata_max_age")
-        positive(self.idempotence_window, "idempotence_window")
         check_bool(self.idempotent, "idempotent")
         check_bool(self.auto_create_topics, "auto_create_topics")
         if self.acks not in ("leader", "replica"):
             raise ConfigError(f"acks must be 'leader' or 'replica', got {self.acks!r}")
+        if self.serializer is not None and not callable(self.serializer):
+            raise ConfigError("serializer must be a callable taking a value and returning bytes")
 
 
 @dataclass(frozen=True, slots=True)
 class ConsumerOptions:
-    """Validated consumer settings (see :class:`redcurrent.Consumer`)."""
+    """Validated consumer settings (see :class:`redcurrent.Consumer`).
+
+    Validation also settles what was given: ``topics`` without duplicates (first
+    mention first), ``backoff`` a Backoff (``Backoff()`` for None), ``topic_retry``
+    a dict of its own.
+    """
 
     keys: Keys
+    topics: tuple[str, ...]
     group: str
     member_id: str | None = None
     start: Literal["latest", "earliest"] = "latest"
@@ -104,12 +132,21 @@ class ConsumerOptions:
     rebalance_timeout: float = 30.0
     max_in_flight: int = 10_000
     assignor: Literal["round_robin", "sticky"] = "round_robin"
+    on_assign: Listener | None = None
+    on_revoke: Listener | None = None
+    on_lost: Listener | None = None
+    deserializer: Deserializer | None = None
     auto_ack: bool = True
-    processing_timeout: float | None = None
+    max_attempts: int = 5
+    backoff: Backoff | None = None
+    topic_retry: Mapping[str, RetryPolicy] | None = None
+    handler_timeout: float | None = None
     block: float = 2.0
     request_timeout: float = 30.0
 
     def __post_init__(self) -> None:
+        self._check_names()
+        self._check_callables()
         if self.start not in ("latest", "earliest"):
             raise ConfigError(f"start must be 'latest' or 'earliest', got {self.start!r}")
         if self.assignor not in ("round_robin", "sticky"):
@@ -122,13 +159,57 @@ class ConsumerOptions:
         positive(self.rebalance_timeout, "rebalance_timeout")
         positive(self.block, "block")
         positive(self.request_timeout, "request_timeout")
-        if self.processing_timeout is not None:
-            positive(self.processing_timeout, "processing_timeout")
+        if self.handler_timeout is not None:
+            positive(self.handler_timeout, "handler_timeout")
         if session < 2 * hb:
             raise ConfigError(
                 f"session_timeout ({session}) must be at least 2x heartbeat_interval ({hb}); "
                 "Kafka's advice is 3x"
             )
+        self._check_retry()
+
+    def _check_names(self) -> None:
+        if not self.topics:
+            raise ConfigError("Consumer needs at least one topic: Consumer('orders', group='billing')")
+        for t in self.topics:
+            validate_name(t)
+        object.__setattr__(self, "topics", tuple(dict.fromkeys(self.topics)))  # frozen: set once, here
+        validate_name(self.group, "group")
+        member_id = self.member_id
+        if member_id is not None and (not isinstance(member_id, str) or not member_id
+                                      or len(member_id) > 200 or "|" in member_id):
+            raise ConfigError(f"member_id must be 1-200 characters without '|', got {member_id!r}")
+
+    def _check_callables(self) -> None:
+        if self.deserializer is not None and not callable(self.deserializer):
+            raise ConfigError("deserializer must be a callable taking bytes")
+        for name, fn in (("on_assign", self.on_assign), ("on_revoke", self.on_revoke), ("on_lost", self.on_lost)):
+            if fn is not None and not callable(fn):
+                raise ConfigError(f"{name} must be a callable taking a list of TopicPartition")
+
+    def _check_retry(self) -> None:
+        # Imported here: retry's value types validate themselves with this module's helpers.
+        from .retry import Backoff, RetryPolicy
+
+        max_attempts = self.max_attempts
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ConfigError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+        if self.backoff is None:
+            object.__setattr__(self, "backoff", Backoff())
+        elif not isinstance(self.backoff, Backoff):
+            raise ConfigError("backoff must be a redcurrent.Backoff")
+        if self.topic_retry is not None and not isinstance(self.topic_retry, Mapping):
+            raise ConfigError("topic_retry must map topic names to RetryPolicy")
+        for t, rp in (self.topic_retry or {}).items():
+            if t not in self.topics or not isinstance(rp, RetryPolicy):
+                raise ConfigError(f"topic_retry maps subscribed topics to RetryPolicy; bad entry {t!r}")
+        object.__setattr__(self, "topic_retry", dict(self.topic_retry or {}))
+
+    @property
+    def backoff_or_default(self) -> Backoff:
+        """``backoff`` (validation replaced a None by the default ``Backoff()``)."""
+        assert self.backoff is not None
+        return self.backoff
 
     @property
     def session_ms(self) -> int:
@@ -137,3 +218,14 @@ class ConsumerOptions:
     @property
     def heartbeat_ms(self) -> int:
         return seconds_to_ms(self.heartbeat_interval)
+
+
+def handler_timeout_of(handler_timeout: float | None, processing_timeout: float | None) -> float | None:
+    """``processing_timeout`` is an old name of ``handler_timeout``: still accepted (when
+    valid), with a DeprecationWarning; ``handler_timeout`` wins if both are given."""
+    if processing_timeout is None:
+        return handler_timeout
+    positive(processing_timeout, "processing_timeout")
+    warnings.warn("processing_timeout is deprecated; use handler_timeout, the same option",
+                  DeprecationWarning, stacklevel=3)
+    return handler_timeout if handler_timeout is not None else processing_timeout

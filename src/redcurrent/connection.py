@@ -12,10 +12,8 @@ import logging
 import os
 import socket
 import time
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Self, TypeAlias
+from typing import TypeAlias
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline as _Pipeline
@@ -39,7 +37,6 @@ __all__ = [
     "Capabilities",
     "Client",
     "Connection",
-    "Lifecycle",
     "Pipeline",
     "cluster_transient",
     "connect",
@@ -91,27 +88,6 @@ class Connection:
     def __repr__(self) -> str:  # never the URL: it may carry a password
         kind = "cluster" if self.caps.is_cluster else "single"
         return f"<Connection {self.caps.server} {'.'.join(map(str, self.caps.version))} {kind}>"
-
-
-class Lifecycle(ABC):
-    """``async with``: :meth:`start` on entry, :meth:`close` on exit (Producer, Consumer, Admin)."""
-
-    @abstractmethod
-    async def start(self) -> None:
-        """Connect and begin work."""
-
-    @abstractmethod
-    async def close(self) -> None:
-        """Finish work and release the connection."""
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
 
 def default_url() -> str:

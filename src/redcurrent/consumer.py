@@ -9,29 +9,24 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, Literal
+from typing import Literal
 
 from . import offsets
 from . import topics as topics_mod
-from .config import DEFAULT_NAMESPACE, ConsumerOptions
-from .connection import Client, Connection, Lifecycle, connect
-from .coordinator import Coordinator, Listener
+from .config import DEFAULT_NAMESPACE, ConsumerOptions, handler_timeout_of
+from .connection import Client, Connection, connect
+from .coordinator import Coordinator
 from .deadletter import DeadLetterWriter
 from .errors import ConfigError, ConsumerStoppedError, FencedError, IllegalStateError, translate
-from .fetcher import (
-    WATCHED_MIN,
-    WATCHED_MIN_62,
-    Credits,
-    Dispatcher,
-    FetchContext,
-    PartitionFetcher,
-)
-from .handlers import BatchDispatcher, EachDispatcher, Histogram, IteratorDispatcher, Policy, Slot
-from .keys import Keys, validate_name
+from .fetcher import WATCHED_MIN, WATCHED_MIN_62, Credits, FetchContext, PartitionFetcher
+from .handlers import BatchDispatcher, EachDispatcher, IteratorDispatcher, Policy, Slot
+from .keys import Keys
+from .lifecycle import Lifecycle
+from .protocols import BatchHandler, Deserializer, Dispatcher, Handler, Listener
 from .retry import Backoff, RetryPolicy
-from .serde import Deserializer
+from .stats import ConsumerStats, Histogram
 from .structs import Message, TopicPartition
 from .waiter import IdleWaiter
 
@@ -65,6 +60,9 @@ class Consumer(Lifecycle):
     Every Redis call of the consume path retries connection errors with ``backoff``
     for up to ``request_timeout`` seconds; past that the error surfaces: ``process()``
     (or the iterator) raises it and the partition is given up.
+
+    ``handler_timeout`` bounds one handler call (an attempt past it has failed);
+    ``processing_timeout`` is its old name, accepted with a DeprecationWarning.
     """
 
     def __init__(
@@ -95,50 +93,26 @@ class Consumer(Lifecycle):
         block: float = 2.0,
         request_timeout: float = 30.0,
     ) -> None:
-        if not topics:
-            raise ConfigError("Consumer needs at least one topic: Consumer('orders', group='billing')")
-        for t in topics:
-            validate_name(t)
-        validate_name(group, "group")
-        if member_id is not None:
-            _check_member_id(member_id)
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ConfigError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
-        if deserializer is not None and not callable(deserializer):
-            raise ConfigError("deserializer must be a callable taking bytes")
-        for name, fn in (("on_assign", on_assign), ("on_revoke", on_revoke), ("on_lost", on_lost)):
-            if fn is not None and not callable(fn):
-                raise ConfigError(f"{name} must be a callable taking a list of TopicPartition")
-        if topic_retry is not None and not isinstance(topic_retry, Mapping):
-            raise ConfigError("topic_retry must map topic names to RetryPolicy")
-        self._opt = ConsumerOptions(
-            keys=Keys(namespace), group=group, member_id=member_id, start=start,
+        self._opt = opt = ConsumerOptions(
+            keys=Keys(namespace), topics=topics, group=group, member_id=member_id, start=start,
             batch_size=batch_size, heartbeat_interval=heartbeat_interval,
             session_timeout=session_timeout, rebalance_timeout=rebalance_timeout,
-            max_in_flight=max_in_flight, assignor=assignor, auto_ack=auto_ack,
-            processing_timeout=handler_timeout if handler_timeout is not None else processing_timeout,
+            max_in_flight=max_in_flight, assignor=assignor, on_assign=on_assign,
+            on_revoke=on_revoke, on_lost=on_lost, deserializer=deserializer, auto_ack=auto_ack,
+            max_attempts=max_attempts, backoff=backoff, topic_retry=topic_retry,
+            handler_timeout=handler_timeout_of(handler_timeout, processing_timeout),
             block=block, request_timeout=request_timeout,
         )
-        self.topics = tuple(dict.fromkeys(topics))
+        self.topics = opt.topics
         self.group = group
         self.member_id = member_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.instance_id = uuid.uuid4().hex
         self._url = url
         self._given = redis
-        self._listeners: dict[str, Listener | None] = {
-            "on_assign": on_assign, "on_revoke": on_revoke, "on_lost": on_lost,
-        }
-        self._deserializer = deserializer
-        self._stats: dict[str, int] = {}
+        self._stats = ConsumerStats()
         self._latency = Histogram()
-        if backoff is not None and not isinstance(backoff, Backoff):
-            raise ConfigError("backoff must be a redcurrent.Backoff")
-        for t, rp in (topic_retry or {}).items():
-            if t not in topics or not isinstance(rp, RetryPolicy):
-                raise ConfigError(f"topic_retry maps subscribed topics to RetryPolicy; bad entry {t!r}")
-        self._backoff = backoff or Backoff()
-        self._policy = Policy(max_attempts, self._backoff, self._opt.processing_timeout,
-                              self._stats, self._latency, dict(topic_retry or {}))
+        self._backoff = opt.backoff_or_default
+        self._policy = Policy(max_attempts, self._backoff, opt.handler_timeout, dict(opt.topic_retry or {}))
         self._conn: Connection | None = None
         self._coord: Coordinator | None = None
         self._ctx: FetchContext | None = None
@@ -204,7 +178,7 @@ class Consumer(Lifecycle):
             token=f"{self.member_id}|{self.instance_id}", batch_size=opt.batch_size,
             block_ms=block_ms, fetch_timeout=opt.session_timeout,
             request_timeout=opt.request_timeout, backoff=self._backoff,
-            credits=Credits(opt.max_in_flight), deserializer=self._deserializer,
+            credits=Credits(opt.max_in_flight), deserializer=opt.deserializer,
             lease_valid=lambda: self._coord is not None and self._coord.lease_valid(),
             on_fenced=lambda tp: self._coord.on_fenced(tp) if self._coord else None,
             on_error=lambda tp, exc: self._coord.on_error(tp, exc) if self._coord else None,
@@ -215,8 +189,9 @@ class Consumer(Lifecycle):
             watched_min=WATCHED_MIN if self._conn.caps.version >= (7, 0, 0) else WATCHED_MIN_62,
             wait_slots=None if self._waiter is not None else asyncio.Semaphore(max(1, min(32, pool // 4))),
         )
+        listeners = {"on_assign": opt.on_assign, "on_revoke": opt.on_revoke, "on_lost": opt.on_lost}
         self._coord = Coordinator(client, opt, self.topics, self.member_id, self.instance_id,
-                                  self._ctx, self._listeners, on_fatal=self._fatal, on_error=self._surface)
+                                  self._ctx, listeners, on_fatal=self._fatal, on_error=self._surface)
         self._coord.born_after_join = missing
         try:
             await self._coord.start()
@@ -358,7 +333,7 @@ class Consumer(Lifecycle):
             if self._dispatcher is dispatcher:
                 self._detach()
 
-    async def process(self, handler: Callable[[Message], Awaitable[Any]]) -> None:
+    async def process(self, handler: Handler) -> None:
         """Call ``await handler(msg)`` for every message; ack after it returns.
 
         Runs until :meth:`stop`. Failures retry in place, then go to the dead-letter
@@ -368,13 +343,13 @@ class Consumer(Lifecycle):
         """
         if not callable(handler):
             raise TypeError("handler must be an async callable taking a Message")
-        await self._run_dispatcher("process", EachDispatcher(handler, self._policy))
+        await self._run_dispatcher("process", EachDispatcher(handler, self._policy, self._stats, self._latency))
 
-    async def process_batch(self, handler: Callable[[list[Message]], Awaitable[Any]]) -> None:
+    async def process_batch(self, handler: BatchHandler) -> None:
         """Call ``await handler(msgs)`` with batches of one partition, in order; ack them together."""
         if not callable(handler):
             raise TypeError("handler must be an async callable taking a list of Message")
-        await self._run_dispatcher("process_batch", BatchDispatcher(handler, self._policy))
+        await self._run_dispatcher("process_batch", BatchDispatcher(handler, self._policy, self._stats, self._latency))
 
     def __aiter__(self) -> Consumer:
         return self
@@ -385,7 +360,7 @@ class Consumer(Lifecycle):
         if self._state == "stopped" and self._queue.empty():
             raise StopAsyncIteration
         if self._mode is None:
-            self._use("iterator", IteratorDispatcher(self._queue, self._opt.auto_ack, self._policy))
+            self._use("iterator", IteratorDispatcher(self._queue, self._opt.auto_ack, self._policy, self._stats, self._latency))
         for done in self._yielded:
             self._finish(done)
         self._yielded.clear()
@@ -569,12 +544,20 @@ class Consumer(Lifecycle):
 
     def stats(self) -> dict[str, int]:
         """Counters: processed, failed, retried, dead_lettered, expired, decode_failures,
-        trimmed, rebalances, partitions_lost, heartbeat_errors, fetch_errors, …"""
-        return dict(self._stats)
+        trimmed, rebalances, partitions_lost, heartbeat_errors, fetch_errors, …; a counter
+        that never counted is absent (read it with ``.get(name, 0)``)."""
+        return self._stats.as_dict()
 
     def handler_latency(self) -> Histogram:
         """Handler latency histogram (seconds; ``cumulative()``, ``count``, ``sum``)."""
         return self._latency
+
+
+async def start_if_new(consumer: Consumer) -> None:
+    """Start ``consumer`` unless it was started before (running, or stopped: then its
+    first consuming call says so): the first step of :func:`redcurrent.run_consumer`."""
+    if consumer._state == "new":
+        await consumer.start()
 
 
 def _flatten(items: tuple[TopicPartition | Iterable[TopicPartition], ...]) -> list[TopicPartition]:
@@ -606,12 +589,7 @@ def _seek_target(position: object) -> str:
                       "seek_to_beginning() and seek_to_end() go to either end")
 
 
-def _check_member_id(member_id: object) -> None:
-    if not isinstance(member_id, str) or not member_id or len(member_id) > 200 or "|" in member_id:
-        raise ConfigError(f"member_id must be 1-200 characters without '|', got {member_id!r}")
-
-
-def _pool_size(client: Any) -> int:
+def _pool_size(client: Client) -> int:
     """The most connections the client may open (per node on a cluster)."""
     for holder in (getattr(client, "connection_pool", None), client):
         size = getattr(holder, "max_connections", None)
@@ -620,9 +598,8 @@ def _pool_size(client: Any) -> int:
     return 100
 
 
-def _socket_timeout(client: Any) -> float | None:
-    try:
-        value = client.connection_pool.connection_kwargs.get("socket_timeout")
-    except AttributeError:
-        return None
+def _socket_timeout(client: Client) -> float | None:
+    """The client's socket timeout (None on a cluster client, which has no single pool)."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    value = kwargs.get("socket_timeout") if isinstance(kwargs, dict) else None
     return float(value) if value else None

@@ -34,6 +34,7 @@ from .errors import (
     translate,
 )
 from .fetcher import RETRY_MAX_S, FetchContext, PartitionFetcher
+from .protocols import Listener
 from .replies import parse_claim, parse_heartbeat, parse_refresh
 from .structs import TopicPartition
 
@@ -44,7 +45,6 @@ __all__ = ["Coordinator", "Listener"]
 
 log = logging.getLogger(__name__)
 
-Listener = Callable[[list[TopicPartition]], Any]
 _HEARTBEAT = scripts.script("heartbeat")
 _CLAIM = scripts.script("claim")
 _REFRESH = scripts.script("refresh")
@@ -173,7 +173,7 @@ class Coordinator:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._ctx.stats["heartbeat_errors"] = self._ctx.stats.get("heartbeat_errors", 0) + 1
+                self._ctx.stats.heartbeat_errors += 1
                 log.warning("heartbeat failed after %.3fs: %s", time.monotonic() - started, translate(exc, "heartbeat"))
             if self._closed:
                 return  # a cancellation was swallowed by the call above (see _closed)
@@ -253,7 +253,7 @@ class Coordinator:
             self._log_gap(topic, late)
         changed = beat.epoch != st.epoch or beat.mine != st.target
         if beat.epoch != st.epoch:
-            self._ctx.stats["rebalances"] = self._ctx.stats.get("rebalances", 0) + 1
+            self._ctx.stats.rebalances += 1
             log.info("%s: epoch %d, assigned %s", topic, beat.epoch, sorted(beat.mine))
         st.epoch, st.partitions, st.created, st.target, st.op = (
             beat.epoch, beat.partitions, beat.created, beat.mine, "beat")
@@ -425,7 +425,7 @@ class Coordinator:
                     f.released(r)
             attempt += 1
             if failed and time.monotonic() < deadline:
-                self._ctx.count("release_errors", len(failed))
+                self._ctx.stats.release_errors += len(failed)
                 await asyncio.sleep(min(self._ctx.backoff.delay(attempt), RETRY_MAX_S,
                                         max(0.0, deadline - time.monotonic())))
             elif failed:
@@ -448,7 +448,7 @@ class Coordinator:
         if release and dropped:
             self._tasks.append(asyncio.get_running_loop().create_task(self._release(dropped, quiet=True)))
         if gone:
-            self._ctx.stats["partitions_lost"] = self._ctx.stats.get("partitions_lost", 0) + len(gone)
+            self._ctx.stats.partitions_lost += len(gone)
             log.warning("lost %s", [f"{tp.topic}[{tp.partition}]" for tp in gone])
             task = asyncio.get_running_loop().create_task(self._notify("on_lost", gone))
             self._tasks.append(task)

@@ -48,6 +48,7 @@ from .structs import TopicPartition
 
 if TYPE_CHECKING:
     from .connection import Client
+    from .stats import ConsumerStats
 
 __all__ = [
     "ORIGINAL_FIELDS",
@@ -169,7 +170,7 @@ class DeadLetterWriter:
         group: str,
         consumer: str,
         dead_letter_expired: Callable[[str], bool],
-        stats: dict[str, int],
+        stats: ConsumerStats,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -213,7 +214,7 @@ class DeadLetterWriter:
             await self._copy_raw(stream, entry_id, fields)
         dlq = self._keys.dead_letters(tp.topic, self._group)
         dlq_id = await self._client.xadd(dlq, fields)  # type: ignore[arg-type]
-        self._stats["dead_lettered"] = self._stats.get("dead_lettered", 0) + 1
+        self._stats.dead_lettered += 1
         log.warning(
             "dead-lettered %s[%d] %s: %s (attempts=%d, group=%s)",
             tp.topic, tp.partition, entry_id, reason, attempts, self._group,

@@ -33,7 +33,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, ResponseError, WatchError
@@ -42,14 +42,16 @@ from . import scripts
 from .connection import CONNECTION_ERRORS, refresh_slots, transient, transient_error
 from .deadletter import REQUEUE_HEADER
 from .errors import DecodeError, FencedError, GroupMissingError, translate
+from .protocols import Deserializer, Dispatcher
 from .replies import Fetched, parse_fetch, parse_fetch_ack, parse_nack, parse_release, parse_seek
 from .retry import Backoff
-from .serde import Deserializer, FetchedEntry, decode_fields, entry_slots
+from .serde import FetchedEntry, decode_fields, entry_slots
 from .structs import Message, TopicPartition
 
 if TYPE_CHECKING:
     from .connection import Client
     from .deadletter import DeadLetterWriter
+    from .stats import ConsumerStats
     from .waiter import IdleWaiter
 
 __all__ = ["Credits", "Dispatcher", "FetchContext", "LeaseLost", "PartitionFetcher"]
@@ -81,15 +83,6 @@ class LeaseLost(FencedError):
     Nothing more is handed out; what was finished keeps waiting to be acked, and the
     loop goes on once the heartbeat renews the lease (a Redis restart must cost no
     rebalance and no duplicate). To user code it is a FencedError: nothing was acked."""
-
-
-class Dispatcher(Protocol):
-    """Hands one fetched batch of a partition to user code, in order. It finishes
-    each message through ``fetcher.finish`` (or leaves it pending by not doing so)."""
-
-    closed: bool
-
-    def __call__(self, fetcher: PartitionFetcher, msgs: list[Message]) -> Awaitable[None]: ...
 
 
 class Credits:
@@ -133,7 +126,7 @@ class FetchContext:
     on_fenced: Callable[[TopicPartition], None]
     on_error: Callable[[TopicPartition, BaseException], None]
     dead_letters: DeadLetterWriter
-    stats: dict[str, int]
+    stats: ConsumerStats
     # Bounds concurrent commands of the consume path below the client's pool size, so
     # heartbeats and claims always find a connection (a pool of 100 is redis-py's default).
     limit: asyncio.Semaphore
@@ -143,9 +136,6 @@ class FetchContext:
     wait_slots: asyncio.Semaphore | None = None  # per-partition blocking reads (cluster)
     dispatcher: Dispatcher | None = None
     dispatcher_set: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def count(self, name: str, n: int = 1) -> None:
-        self.stats[name] = self.stats.get(name, 0) + n
 
 
 class PartitionFetcher:
@@ -437,7 +427,7 @@ class PartitionFetcher:
                 if not transient(exc):
                     raise
                 attempt += 1
-                c.count("redis_errors")
+                c.stats.redis_errors += 1
                 if isinstance(exc, CONNECTION_ERRORS):
                     refresh_slots(c.client, background=True)  # our deadline hides it from redis-py
                 if on_error is not None:
@@ -471,7 +461,7 @@ class PartitionFetcher:
             self.fenced = True
             self.ctx.on_fenced(self.tp)
         except Exception as exc:  # never a silent stall: the coordinator drops it, process() raises
-            self.ctx.count("partition_errors")
+            self.ctx.stats.partition_errors += 1
             log.error("%r: consuming failed: %s", self, translate(exc, "consume"))
             self.ctx.on_error(self.tp, exc)
 
@@ -480,7 +470,7 @@ class PartitionFetcher:
         if self.trimmed:
             entry_id = self.trimmed[0]
             await self.dead_letter(entry_id, None, "trimmed", 0)  # its fields are gone: none to copy
-            c.count("trimmed")
+            c.stats.trimmed += 1
             self.trimmed.pop(0)
             return
         if not c.dispatcher_set.is_set() or not self._resumed.is_set():
@@ -540,7 +530,7 @@ class PartitionFetcher:
                 self._ack_beside()
 
     def _fetch_failed(self) -> None:
-        self.ctx.count("fetch_errors")
+        self.ctx.stats.fetch_errors += 1
         self._reread_if_new()
 
     def _reread_if_new(self) -> None:
@@ -676,7 +666,7 @@ class PartitionFetcher:
         # The group vanished (Redis restarted empty or the key was deleted): recreate
         # it at 0 (at-least-once), say so loudly, never crash-loop.
         log.error("%r: consumer group %r vanished; recreating it at 0", self, self.ctx.group)
-        self.ctx.count("groups_recreated")
+        self.ctx.stats.groups_recreated += 1
         try:
             await self.call("recreate the group", lambda: self.ctx.client.execute_command(
                 "XGROUP", "CREATE", self.stream, self.ctx.group, "0", "MKSTREAM"))
@@ -752,7 +742,7 @@ class PartitionFetcher:
                     continue
             if msg.headers and msg.headers.get(REQUEUE_HEADER, c.group) != c.group:
                 # A dead letter requeued for another group: ack it, never handle it.
-                c.count("requeue_skipped")
+                c.stats.requeue_skipped += 1
                 self.finish(msg.id, advance=False)
                 continue
             if not fresh:
@@ -801,7 +791,10 @@ class PartitionFetcher:
                       exc: DecodeError) -> None:
         reason = str(exc)
         trimmed = reason == "trimmed"
-        self.ctx.count("trimmed" if trimmed else "decode_failures")
+        if trimmed:
+            self.ctx.stats.trimmed += 1
+        else:
+            self.ctx.stats.decode_failures += 1
         eid = entry_id.decode()
         log.error("%r: entry %s cannot be handled (%s); dead-lettering it", self, eid, reason)
         await self.dead_letter(eid, entry_slots(entry_id, attempts, fields),
@@ -811,7 +804,7 @@ class PartitionFetcher:
     async def expired(self, msg: Message, *, advance: bool = True) -> None:
         """``msg`` outlived its TTL: count it, dead-letter it if the topic asks, finish it."""
         c = self.ctx
-        c.count("expired")
+        c.stats.expired += 1
         if c.dead_letters.dead_letter_expired(self.tp.topic):
             await self.dead_letter(msg.id, None, "expired", msg.attempts)
         self.finish(msg.id, advance=advance)

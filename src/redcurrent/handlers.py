@@ -22,70 +22,37 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from . import tracing
 from .deadletter import reason_for
 from .errors import FencedError
 from .fetcher import PartitionFetcher
+from .protocols import BatchHandler, Handler
 from .retry import Backoff, BatchError, DeadLetter, Retry, RetryPolicy
+from .stats import ConsumerStats, Histogram
 from .structs import Message
 
 __all__ = ["BatchDispatcher", "EachDispatcher", "IteratorDispatcher", "Policy"]
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Message], Awaitable[Any]]
-BatchHandler = Callable[[list[Message]], Awaitable[Any]]
-
-
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-class Histogram:
-    """Cumulative-bucket histogram of handler latency in seconds (Prometheus-shaped)."""
-
-    __slots__ = ("buckets", "count", "counts", "sum")
-
-    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        self.buckets = buckets
-        self.counts = [0] * len(buckets)
-        self.count = 0
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.count += 1
-        self.sum += seconds
-        for i, bound in enumerate(self.buckets):
-            if seconds <= bound:
-                self.counts[i] += 1
-                break
-
-    def cumulative(self) -> list[tuple[float, int]]:
-        out, total = [], 0
-        for bound, n in zip(self.buckets, self.counts, strict=True):
-            total += n
-            out.append((bound, total))
-        return out
+T = TypeVar("T", Message, list[Message])  # what a handler takes: one message, or a batch
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """Retry policy of one consumer."""
+    """Retry limits of one consumer: attempts and backoff (per topic, with
+    ``topic_retry``), and the time one handler call may take."""
 
     max_attempts: int
     backoff: Backoff
     handler_timeout: float | None
-    stats: dict[str, int]
-    latency: Histogram
     overrides: Mapping[str, RetryPolicy] = field(default_factory=dict)
 
     def for_topic(self, topic: str) -> tuple[int, Backoff]:
         o = self.overrides.get(topic)
         return (o.max_attempts, o.backoff) if o is not None else (self.max_attempts, self.backoff)
-
-    def count(self, name: str, n: int = 1) -> None:
-        self.stats[name] = self.stats.get(name, 0) + n
 
 
 class HandlerCancelledError(Exception):
@@ -97,26 +64,27 @@ def _handing_out(fetcher: PartitionFetcher, dispatcher: _Base) -> bool:
     return not dispatcher.closed and not fetcher.stopping and not fetcher.stale and fetcher.ctx.lease_valid()
 
 
-async def _call(policy: Policy, fn: Callable[[Any], Awaitable[Any]], arg: Any) -> None:
+async def _call(dispatcher: _Base, fn: Callable[[T], Awaitable[object]], arg: T) -> None:
     if tracing.active():
         with tracing.consume_span(arg):  # a "process" span around the handler call
-            await _timed_call(policy, fn, arg)
+            await _timed_call(dispatcher, fn, arg)
     else:
-        await _timed_call(policy, fn, arg)
+        await _timed_call(dispatcher, fn, arg)
 
 
-async def _timed_call(policy: Policy, fn: Callable[[Any], Awaitable[Any]], arg: Any) -> None:
+async def _timed_call(dispatcher: _Base, fn: Callable[[T], Awaitable[object]], arg: T) -> None:
+    timeout = dispatcher.handler_timeout
     started = time.perf_counter()
     try:
-        if policy.handler_timeout is None:
+        if timeout is None:
             await fn(arg)
         else:
             try:
-                async with asyncio.timeout(policy.handler_timeout) as cm:
+                async with asyncio.timeout(timeout) as cm:
                     await fn(arg)
             except TimeoutError as exc:
                 if cm.expired():
-                    raise TimeoutError(f"handler exceeded handler_timeout={policy.handler_timeout}s") from exc
+                    raise TimeoutError(f"handler exceeded handler_timeout={timeout}s") from exc
                 raise
     except asyncio.CancelledError:
         task = asyncio.current_task()
@@ -124,18 +92,16 @@ async def _timed_call(policy: Policy, fn: Callable[[Any], Awaitable[Any]], arg: 
             raise  # a real cancellation: stop, revoke, or the process() call ended
         raise HandlerCancelledError("the handler raised CancelledError without being cancelled") from None
     finally:
-        policy.latency.observe(time.perf_counter() - started)
+        dispatcher.latency.observe(time.perf_counter() - started)
 
 
-async def _failed(
-    policy: Policy, fetcher: PartitionFetcher, msgs: list[Message], exc: BaseException
-) -> float:
+async def _failed(d: _Base, fetcher: PartitionFetcher, msgs: list[Message], exc: BaseException) -> float:
     """Record a failed attempt of each message (its own count + 1); the delay before the
     next one. The caller dead-letters the messages out of attempts first (``_exhausted``)."""
     attempts = max(m.attempts for m in msgs)
-    max_attempts, backoff = policy.for_topic(fetcher.tp.topic)
+    max_attempts, backoff = d.policy.for_topic(fetcher.tp.topic)
     delay = exc.after if isinstance(exc, Retry) and exc.after is not None else backoff.delay(attempts)
-    policy.count("retried", len(msgs))
+    d.stats.retried += len(msgs)
     log.warning(
         "handler failed on %s[%d] %s (attempt %d of %d): %s: %s; retrying in %.2fs",
         fetcher.tp.topic, fetcher.tp.partition, msgs[0].id, attempts, max_attempts,
@@ -159,16 +125,16 @@ async def _dead_letter(policy: Policy, fetcher: PartitionFetcher, msg: Message, 
     fetcher.finish(msg.id, advance=advance)
 
 
-async def _ready(policy: Policy, fetcher: PartitionFetcher, msg: Message, *, advance: bool = True) -> bool:
+async def _ready(d: _Base, fetcher: PartitionFetcher, msg: Message, *, advance: bool = True) -> bool:
     """Checks before an invocation; False if ``msg`` was finished instead (expired, or
     out of attempts because its consumer died while handling it)."""
     if msg.expires_at is not None and msg.expires_at <= time.time() * 1000:
         await fetcher.expired(msg, advance=advance)
         return False
-    max_attempts, _ = policy.for_topic(fetcher.tp.topic)
+    max_attempts, _ = d.policy.for_topic(fetcher.tp.topic)
     if msg.attempts > max_attempts:
-        policy.count("failed")
-        await _dead_letter(policy, fetcher, msg, None, advance=advance)
+        d.stats.failed += 1
+        await _dead_letter(d.policy, fetcher, msg, None, advance=advance)
         return False
     fetcher.invoking(msg)
     return True
@@ -187,15 +153,18 @@ async def _sleep_unless_stopped(fetcher: PartitionFetcher, dispatcher: _Base, de
 class _Base:
     closed = False
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, stats: ConsumerStats, latency: Histogram) -> None:
         self.policy = policy
+        self.handler_timeout = policy.handler_timeout  # read per call: one attribute away
+        self.stats = stats
+        self.latency = latency
 
 
 class EachDispatcher(_Base):
     """Calls ``handler(message)`` for each message of a partition, in order."""
 
-    def __init__(self, handler: Handler, policy: Policy) -> None:
-        super().__init__(policy)
+    def __init__(self, handler: Handler, policy: Policy, stats: ConsumerStats, latency: Histogram) -> None:
+        super().__init__(policy, stats, latency)
         self.handler = handler
 
     async def __call__(self, fetcher: PartitionFetcher, msgs: list[Message]) -> None:
@@ -206,33 +175,33 @@ class EachDispatcher(_Base):
 
     async def _one(self, fetcher: PartitionFetcher, msg: Message, plain: bool = False) -> bool:
         """Handle one message to its end; False if it was left pending (stop, fenced)."""
-        policy = self.policy
+        policy, stats = self.policy, self.stats
         while True:
             if plain:
                 if fetcher.discarded:  # after a seek: see PartitionFetcher.invoking
                     fetcher.discarded.discard(msg.id)
                 fetcher.held[msg.id] = msg.attempts  # _ready's bookkeeping, nothing to check
-            elif not await _ready(policy, fetcher, msg):
+            elif not await _ready(self, fetcher, msg):
                 return True
             plain = False
             try:
-                await _call(policy, self.handler, msg)
-                policy.count("processed")
+                await _call(self, self.handler, msg)
+                stats.processed += 1
                 fetcher.finish(msg.id)
                 return True
             except Exception as exc:
                 if msg.id in fetcher.manually_acked:  # acked by hand, then raised: done
-                    policy.count("processed")
+                    stats.processed += 1
                     fetcher.finish(msg.id)
                     return True
-                policy.count("failed")
+                stats.failed += 1
                 if fetcher.stale:
                     return False  # a seek discarded it meanwhile: no retry, no dead letter
                 if _exhausted(policy, fetcher, msg, exc):
                     await _dead_letter(policy, fetcher, msg, exc)
                     return True
                 try:
-                    delay = await _failed(policy, fetcher, [msg], exc)
+                    delay = await _failed(self, fetcher, [msg], exc)
                 except FencedError:
                     return False
                 if not await _sleep_unless_stopped(fetcher, self, delay):
@@ -243,8 +212,8 @@ class EachDispatcher(_Base):
 class BatchDispatcher(_Base):
     """Calls ``handler(messages)`` with each fetched batch of one partition."""
 
-    def __init__(self, handler: BatchHandler, policy: Policy) -> None:
-        super().__init__(policy)
+    def __init__(self, handler: BatchHandler, policy: Policy, stats: ConsumerStats, latency: Histogram) -> None:
+        super().__init__(policy, stats, latency)
         self.handler = handler
 
     async def __call__(self, fetcher: PartitionFetcher, msgs: list[Message]) -> None:
@@ -258,12 +227,12 @@ class BatchDispatcher(_Base):
                 fetcher.invoking_all(pending)  # _ready's bookkeeping, nothing to check
                 plain = False
             else:
-                pending = [m for m in pending if await _ready(policy, fetcher, m, advance=False)]
+                pending = [m for m in pending if await _ready(self, fetcher, m, advance=False)]
                 if not pending:
                     return
             try:
-                await _call(policy, self.handler, pending)
-                policy.count("processed", len(pending))
+                await _call(self, self.handler, pending)
+                self.stats.processed += len(pending)
                 fetcher.finish_all(pending)
                 return
             except Exception as exc:
@@ -274,8 +243,8 @@ class BatchDispatcher(_Base):
                 # Messages finished out of turn never move ``last_handled`` past one still
                 # pending; the fetcher moves it once the whole batch is finished.
                 ok = [m for m in pending if m.id not in failed_ids]
-                policy.count("processed", len(ok))
-                policy.count("failed", len(pending) - len(ok))
+                self.stats.processed += len(ok)
+                self.stats.failed += len(pending) - len(ok)
                 for m in ok:
                     fetcher.finish(m.id, advance=False)
                 pending = [m for m in pending if m.id in failed_ids]
@@ -285,7 +254,7 @@ class BatchDispatcher(_Base):
                 if not pending:
                     return
                 try:
-                    delay = await _failed(policy, fetcher, pending, exc)
+                    delay = await _failed(self, fetcher, pending, exc)
                 except FencedError:
                     return
                 if not await _sleep_unless_stopped(fetcher, self, delay):
@@ -311,8 +280,8 @@ class IteratorDispatcher(_Base):
     """Feeds ``async for``: the next message of a partition is queued once the previous
     one was taken and the iterator moved on (or it was acked)."""
 
-    def __init__(self, queue: asyncio.Queue[Slot | None], auto_ack: bool, policy: Policy) -> None:
-        super().__init__(policy)
+    def __init__(self, queue: asyncio.Queue[Slot | None], auto_ack: bool, policy: Policy, stats: ConsumerStats, latency: Histogram) -> None:
+        super().__init__(policy, stats, latency)
         self.queue = queue
         self.auto_ack = auto_ack
 
@@ -327,7 +296,7 @@ class IteratorDispatcher(_Base):
                 continue
             if msg.attempts > max_attempts:
                 # Its consumers died with it in hand every time: dead letters, not a crash loop.
-                self.policy.count("failed")
+                self.stats.failed += 1
                 await _dead_letter(self.policy, fetcher, msg, None)
                 continue
             slot = Slot(msg, fetcher, loop.create_future(), gen=fetcher.generation)
@@ -349,4 +318,4 @@ class IteratorDispatcher(_Base):
                 await fetcher.expired(msg)  # its TTL passed while it waited to be handed out
                 continue
             fetcher.finish(msg.id, ack=self.auto_ack)
-            self.policy.count("processed")
+            self.stats.processed += 1

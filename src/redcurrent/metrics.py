@@ -68,6 +68,7 @@ from .admin import Admin
 from .consumer import Consumer
 from .errors import UnknownGroupError, UnknownTopicError
 from .producer import Producer
+from .stats import CONSUMER_COUNTERS
 from .structs import GroupInfo
 
 if TYPE_CHECKING:
@@ -99,24 +100,6 @@ PRODUCER_COUNTERS: Mapping[str, str] = {
     "errors": "Records whose send failed.",
     "batches": "Partition batches written (one script call each).",
     "retries": "Batches resent after a retriable error.",
-}
-CONSUMER_COUNTERS: Mapping[str, str] = {
-    "processed": "Messages whose handler returned (then acked).",
-    "failed": "Handler failures (each attempt).",
-    "retried": "Messages retried in place after a failure.",
-    "dead_lettered": "Messages moved to the dead-letter stream.",
-    "expired": "Messages dropped because their TTL had passed.",
-    "decode_failures": "Entries that could not be decoded (dead-lettered).",
-    "trimmed": "Pending entries found trimmed away (dead-lettered as 'trimmed').",
-    "rebalances": "Group epochs this consumer went through.",
-    "partitions_lost": "Partitions lost without a graceful handoff (fenced, or their fetch failed for good).",
-    "heartbeat_errors": "Heartbeats that failed.",
-    "fetch_errors": "Fetches that failed (each is retried).",
-    "redis_errors": "Redis calls of the consume path that failed (each is retried until request_timeout).",
-    "partition_errors": "Partitions given up after an error past request_timeout (process() raised it).",
-    "release_errors": "Partition releases that failed (retried; the owner key expires otherwise).",
-    "groups_recreated": "Redis consumer groups recreated after they vanished.",
-    "requeue_skipped": "Requeued dead letters of another group, acked and skipped.",
 }
 _NAME_SAFE = re.compile(r"[^a-zA-Z0-9_]")
 

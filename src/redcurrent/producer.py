@@ -15,9 +15,8 @@ import orjson
 from . import topics, tracing
 from .accumulator import Accumulator, Framed, Group
 from .config import DEFAULT_NAMESPACE, MiB, ProducerOptions, check_ttl_ms
-from .connection import Client, Connection, Lifecycle, connect
+from .connection import Client, Connection, connect
 from .errors import (
-    ConfigError,
     InvalidPartitionsError,
     MessageTooLargeError,
     ProducerClosedError,
@@ -25,6 +24,7 @@ from .errors import (
     translate,
 )
 from .keys import Keys, validate_name
+from .lifecycle import Lifecycle
 from .partitioner import StickyPartitioner, partition_for_key
 from .serde import (
     CODEC_CODES,
@@ -66,7 +66,13 @@ class Producer(Lifecycle):
     what is known: :class:`AmbiguousWriteError` if an attempt may have been stored (a
     plain resend may duplicate it), :class:`NotEnoughReplicasError` if the primary stored
     it but too few replicas confirmed, a retriable :class:`RedcurrentConnectionError` only
-    if no attempt reached Redis.
+    if no attempt reached Redis. Between attempts it waits from ``retry_backoff``
+    seconds up (retry.backoff.ms), doubling each time, at most 1 s.
+
+    Batching: records of one partition wait at most ``linger`` seconds (linger.ms) to
+    share a batch, which closes at ``batch_size`` records or ``batch_bytes`` bytes of
+    framed records (batch.size), whichever comes first; a record larger than
+    ``batch_bytes`` (up to ``max_message_bytes``) goes in a batch of its own.
 
     Topics: a topic this producer has never seen is created on first use when
     ``auto_create_topics`` is on, with ``default_partitions`` partitions (1 unless
@@ -84,6 +90,7 @@ class Producer(Lifecycle):
         namespace: str = DEFAULT_NAMESPACE,
         linger: float = 0.005,
         batch_size: int = 500,
+        batch_bytes: int = MiB,
         max_message_bytes: int = MiB,
         idempotent: bool = True,
         auto_create_topics: bool = True,
@@ -91,6 +98,7 @@ class Producer(Lifecycle):
         serializer: Serializer | None = None,
         request_timeout: float = 30.0,
         delivery_timeout: float = 120.0,
+        retry_backoff: float = 0.05,
         metadata_max_age: float = 0.5,
         acks: Literal["leader", "replica"] = "leader",
     ) -> None:
@@ -100,17 +108,18 @@ class Producer(Lifecycle):
             keys=Keys(namespace),
             linger=linger,
             batch_size=batch_size,
+            batch_bytes=batch_bytes,
             max_message_bytes=max_message_bytes,
             idempotent=idempotent,
             auto_create_topics=auto_create_topics,
             default_partitions=default_partitions,
+            serializer=serializer,
             request_timeout=request_timeout,
             delivery_timeout=delivery_timeout,
+            retry_backoff=retry_backoff,
             metadata_max_age=metadata_max_age,
             acks=acks,
         )
-        if serializer is not None and not callable(serializer):
-            raise ConfigError("serializer must be a callable taking a value and returning bytes")
         self._serializer = serializer
         self._conn: Connection | None = None
         self._acc: Accumulator | None = None

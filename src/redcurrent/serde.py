@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import orjson
 
 from .errors import DecodeError, SerializationError
+from .protocols import Deserializer, Serializer
 from .structs import Message
 
 __all__ = [
@@ -48,9 +49,6 @@ REQUEUE_HEADER = "rc-requeue-group"
 RESERVED_HEADER_PREFIX = "rc-"  # header names redcurrent itself writes
 FORMAT_VERSION = 49  # ord("1"): the first byte of the format field
 TRIMMED = 0  # the fetch script puts integer 0 (no field value can be one) in the format slot of a deleted entry
-
-Serializer = Callable[[Any], bytes]
-Deserializer = Callable[[bytes], Any]
 
 _CODEC_JSON = b"json"
 _CODEC_BYTES = b"bytes"

@@ -13,20 +13,42 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Literal, cast, overload
 
-from .consumer import Consumer
-from .structs import Message
+from .consumer import Consumer, start_if_new
+from .protocols import BatchHandler, Handler
 
 __all__ = ["run_consumer"]
 
 log = logging.getLogger(__name__)
 
 
+@overload
 async def run_consumer(
     consumer: Consumer,
-    handler: Callable[[Message], Awaitable[Any]] | Callable[[list[Message]], Awaitable[Any]],
+    handler: Handler,
+    *,
+    batch: Literal[False] = False,
+    grace_period: float = 30.0,
+    signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+) -> None: ...
+
+
+@overload
+async def run_consumer(
+    consumer: Consumer,
+    handler: BatchHandler,
+    *,
+    batch: Literal[True],
+    grace_period: float = 30.0,
+    signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+) -> None: ...
+
+
+async def run_consumer(
+    consumer: Consumer,
+    handler: Handler | BatchHandler,
     *,
     batch: bool = False,
     grace_period: float = 30.0,
@@ -66,12 +88,12 @@ async def run_consumer(
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        if consumer._state == "new":
-            await consumer.start()
+        await start_if_new(consumer)
+        # The overloads tie batch=True to a BatchHandler and batch=False to a Handler.
         if batch:
-            await consumer.process_batch(handler)  # type: ignore[arg-type]
+            await consumer.process_batch(cast(BatchHandler, handler))
         else:
-            await consumer.process(handler)  # type: ignore[arg-type]
+            await consumer.process(cast(Handler, handler))
         if stopping is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await stopping
