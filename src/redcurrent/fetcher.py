@@ -554,9 +554,11 @@ class PartitionFetcher:
         try:
             await self._flush_acks()
         except FencedError:
-            if not self.fenced:
-                self.fenced = True
-                self.ctx.on_fenced(self.tp)
+            # Fenced (nothing was acked), or the local lease ran out while Redis was away
+            # (LeaseLost: the acks are back in ``acks``). Either way the partition's own
+            # loop finds out on its next call and acts as it always does; an ack sent on
+            # the side never drops a partition by itself.
+            pass
         except Exception as exc:  # the acks are back in ``acks``: the next fetch carries them
             log.warning("%r: acks failed (%s); they go with the next fetch", self, translate(exc, "ack"))
 
