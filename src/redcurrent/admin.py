@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -501,7 +501,7 @@ class Admin(Lifecycle):
             raise translate(exc, what) from None
 
 
-def _first_id(entries: list[Any]) -> str | None:
+def _first_id(entries: Sequence[Sequence[object]]) -> str | None:
     if not entries:
         return None
     eid = entries[0][0]

@@ -19,7 +19,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -35,7 +35,7 @@ from .errors import (
 )
 from .fetcher import RETRY_MAX_S, FetchContext, PartitionFetcher
 from .protocols import Listener
-from .replies import parse_claim, parse_heartbeat, parse_refresh
+from .replies import Scalar, StatusReply, parse_claim, parse_heartbeat, parse_refresh
 from .structs import TopicPartition
 
 if TYPE_CHECKING:
@@ -228,7 +228,7 @@ class Coordinator:
         if changed or time.monotonic() >= self._retry_at > 0:
             self._wake_reconcile.set()
 
-    def _apply(self, topic: str, reply: Any, late: float = 0.0) -> bool:
+    def _apply(self, topic: str, reply: Sequence[Scalar], late: float = 0.0) -> bool:
         st = self.state[topic]
         try:
             beat = parse_heartbeat(reply, topic, self._opt.group, self.member_id)
@@ -277,7 +277,7 @@ class Coordinator:
             log.warning("coordinator gap on %s: Redis was away (restart, pause or failover); "
                         "deadlines re-armed", topic)
 
-    async def _refreshed(self, owned: list[tuple[TopicPartition, PartitionFetcher]], replies: list[Any]) -> bool:
+    async def _refreshed(self, owned: list[tuple[TopicPartition, PartitionFetcher]], replies: list[StatusReply | Exception]) -> bool:
         """Act on the refresh replies; False if any owner key could not be extended."""
         ok = True
         for (tp, f), reply in zip(owned, replies, strict=True):

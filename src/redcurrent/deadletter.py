@@ -110,15 +110,22 @@ def _s(fields: dict[bytes, bytes], name: bytes) -> str | None:
     return v.decode("utf-8", "replace") if v is not None else None
 
 
-def _by_name(raw: dict[Any, Any]) -> dict[bytes, bytes]:
+# One stream entry as redis-py returns it (decode_responses=False, connection.py
+# refuses the other): the id, and the fields by name. Names are bytes; a str name
+# (a client that decodes keys only) is tolerated by _by_name.
+RawFields = dict[bytes | str, bytes]
+RawEntry = tuple[bytes | str, RawFields]
+
+
+def _by_name(raw: RawFields) -> dict[bytes, bytes]:
     return {k if isinstance(k, bytes) else str(k).encode(): v for k, v in raw.items()}
 
 
-def _text(raw_id: Any) -> str:
+def _text(raw_id: bytes | str) -> str:
     return raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
 
 
-def record(dlq_id: Any, raw: dict[Any, Any]) -> DeadLetterRecord:
+def record(dlq_id: bytes | str, raw: RawFields) -> DeadLetterRecord:
     """A DeadLetterRecord from one dead-letter stream entry."""
     fields = _by_name(raw)
     topic = _s(fields, b"topic") or ""
@@ -223,7 +230,7 @@ class DeadLetterWriter:
         )
         return _text(dlq_id)
 
-    async def _copy_raw(self, stream: str, entry_id: str, fields: dict[Any, Any]) -> None:
+    async def _copy_raw(self, stream: str, entry_id: str, fields: dict[bytes | str, bytes | str | int]) -> None:
         # A foreign or corrupt entry: keep every field it has, so nothing is lost.
         entries = await self._client.xrange(stream, entry_id, entry_id)
         if entries and entries[0][1]:
@@ -242,9 +249,9 @@ async def read(client: Client, key: str, *, after: str | None = None, count: int
 
 
 async def _xrange(client: Client, key: str, start: str = "-", end: str = "+", count: int | None = None
-                  ) -> list[tuple[Any, dict[Any, Any]]]:
+                  ) -> list[RawEntry]:
     # redis-py types the reply loosely: it is a list of (id, {field: value}).
-    return cast("list[tuple[Any, dict[Any, Any]]]", await client.xrange(key, start, end, count=count))
+    return cast("list[RawEntry]", await client.xrange(key, start, end, count=count))
 
 
 # --------------------------------------------------------------------------- requeue
@@ -259,7 +266,7 @@ class Requeue:
     fields: list[bytes]
 
 
-def plan_requeue(raw: dict[Any, Any], topic: str, group: str) -> Requeue:
+def plan_requeue(raw: RawFields, topic: str, group: str) -> Requeue:
     """The requeue of one dead letter of ``topic``; ``ValueError`` saying why it cannot be.
 
     Only what is read here can fail per dead letter; the write itself is one script call.

@@ -347,7 +347,7 @@ class ClusterNode(EmbeddedServer):
         pairs = (line.split(":", 1) for line in lines if ":" in line)
         return {key.strip(): value.strip() for key, value in pairs}
 
-    def _text(self, command: str, *args: Any) -> str:
+    def _text(self, command: str, *args: object) -> str:
         with self.client() as client:
             client.set_response_callback(command, _raw_reply)  # redis-py parses it otherwise
             raw: Any = client.execute_command(command, *args)

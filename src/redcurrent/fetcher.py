@@ -43,7 +43,17 @@ from .connection import CONNECTION_ERRORS, refresh_slots, transient, transient_e
 from .deadletter import REQUEUE_HEADER
 from .errors import DecodeError, FencedError, GroupMissingError, translate
 from .protocols import Deserializer, Dispatcher
-from .replies import Fetched, parse_fetch, parse_fetch_ack, parse_nack, parse_release, parse_seek
+from .replies import (
+    Fetched,
+    FetchReply,
+    StatusReply,
+    StreamEntry,
+    parse_fetch,
+    parse_fetch_ack,
+    parse_nack,
+    parse_release,
+    parse_seek,
+)
 from .retry import Backoff
 from .serde import FetchedEntry, decode_fields, entry_slots
 from .structs import Message, TopicPartition
@@ -152,7 +162,7 @@ class PartitionFetcher:
         self.last_handled = "0"
         self._read_id = "0"
         self._restore = False
-        self._idle_at: Any = None  # the last entry id when drained; None while there is work
+        self._idle_at: bytes | None = None  # the last entry id when drained; None while there is work
         self._stopping = False
         self._restarting = False
         self._idle = False
@@ -342,7 +352,7 @@ class PartitionFetcher:
         args: list[str | int] = [c.token, c.group, c.consumer, len(self.acks), *self.acks, *counts]
         return scripts.Call(_RELEASE, [self.stream, self.owner], args)
 
-    def released(self, reply: Any) -> bool:
+    def released(self, reply: StatusReply) -> bool:
         """Act on the release reply; False if we were fenced (nothing was changed)."""
         self.acks.clear()
         self.held.clear()
@@ -598,17 +608,18 @@ class PartitionFetcher:
                 self.acks = acks + self.acks
             return None
 
-    async def _fetch_call(self, count: int, read_id: str, acks: list[str]) -> Any:
+    async def _fetch_call(self, count: int, read_id: str, acks: list[str]) -> FetchReply:
         c = self.ctx
         if count >= c.watched_min and read_id == ">" and self._bulk and c.transactions:
             return await self._fetch_watched(count, acks)
         restore = "1" if self._restore and read_id != ">" else "0"
-        return await scripts.run(
+        reply: FetchReply = await scripts.run(
             c.client, _FETCH, [self.stream, self.owner],
             [c.token, c.group, c.consumer, count, read_id, restore, ",".join(acks)],
         )
+        return reply
 
-    async def _fetch_watched(self, count: int, acks: list[str]) -> Any:
+    async def _fetch_watched(self, count: int, acks: list[str]) -> FetchReply:
         """The fetch script's ">" read as WATCH owner, GET owner, then MULTI: ack (the
         script, acks only), XREADGROUP, XREVRANGE, EXEC. The same fence: EXEC runs only
         if the owner key still holds our token, unchanged (or unexpired) since the GET.
@@ -638,10 +649,11 @@ class PartitionFetcher:
                 except WatchError:
                     continue  # the key was touched (our own lease refresh, or a takeover): look again
                 return await self._watched_reply(replies, acks)
-            return await scripts.run(  # busy key: the script needs no WATCH
+            reply: FetchReply = await scripts.run(  # busy key: the script needs no WATCH
                 c.client, _FETCH, [self.stream, self.owner],
                 [c.token, c.group, c.consumer, count, ">", "0", ",".join(acks)],
             )
+            return reply
         except BaseException:
             if pipe.connection is not None:  # mid-transaction: never hand it back as it is
                 await pipe.connection.disconnect()
@@ -649,7 +661,7 @@ class PartitionFetcher:
         finally:
             await pipe.reset()  # type: ignore[no-untyped-call]
 
-    async def _watched_reply(self, replies: list[Any], acks: list[str]) -> list[Any]:
+    async def _watched_reply(self, replies: list[Any], acks: list[str]) -> FetchReply:
         read, newest = replies[-2], replies[-1]
         if acks and isinstance(replies[0], NoScriptError):
             await scripts.run(self.ctx.client, _FETCH, [self.stream, self.owner],  # loads it, then acks
@@ -678,7 +690,7 @@ class PartitionFetcher:
         self._read_id, self._restore = "0", False
         await asyncio.sleep(0.05)
 
-    async def _wait(self, last_id: Any) -> bool:
+    async def _wait(self, last_id: bytes) -> bool:
         """Wait (read-only) until an entry newer than ``last_id`` arrives.
 
         True when there is something to fetch (or the wait failed: fetch to find out)."""
@@ -698,7 +710,7 @@ class PartitionFetcher:
         finally:
             self._idle = False
 
-    async def _wait_alone(self, last_id: Any) -> bool:
+    async def _wait_alone(self, last_id: bytes) -> bool:
         slots = self.ctx.wait_slots
         if slots is not None and slots.locked():
             await asyncio.sleep(POLL_S)  # every blocking-wait slot is taken: poll
@@ -717,7 +729,7 @@ class PartitionFetcher:
             await asyncio.sleep(0.1)
             return True
 
-    async def _dispatch(self, entries: list[Any], counts: list[int]) -> None:
+    async def _dispatch(self, entries: list[StreamEntry], counts: list[int]) -> None:
         """Decode a fetched batch (XREADGROUP's entries; ``counts`` for a re-read) and
         hand it to the dispatcher."""
         c = self.ctx

@@ -93,9 +93,9 @@ def _find_group(groups: Any, group: str) -> dict[str, Any] | None:
     return None
 
 
-def _owner(raw: Any) -> str | None:
+def _owner(raw: object) -> str | None:
     return None if raw is None or isinstance(raw, Exception) else _text(raw).partition("|")[0]
 
 
-def _text(v: Any) -> str:
+def _text(v: object) -> str:
     return v.decode() if isinstance(v, bytes) else "" if v is None else str(v)

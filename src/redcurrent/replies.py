@@ -27,7 +27,8 @@ are bytes, Lua numbers ints. The two hot replies are parsed once per call and no
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple, TypeAlias, cast
 
 from .errors import (
     FencedError,
@@ -66,12 +67,20 @@ __all__ = [
     "parse_set_topic_config",
 ]
 
+# Reply shapes, as each script's contract (top of its .lua file) defines them. They come
+# untyped from redis-py; the parser's parameter says what the script answers, at no
+# runtime cost. Lua strings arrive as bytes, Lua numbers as ints.
+Scalar: TypeAlias = "bytes | int"
+StatusReply: TypeAlias = "Sequence[object]"  # read only for its status, reply[0]
+StreamEntry: TypeAlias = "tuple[bytes, list[bytes] | None]"  # XREADGROUP's [id, [field, value, ...]] (None: deleted)
+FetchReply: TypeAlias = "Sequence[bytes | list[StreamEntry] | list[int]]"  # [status, last_id, entries, counts]
+
 _tuple_new = tuple.__new__
 _OK = b"OK"
 _FENCED = b"FENCED"
 
 
-def _unexpected(script: str, reply: Any) -> RedcurrentError:
+def _unexpected(script: str, reply: object) -> RedcurrentError:
     return RedcurrentError(f"unexpected reply from the {script} script: {reply!r:.200}")
 
 
@@ -79,7 +88,7 @@ def _where(tp: TopicPartition) -> str:
     return f"{tp.topic}[{tp.partition}]"
 
 
-def _text(raw: Any) -> str:
+def _text(raw: object) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
@@ -94,7 +103,7 @@ class Produced(NamedTuple):
     duplicate: bool
 
 
-def parse_produce(reply: Any, batches: int) -> list[Produced | RedcurrentError]:
+def parse_produce(reply: Sequence[Sequence[Scalar]], batches: int) -> list[Produced | RedcurrentError]:
     """One result per batch of a ``produce`` call, in order: the batch's
     :class:`Produced`, or the error that refused it (one batch's refusal does not stop
     the others, so the errors are returned, not raised). ``NOTOPIC`` is
@@ -124,11 +133,11 @@ class Fetched(NamedTuple):
     """A fetch that read (an ack-only fetch has its own parser)."""
 
     last_id: bytes  # the stream's newest id when a ">" read found nothing, else b""
-    entries: list[Any]  # XREADGROUP's own entries: [id, [field, value, ...] or None]
+    entries: list[StreamEntry]  # XREADGROUP's own entries: [id, [field, value, ...] or None]
     counts: list[int]  # delivery counts of a re-read of my pending list; [] for ">"
 
 
-def parse_fetch(reply: Any, tp: TopicPartition) -> Fetched:
+def parse_fetch(reply: FetchReply, tp: TopicPartition) -> Fetched:
     """The ``fetch`` script's reply (or the watched fetch's, which has its shape).
     FENCED: FencedError; NOGROUP: GroupMissingError."""
     status = reply[0]
@@ -141,7 +150,7 @@ def parse_fetch(reply: Any, tp: TopicPartition) -> Fetched:
     raise _unexpected("fetch", reply)
 
 
-def parse_fetch_ack(reply: Any, tp: TopicPartition) -> None:
+def parse_fetch_ack(reply: StatusReply, tp: TopicPartition) -> None:
     """The ``fetch`` script called with count 0 (acks only). FENCED: FencedError.
     NOGROUP passes: with the group gone there is nothing left to ack, and the next
     fetch that reads recreates it."""
@@ -162,18 +171,18 @@ class Claimed(NamedTuple):
     trimmed: list[str]  # pending ids XAUTOCLAIM found trimmed away (Redis 7+): dead-letter them
 
 
-def parse_claim(reply: Any, tp: TopicPartition) -> Claimed:
+def parse_claim(reply: Sequence[Scalar | list[bytes]], tp: TopicPartition) -> Claimed:
     """The ``claim`` script's reply. BUSY: PartitionBusyError with the owner key's
     remaining time to live (at least 1 ms)."""
     status = reply[0]
     if status == _OK:
-        return Claimed(bool(reply[1]), [_text(i) for i in reply[2]])
+        return Claimed(bool(reply[1]), [_text(i) for i in cast("list[bytes]", reply[2])])
     if status == b"BUSY":
-        raise PartitionBusyError(f"{_where(tp)} is still held by another member", max(1, int(reply[1])))
+        raise PartitionBusyError(f"{_where(tp)} is still held by another member", max(1, int(cast(int, reply[1]))))
     raise _unexpected("claim", reply)
 
 
-def parse_refresh(reply: Any, tp: TopicPartition) -> None:
+def parse_refresh(reply: StatusReply, tp: TopicPartition) -> None:
     """The ``refresh`` script's reply. FENCED: FencedError; ABSENT: LeaseExpiredError."""
     status = reply[0]
     if status == _OK:
@@ -185,17 +194,17 @@ def parse_refresh(reply: Any, tp: TopicPartition) -> None:
     raise _unexpected("refresh", reply)
 
 
-def parse_release(reply: Any, tp: TopicPartition) -> None:
+def parse_release(reply: StatusReply, tp: TopicPartition) -> None:
     """The ``release`` script's reply. FENCED (nothing acked or released): FencedError."""
     _fenced_or_ok("release", reply, tp)
 
 
-def parse_nack(reply: Any, tp: TopicPartition) -> None:
+def parse_nack(reply: StatusReply, tp: TopicPartition) -> None:
     """The ``nack`` script's reply. FENCED (no attempt recorded): FencedError."""
     _fenced_or_ok("nack", reply, tp)
 
 
-def _fenced_or_ok(script: str, reply: Any, tp: TopicPartition) -> None:
+def _fenced_or_ok(script: str, reply: StatusReply, tp: TopicPartition) -> None:
     status = reply[0]
     if status == _FENCED:
         raise FencedError(f"partition {_where(tp)} is no longer owned")
@@ -203,11 +212,11 @@ def _fenced_or_ok(script: str, reply: Any, tp: TopicPartition) -> None:
         raise _unexpected(script, reply)
 
 
-def parse_seek(reply: Any, tp: TopicPartition) -> set[str]:
+def parse_seek(reply: Sequence[bytes | list[bytes]], tp: TopicPartition) -> set[str]:
     """The ``seek`` script's reply: the ids it acked. FENCED (nothing changed): FencedError."""
     status = reply[0]
     if status == _OK:
-        return {_text(i) for i in reply[1]}
+        return {_text(i) for i in cast("list[bytes]", reply[1])}
     if status == _FENCED:
         raise FencedError(f"not sought: this consumer no longer owns {_where(tp)}")
     raise _unexpected("seek", reply)
@@ -226,13 +235,13 @@ class Assignment(NamedTuple):
     rearmed: bool  # a coordinator gap was detected and every deadline re-armed
 
 
-def parse_heartbeat(reply: Any, topic: str, group: str, member: str) -> Assignment:
+def parse_heartbeat(reply: Sequence[Scalar], topic: str, group: str, member: str) -> Assignment:
     """The ``heartbeat`` script's reply. FENCED (not a member: rejoin): FencedError;
     REPLACED and DELETED (stop for good): FencedInstanceError; UNKNOWN_TOPIC:
     UnknownTopicError."""
     status = reply[0]
     if status == _OK:
-        mine = reply[4]
+        mine = cast(bytes, reply[4])  # the assigned partitions, comma-joined
         return Assignment(int(reply[1]), int(reply[2]), int(reply[3]),
                           frozenset(int(p) for p in mine.split(b",")) if mine else frozenset(),
                           bool(int(reply[5])))
@@ -260,7 +269,7 @@ class TopicCreated(NamedTuple):
     version: int
 
 
-def parse_create_topic(reply: Any) -> TopicCreated:
+def parse_create_topic(reply: Sequence[Scalar]) -> TopicCreated:
     """The ``create_topic`` script's reply (CREATED or EXISTS: both describe the topic)."""
     status = reply[0]
     if status == b"CREATED" or status == b"EXISTS":
@@ -274,7 +283,7 @@ class PartitionsAltered(NamedTuple):
     version: int | None  # the topic's new version; None when the count was already ``new`` (SAME)
 
 
-def parse_alter_partitions(reply: Any, topic: str, new_count: int) -> PartitionsAltered:
+def parse_alter_partitions(reply: Sequence[Scalar], topic: str, new_count: int) -> PartitionsAltered:
     """The ``alter_partitions`` script's reply. SHRINK: InvalidPartitionsError;
     UNKNOWN: UnknownTopicError."""
     status = reply[0]
@@ -291,7 +300,7 @@ def parse_alter_partitions(reply: Any, topic: str, new_count: int) -> Partitions
     raise _unexpected("alter_partitions", reply)
 
 
-def parse_set_topic_config(reply: Any, topic: str) -> int:
+def parse_set_topic_config(reply: Sequence[Scalar], topic: str) -> int:
     """The ``set_topic_config`` script's reply: the topic's new version. UNKNOWN:
     UnknownTopicError."""
     status = reply[0]
@@ -309,7 +318,7 @@ class Requeued(NamedTuple):
     id: str | None  # the new entry's id; None if this dead letter had been requeued before (DONE)
 
 
-def parse_requeue(reply: Any) -> Requeued:
+def parse_requeue(reply: Sequence[Scalar]) -> Requeued:
     """The ``requeue`` script's reply (OK, or DONE: requeued before, nothing written)."""
     status = reply[0]
     if status == _OK:

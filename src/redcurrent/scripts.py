@@ -235,7 +235,7 @@ async def _node_pipeline(node: ClusterNode, calls: Sequence[Call], items: list[t
     return [commands[p].result for p in positions], waited if isinstance(waited, int) else 0
 
 
-async def _redirect(client: RedisCluster, node: ClusterNode, call: Call, reply: Any,
+async def _redirect(client: RedisCluster, node: ClusterNode, call: Call, reply: object,
                     asking: bool) -> tuple[ClusterNode, bool] | None:
     """Where to run ``call`` again after ``reply``, or None if its reply stands."""
     manager = client.nodes_manager

@@ -37,7 +37,7 @@ import queue
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar
 
@@ -45,16 +45,18 @@ from .admin import Admin as AsyncAdmin
 from .consumer import Consumer as AsyncConsumer
 from .errors import ConsumerStoppedError, IllegalStateError, ProducerClosedError
 from .producer import Producer as AsyncProducer
-from .structs import Message
+from .structs import Message, RecordMetadata
 
 __all__ = ("Admin", "Consumer", "Producer")
 
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
+F = TypeVar("F", bound=Callable[..., object])
+M = TypeVar("M")  # what a process() handler takes: a Message, or a list of them
+S = TypeVar("S")
 A = TypeVar("A", AsyncProducer, AsyncConsumer, AsyncAdmin)
-Closer = Callable[[], Coroutine[Any, Any, None]]
+Closer = Callable[[], Awaitable[None]]
 
 _handling = threading.local()  # .loop: the _Loop whose handler or listener this thread runs
 
@@ -112,36 +114,38 @@ class _Workers(concurrent.futures.ThreadPoolExecutor):
                     thread.join()
 
 
-class _Call:
+class _Call(Generic[R]):
     """One blocking call into the loop. Lighter than a concurrent Future (a lock, no
     condition or callbacks): one is made per ``send`` on the hot path."""
 
     __slots__ = ("_done", "dropped", "error", "result", "task")
 
+    result: R  # set by finish() unless it failed
+
     def __init__(self) -> None:
         self._done = threading.Lock()
         self._done.acquire()
         self.error: BaseException | None = None
-        self.result: Any = None
-        self.task: asyncio.Task[Any] | None = None
+        self.task: asyncio.Future[R] | None = None
         self.dropped = False
 
-    def bind(self, task: asyncio.Task[Any]) -> None:
+    def bind(self, task: asyncio.Future[R]) -> None:
         self.task = task
 
-    def finish(self, task: asyncio.Future[Any]) -> None:
+    def finish(self, task: asyncio.Future[R]) -> None:
         if task.cancelled():
             self.fail(concurrent.futures.CancelledError())
         else:
             self.error = task.exception()
-            self.result = None if self.error is not None else task.result()
+            if self.error is None:
+                self.result = task.result()
             self._done.release()
 
     def fail(self, exc: BaseException) -> None:
         self.error = exc
         self._done.release()
 
-    def wait(self) -> Any:
+    def wait(self) -> R:
         self._done.acquire()
         if self.error is not None:
             raise self.error
@@ -157,7 +161,7 @@ class _Call:
 class _Promise(concurrent.futures.Future[R]):
     """A call whose caller does not wait: ``send_async``'s future."""
 
-    def bind(self, task: asyncio.Task[R]) -> None:
+    def bind(self, task: asyncio.Future[R]) -> None:
         def cancel_in(f: concurrent.futures.Future[R]) -> None:
             if f.cancelled():
                 with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to cancel
@@ -201,21 +205,22 @@ class _Loop:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._pid = 0
-        self._inbox: collections.deque[tuple[_Call | _Promise[Any], Callable[[], Any]]]
+        # Calls of any result type: each pair agrees with itself (see _queue).
+        self._inbox: collections.deque[tuple[_Call[Any] | _Promise[Any], Callable[[], Awaitable[Any]]]]
         self._inbox = collections.deque()
         self._waking = False
         self.closed = False
         self.exit_closer: Closer | None = None
 
     # -- calling in --
-    def run(self, fn: Callable[P, Coroutine[Any, Any, R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
+    def run(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn(*args, **kwargs)`` on the loop and wait for its result or error."""
         if asyncio._get_running_loop() is not None:
             refuse_in_loop(getattr(fn, "__qualname__", "this call"))
-        call = _Call()
+        call: _Call[R] = _Call()
         loop = self._queue(call, functools.partial(fn, *args, **kwargs))
         try:
-            return call.wait()  # type: ignore[no-any-return]
+            return call.wait()
         except concurrent.futures.CancelledError:
             if self.closed:
                 raise self._closed_error() from None
@@ -227,14 +232,14 @@ class _Loop:
             raise
 
     def submit(
-        self, fn: Callable[P, Coroutine[Any, Any, R]], /, *args: P.args, **kwargs: P.kwargs
+        self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
     ) -> concurrent.futures.Future[R]:
         """Start ``fn(*args, **kwargs)`` on the loop; its result arrives in the future."""
         promise: _Promise[R] = _Promise()
         self._queue(promise, functools.partial(fn, *args, **kwargs))
         return promise
 
-    def _queue(self, call: _Call | _Promise[Any], fn: Callable[[], Any]) -> asyncio.AbstractEventLoop:
+    def _queue(self, call: _Call[R] | _Promise[R], fn: Callable[[], Awaitable[R]]) -> asyncio.AbstractEventLoop:
         loop = self._running()
         self._inbox.append((call, fn))
         if self.closed:
@@ -472,7 +477,7 @@ class _Client(Generic[A]):
 
 
 def _same_params(
-    source: Callable[Concatenate[Any, P], None],
+    source: Callable[Concatenate[S, P], None],
 ) -> Callable[[Callable[Concatenate[T, ...], None]], Callable[Concatenate[T, P], None]]:
     """Give a ``__init__(self, *args, **kwargs)`` the parameters (names, defaults, types)
     of ``source``: one definition, so the two never drift apart."""
@@ -484,7 +489,7 @@ def _same_params(
     return adopt
 
 
-def _blocking(method: Callable[Concatenate[A, P], Coroutine[Any, Any, R]]) -> Callable[Concatenate[_Client[A], P], R]:
+def _blocking(method: Callable[Concatenate[A, P], Awaitable[R]]) -> Callable[Concatenate[_Client[A], P], R]:
     """The blocking twin of an async method: same name, parameters, result and errors."""
 
     def call(self: _Client[A], /, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -503,11 +508,11 @@ def _on_loop(method: Callable[Concatenate[A, P], R]) -> Callable[Concatenate[_Cl
 
 
 def _submitting(
-    method: Callable[Concatenate[AsyncProducer, P], Coroutine[Any, Any, R]],
-) -> Callable[Concatenate[Producer, P], concurrent.futures.Future[R]]:
+    method: Callable[Concatenate[AsyncProducer, P], Awaitable[RecordMetadata]],
+) -> Callable[Concatenate[Producer, P], concurrent.futures.Future[RecordMetadata]]:
     """The non-blocking twin of an async send: same parameters, a concurrent Future."""
 
-    def send_async(self: Producer, /, *args: P.args, **kwargs: P.kwargs) -> concurrent.futures.Future[R]:
+    def send_async(self: Producer, /, *args: P.args, **kwargs: P.kwargs) -> concurrent.futures.Future[RecordMetadata]:
         """Queue one message without waiting (parameters as :meth:`send`); the future
         gets its RecordMetadata or error.
 
@@ -524,7 +529,7 @@ def _submitting(
     return send_async
 
 
-def _mirror(call: F, method: Callable[..., Any]) -> F:
+def _mirror(call: F, method: Callable[..., object]) -> F:
     call.__name__, call.__qualname__ = method.__name__, method.__qualname__
     call.__doc__ = _sync_doc(method.__doc__) or f"As :meth:`redcurrent.{method.__qualname__}`, blocking."
     call.__wrapped__ = method  # type: ignore[attr-defined]  # inspect.signature follows it
@@ -553,7 +558,7 @@ class Producer(_Client[AsyncProducer]):
         aio = AsyncProducer(*args, **kwargs)
         # send_async calls not finished yet: flush() and close() wait for them first, as
         # a call may still be looking its topic up, where the async flush cannot see it.
-        self._unsent: set[concurrent.futures.Future[Any]] = set()
+        self._unsent: set[concurrent.futures.Future[RecordMetadata]] = set()
         closed = _Loop("Producer", lambda: ProducerClosedError("the producer is closed"))
         self._bind(aio, closed, _after(self._unsent, aio.close))
 
@@ -574,7 +579,7 @@ class Producer(_Client[AsyncProducer]):
         return self._aio.producer_id
 
 
-def _after(unsent: set[concurrent.futures.Future[Any]], then: Closer) -> Closer:
+def _after(unsent: set[concurrent.futures.Future[RecordMetadata]], then: Closer) -> Closer:
     """``then`` once every call in ``unsent`` (at the time it runs) has finished."""
 
     async def settled() -> None:
@@ -675,7 +680,7 @@ class Consumer(_Client[AsyncConsumer]):
     stats = _on_loop(AsyncConsumer.stats)
     handler_latency = _on_loop(AsyncConsumer.handler_latency)
 
-    def process(self, handler: Callable[[Message], Any], *, threads: int | None = None) -> None:
+    def process(self, handler: Callable[[Message], object], *, threads: int | None = None) -> None:
         """Call ``handler(msg)`` for every message, in a worker thread; ack after it returns.
 
         Blocks until :meth:`stop` (from another thread, a signal handler, or the handler
@@ -688,14 +693,14 @@ class Consumer(_Client[AsyncConsumer]):
         """
         self._process(AsyncConsumer.process, handler, "a Message", threads)
 
-    def process_batch(self, handler: Callable[[list[Message]], Any], *, threads: int | None = None) -> None:
+    def process_batch(self, handler: Callable[[list[Message]], object], *, threads: int | None = None) -> None:
         """Call ``handler(msgs)`` with batches of one partition, in order, in a worker
         thread; ack them together (``BatchError(failed)`` retries only those). Otherwise
         as :meth:`process`."""
         self._process(AsyncConsumer.process_batch, handler, "a list of Message", threads)
 
-    def _process(self, method: Callable[[AsyncConsumer, Any], Coroutine[Any, Any, None]],
-                 handler: Callable[[Any], Any], takes: str, threads: int | None) -> None:
+    def _process(self, method: Callable[[AsyncConsumer, Callable[[M], Awaitable[object]]], Awaitable[None]],
+                 handler: Callable[[M], object], takes: str, threads: int | None) -> None:
         if not callable(handler) or inspect.iscoroutinefunction(handler):
             raise TypeError(f"handler must be a plain function taking {takes} (for async "
                             "handlers use redcurrent.Consumer)")
@@ -732,7 +737,7 @@ class Consumer(_Client[AsyncConsumer]):
             self._loop.close(self._aio.abort)
 
 
-async def _in_thread(fn: Callable[[T], Any], workers: _Workers, loop: _Loop | None, arg: T) -> Any:
+async def _in_thread(fn: Callable[[T], R], workers: _Workers, loop: _Loop | None, arg: T) -> R:
     """Run a sync handler or listener in a worker thread, off the event loop.
 
     A thread cannot be cancelled: if this call is (handler_timeout, a stop, a revoke),
@@ -753,7 +758,7 @@ async def _in_thread(fn: Callable[[T], Any], workers: _Workers, loop: _Loop | No
         raise
 
 
-def _run_as_handler(fn: Callable[[T], Any], loop: _Loop | None, arg: T) -> Any:
+def _run_as_handler(fn: Callable[[T], R], loop: _Loop | None, arg: T) -> R:
     _handling.loop = loop
     try:
         return fn(arg)

@@ -9,7 +9,6 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 import click
 from rich.console import Console
@@ -30,7 +29,7 @@ def text(raw: bytes | str | None) -> str | None:
         return "base64:" + base64.b64encode(raw).decode("ascii")
 
 
-def _default(obj: Any) -> Any:
+def _default(obj: object) -> object:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.asdict(obj)
     if isinstance(obj, bytes | bytearray):
@@ -44,16 +43,16 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"cannot serialize {type(obj).__name__} as JSON")
 
 
-def dumps(obj: Any) -> str:
+def dumps(obj: object) -> str:
     return json.dumps(obj, default=_default, ensure_ascii=False, separators=(",", ":"))
 
 
-def echo_json(obj: Any) -> None:
+def echo_json(obj: object) -> None:
     sys.stdout.write(dumps(obj) + "\n")
     sys.stdout.flush()
 
 
-def outcome(as_json: bool, payload: Mapping[str, Any], line: str) -> None:
+def outcome(as_json: bool, payload: Mapping[str, object], line: str) -> None:
     """A command's result: ``payload`` as JSON with ``--json``, else one line of text."""
     if as_json:
         echo_json(payload)
@@ -72,7 +71,7 @@ def err_console() -> Console:
     )
 
 
-def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Table:
     t = Table(title=title, title_justify="left", header_style="bold")
     for name in columns:
         numeric = name in {
