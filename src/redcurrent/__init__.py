@@ -33,7 +33,7 @@ from .errors import (
     UnknownGroupError,
     UnknownTopicError,
 )
-from .offsets import next_id
+from .offsets import id_key, next_id
 from .partitioner import StickyPartitioner, murmur3_32, partition_for_key
 from .producer import Producer
 from .retry import Backoff, BatchError, DeadLetter, Retry, RetryPolicy
@@ -104,6 +104,7 @@ __all__ = (
     "UnknownGroupError",
     "UnknownTopicError",
     "__version__",
+    "id_key",
     "murmur3_32",
     "next_id",
     "partition_for_key",

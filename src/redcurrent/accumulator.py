@@ -52,6 +52,7 @@ from .errors import (
     redact,
     translate,
 )
+from .offsets import id_ms
 from .replies import Produced, parse_produce
 from .serde import RECORD_HEADER
 from .structs import RecordMetadata
@@ -659,7 +660,7 @@ class Accumulator:
         if last.startswith(ms) and last[len(ms)] == "-":
             stamps: Iterable[int] = repeat(int(ms))
         else:
-            stamps = [int(i[: i.index("-")]) for i in ids]
+            stamps = [id_ms(i) for i in ids]
         metas: list[RecordMetadata] = list(
             map(_new_tuple, repeat(RecordMetadata), zip(repeat(topic), repeat(partition), ids, stamps))
         )

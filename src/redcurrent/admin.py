@@ -221,7 +221,7 @@ class Admin(Lifecycle):
             except DecodeError as exc:
                 eid = entry_id.decode()
                 msg = Message(topic, partition, eid, None, fields.get(b"v", b""),
-                              {"rc-decode-error": str(exc)}, int(eid.partition("-")[0]), 0)
+                              {"rc-decode-error": str(exc)}, offsets.id_ms(eid), 0)
             out.append(msg)
         return out
 

@@ -36,9 +36,16 @@ def next_id(entry_id: str) -> str:
 
 
 def id_key(entry_id: str) -> tuple[int, int]:
-    """``entry_id`` as a (ms, seq) tuple, to compare ids in order."""
+    """``entry_id`` as a (ms, seq) tuple, to compare ids in order:
+    ``sorted(ids, key=id_key)``, ``heapq.merge(*reads, key=lambda m: id_key(m.id))``."""
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+def id_ms(entry_id: str) -> int:
+    """The time part of ``entry_id``: Redis's clock (ms since the epoch) when it was
+    appended. (The per-message decode and the producer's results inline this slice.)"""
+    return int(entry_id.partition("-")[0])
 
 
 def check_id(entry_id: object) -> str:

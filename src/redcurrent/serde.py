@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from .errors import DecodeError, SerializationError
+from .offsets import id_ms
 from .protocols import Deserializer, Serializer
 from .structs import Message
 
@@ -179,7 +180,7 @@ def decode_entry(
         if not isinstance(hdrs, dict) or not all(type(v) is str for v in hdrs.values()):
             raise DecodeError("headers field is not a JSON object of str to str")
         exp = int(expiry) if expiry else None
-        timestamp = int(ts) if ts else int(eid.partition("-")[0])
+        timestamp = int(ts) if ts else id_ms(eid)
     except DecodeError:
         raise
     except Exception as exc:  # the deserializer is user code: any failure is poison

@@ -19,8 +19,7 @@ from typing import Any
 
 import click
 
-from redcurrent import Admin, Consumer, Message, next_id
-from redcurrent.offsets import id_key
+from redcurrent import Admin, Consumer, Message, id_key, next_id
 
 from .context import json_option, pass_env
 from .env import Env
