@@ -183,7 +183,6 @@ class PartitionFetcher:
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._task: asyncio.Task[None] | None = None
-        self._acking: set[asyncio.Task[None]] = set()  # acks sent beside the idle wait
         self.fenced = False
         self._bulk = False  # the last read was a full batch: a backlog, read it the watched way
 
@@ -274,14 +273,9 @@ class PartitionFetcher:
 
     # -- stopping --
     async def stop(self, timeout: float) -> None:
-        """Stop fetching; let the message in hand finish (bounded by ``timeout``), and
-        the acks sent beside the idle wait."""
+        """Stop fetching; let the message in hand finish (bounded by ``timeout``)."""
         self._stopping = True
         self.stop_event.set()
-        await self._stop_task(timeout)
-        await self.acks_sent(timeout)
-
-    async def _stop_task(self, timeout: float) -> None:
         task = self._task
         if task is None or task.done():
             return
@@ -303,18 +297,10 @@ class PartitionFetcher:
             log.error("%r: a handler ignored cancellation for %.1fs; leaving it behind unacked",
                       self, INSIST * 0.2)
 
-    async def acks_sent(self, timeout: float) -> None:
-        """Wait (at most ``timeout``) for acks sent beside the idle wait; what failed or
-        did not finish is back in ``acks`` (for the release script)."""
-        if self._acking:
-            await asyncio.wait(set(self._acking), timeout=timeout)
-
     def abort(self) -> None:
         """Drop everything without acking (fenced or lost lease)."""
         self._stopping = True
         self.stop_event.set()
-        for task in self._acking:
-            task.cancel()
         self.acks.clear()
         if self._task is not None:
             self._task.cancel()
@@ -532,12 +518,6 @@ class PartitionFetcher:
             await self._dispatch(reply.entries, reply.counts)
         finally:
             c.credits.give(n)
-        if n < want and self._read_id == ">" and gen == self.generation:
-            # The read drained the partition: wait for the next entry after the last one
-            # read at once, while the acks go out beside the wait (not before it).
-            self._idle_at = reply.entries[-1][0]
-            if self.acks:
-                self._ack_beside()
 
     def _fetch_failed(self) -> None:
         self.ctx.stats.fetch_errors += 1
@@ -551,26 +531,6 @@ class PartitionFetcher:
         """Read our own pending list again after the last finished entry."""
         self._read_id, self._restore = self.last_handled, True
         self._idle_at = None
-
-    def _ack_beside(self) -> None:
-        """Send the acks now without waiting for the reply: the partition goes on to its
-        idle wait at once, so an entry written meanwhile is not held up behind an
-        ack-only round trip. Failed acks go back to ``acks`` and ride on the next fetch."""
-        task = asyncio.get_running_loop().create_task(self._ack_task(), name=f"redcurrent-ack {self.tp}")
-        self._acking.add(task)
-        task.add_done_callback(self._acking.discard)
-
-    async def _ack_task(self) -> None:
-        try:
-            await self._flush_acks()
-        except FencedError:
-            # Fenced (nothing was acked), or the local lease ran out while Redis was away
-            # (LeaseLost: the acks are back in ``acks``). Either way the partition's own
-            # loop finds out on its next call and acts as it always does; an ack sent on
-            # the side never drops a partition by itself.
-            pass
-        except Exception as exc:  # the acks are back in ``acks``: the next fetch carries them
-            log.warning("%r: acks failed (%s); they go with the next fetch", self, translate(exc, "ack"))
 
     async def _flush_acks(self) -> None:
         acks, self.acks = self.acks, []
