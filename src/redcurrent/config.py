@@ -143,10 +143,13 @@ class ConsumerOptions:
     handler_timeout: float | None = None
     block: float = 2.0
     request_timeout: float = 30.0
+    concurrency: int | None = None
+    ordering: Literal["partition", "key", "none"] = "partition"
 
     def __post_init__(self) -> None:
         self._check_names()
         self._check_callables()
+        self._check_concurrency()
         if self.start not in ("latest", "earliest"):
             raise ConfigError(f"start must be 'latest' or 'earliest', got {self.start!r}")
         if self.assignor not in ("round_robin", "sticky"):
@@ -179,6 +182,19 @@ class ConsumerOptions:
         if member_id is not None and (not isinstance(member_id, str) or not member_id
                                       or len(member_id) > 200 or "|" in member_id):
             raise ConfigError(f"member_id must be 1-200 characters without '|', got {member_id!r}")
+
+    def _check_concurrency(self) -> None:
+        if self.ordering not in ("partition", "key", "none"):
+            raise ConfigError(f"ordering must be 'partition', 'key' or 'none', got {self.ordering!r}")
+        if self.concurrency is None:
+            if self.ordering != "partition":
+                raise ConfigError(f"ordering={self.ordering!r} needs concurrency=N (the most handler "
+                                  "calls in flight at once); without it one runs per partition")
+            return
+        positive_int(self.concurrency, "concurrency")
+        if self.max_in_flight < self.concurrency:
+            raise ConfigError(f"max_in_flight ({self.max_in_flight}) must be at least concurrency "
+                              f"({self.concurrency}): only fetched messages can be in flight")
 
     def _check_callables(self) -> None:
         if self.deserializer is not None and not callable(self.deserializer):

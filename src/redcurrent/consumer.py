@@ -23,6 +23,7 @@ from .errors import ConfigError, ConsumerStoppedError, FencedError, IllegalState
 from .fetcher import WATCHED_MIN, WATCHED_MIN_62, Credits, FetchContext, PartitionFetcher
 from .handlers import BatchDispatcher, EachDispatcher, IteratorDispatcher, Policy, Slot
 from .keys import Keys
+from .lanes import ConcurrentDispatcher
 from .lifecycle import Lifecycle
 from .protocols import BatchHandler, Deserializer, Dispatcher, Handler, Listener
 from .retry import Backoff, RetryPolicy
@@ -63,6 +64,18 @@ class Consumer(Lifecycle):
 
     ``handler_timeout`` bounds one handler call (an attempt past it has failed);
     ``processing_timeout`` is its old name, accepted with a DeprecationWarning.
+
+    ``concurrency=N`` lets ``process()`` run up to N handler calls at once over all
+    owned partitions, each message acked when its handler returns; ``ordering`` says
+    what stays in order: ``"partition"`` (one at a time per partition), ``"key"`` (the
+    same key never twice at once, in partition order; different keys concurrently;
+    keyless messages spread) or ``"none"``. A failing message retries in its key's lane
+    and blocks only that key. ``max_in_flight`` (10,000) bounds the messages fetched and
+    not finished: fetching pauses while that many wait. ``None`` (the default) is one
+    handler call per owned partition. Example::
+
+        consumer = Consumer("orders", group="billing", concurrency=200, ordering="key")
+        await consumer.process(handle)
     """
 
     def __init__(
@@ -92,6 +105,8 @@ class Consumer(Lifecycle):
         processing_timeout: float | None = None,
         block: float = 2.0,
         request_timeout: float = 30.0,
+        concurrency: int | None = None,
+        ordering: Literal["partition", "key", "none"] = "partition",
     ) -> None:
         self._opt = opt = ConsumerOptions(
             keys=Keys(namespace), topics=topics, group=group, member_id=member_id, start=start,
@@ -101,7 +116,7 @@ class Consumer(Lifecycle):
             on_revoke=on_revoke, on_lost=on_lost, deserializer=deserializer, auto_ack=auto_ack,
             max_attempts=max_attempts, backoff=backoff, topic_retry=topic_retry,
             handler_timeout=handler_timeout_of(handler_timeout, processing_timeout),
-            block=block, request_timeout=request_timeout,
+            block=block, request_timeout=request_timeout, concurrency=concurrency, ordering=ordering,
         )
         self.topics = opt.topics
         self.group = group
@@ -343,12 +358,20 @@ class Consumer(Lifecycle):
         """
         if not callable(handler):
             raise TypeError("handler must be an async callable taking a Message")
-        await self._run_dispatcher("process", EachDispatcher(handler, self._policy, self._stats, self._latency))
+        opt = self._opt
+        dispatcher: Dispatcher
+        if opt.concurrency is None:
+            dispatcher = EachDispatcher(handler, self._policy, self._stats, self._latency)
+        else:
+            dispatcher = ConcurrentDispatcher(handler, self._policy, self._stats, self._latency,
+                                              opt.concurrency, opt.ordering)
+        await self._run_dispatcher("process", dispatcher)
 
     async def process_batch(self, handler: BatchHandler) -> None:
         """Call ``await handler(msgs)`` with batches of one partition, in order; ack them together."""
         if not callable(handler):
             raise TypeError("handler must be an async callable taking a list of Message")
+        self._refuse_concurrency("process_batch()")
         await self._run_dispatcher("process_batch", BatchDispatcher(handler, self._policy, self._stats, self._latency))
 
     def __aiter__(self) -> Consumer:
@@ -360,6 +383,7 @@ class Consumer(Lifecycle):
         if self._state == "stopped" and self._queue.empty():
             raise StopAsyncIteration
         if self._mode is None:
+            self._refuse_concurrency("'async for'")
             self._use("iterator", IteratorDispatcher(self._queue, self._opt.auto_ack, self._policy, self._stats, self._latency))
         for done in self._yielded:
             self._finish(done)
@@ -385,6 +409,11 @@ class Consumer(Lifecycle):
             else:
                 self._finish(slot)
             return slot.msg
+
+    def _refuse_concurrency(self, style: str) -> None:
+        if self._opt.concurrency is not None:
+            raise ConfigError(f"concurrency applies to process(handler); {style} hands out one "
+                              "partition's messages in order: leave concurrency unset")
 
     async def getone(self) -> Message:
         """The next message (aiokafka's name for ``await anext(consumer)``)."""

@@ -152,7 +152,7 @@ class Coordinator:
     def in_fetcher_task(self) -> bool:
         """True when called from a partition's fetch/handler task."""
         me = asyncio.current_task()
-        return me is not None and any(f.task is me for f in self.fetchers.values())
+        return me is not None and any(f.runs(me) for f in self.fetchers.values())
 
     def lease_valid(self) -> bool:
         return time.monotonic() < self.lease_deadline

@@ -61,6 +61,7 @@ from .structs import Message, TopicPartition
 if TYPE_CHECKING:
     from .connection import Client
     from .deadletter import DeadLetterWriter
+    from .lanes import PartitionLanes
     from .stats import ConsumerStats
     from .waiter import IdleWaiter
 
@@ -99,12 +100,14 @@ class Credits:
     """Bounds messages fetched and not yet finished, over all partitions (max_in_flight)."""
 
     def __init__(self, total: int) -> None:
+        self.total = total
         self.free = total
         self._event = asyncio.Event()
         self._event.set()
 
-    async def take(self, want: int) -> int:
-        while self.free <= 0:
+    async def take(self, want: int, least: int = 1) -> int:
+        """Up to ``want`` credits, once at least ``least`` are free."""
+        while self.free < least:
             self._event.clear()
             await self._event.wait()
         got = min(want, self.free)
@@ -185,6 +188,9 @@ class PartitionFetcher:
         self._task: asyncio.Task[None] | None = None
         self.fenced = False
         self._bulk = False  # the last read was a full batch: a backlog, read it the watched way
+        # With Consumer(concurrency=N): the lanes running this partition's handlers, and
+        # the window of fetched, unfinished entries (see redcurrent.lanes).
+        self.lanes: PartitionLanes | None = None
 
     def __repr__(self) -> str:
         return f"<PartitionFetcher {self.tp.topic}[{self.tp.partition}]>"
@@ -197,6 +203,10 @@ class PartitionFetcher:
     def alive(self) -> bool:
         """Its task runs (or is being restarted): only then may its lease be renewed."""
         return self._task is not None and (not self._task.done() or self._restarting)
+
+    def runs(self, task: asyncio.Task[Any]) -> bool:
+        """``task`` is this partition's fetch task or one of its handler lanes."""
+        return task is self._task or (self.lanes is not None and task in self.lanes.tasks)
 
     def start(self) -> None:
         self._restarting = False
@@ -240,6 +250,8 @@ class PartitionFetcher:
         if self._batch_gen != self.generation:
             return  # fetched before a seek, which acked or replays it: not ours to ack
         self.held.pop(entry_id, None)
+        if self.lanes is not None:
+            self.lanes.close(entry_id)
         if self.manually_acked and entry_id in self.manually_acked:
             self.manually_acked.discard(entry_id)
         elif ack:
@@ -273,7 +285,15 @@ class PartitionFetcher:
 
     # -- stopping --
     async def stop(self, timeout: float) -> None:
-        """Stop fetching; let the message in hand finish (bounded by ``timeout``)."""
+        """Stop fetching; let the messages in hand finish (bounded by ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        try:
+            await self._stop_task(timeout)
+        finally:
+            if self.lanes is not None:  # concurrent handlers: the same bound, then cancelled
+                await self.lanes.stop(deadline - time.monotonic())
+
+    async def _stop_task(self, timeout: float) -> None:
         self._stopping = True
         self.stop_event.set()
         task = self._task
@@ -304,6 +324,8 @@ class PartitionFetcher:
         self.acks.clear()
         if self._task is not None:
             self._task.cancel()
+        if self.lanes is not None:
+            self.lanes.cancel()
 
     def restart(self) -> None:
         """The dispatcher was detached (its ``process()`` call ended): cancel what is
@@ -312,6 +334,14 @@ class PartitionFetcher:
         task = self._task
         if task is None or self._stopping:
             return
+        lanes, self.lanes = self.lanes, None
+        if lanes is not None:
+            # Its handlers are cancelled with the call; the re-read must start before
+            # the oldest entry they left open, not after the newest one read (§5).
+            floor = lanes.window.floor()
+            if floor is not None:
+                self.last_handled = floor
+            lanes.cancel()
         self._restarting = True
         if task.done():
             self._restart_now(task)
@@ -388,6 +418,10 @@ class PartitionFetcher:
         self.acks.clear()
         self.held.clear()
         self.manually_acked.clear()
+        if self.lanes is not None:
+            # Handlers in flight run on, but finish nothing (their generation is gone);
+            # queued messages of the old generation are dropped as their lanes reach them.
+            self.ctx.credits.give(self.lanes.window.clear())
         self.raw = {}
         self.last_handled = "0"
         self._read_id, self._restore, self._idle_at = "0", True, None
@@ -488,11 +522,21 @@ class PartitionFetcher:
             self._reread()
             return
         if self._idle_at is not None and not self.acks:
+            lanes = self.lanes
+            if lanes is not None and lanes.window.open:
+                # Drained while concurrent handlers run: their acks must not wait for a
+                # long idle read, so wake at the next finish (or poll for new entries).
+                await self._await_finish(lanes.finished)
+                return
             # Drained, and every ack sent: only wait until something new arrives.
             if await self._wait(self._idle_at):
                 self._idle_at = None
             return  # the next step re-checks pause, lease and stop before fetching
-        want = await c.credits.take(c.batch_size)
+        # Concurrent handlers give credits back one message at a time: waiting for a
+        # tenth of max_in_flight keeps reads (and the acks they carry) in batches,
+        # rather than one round trip per finished message.
+        least = 1 if self.lanes is None else min(c.batch_size, max(1, c.credits.total // 10))
+        want = await c.credits.take(c.batch_size, least)
         gen = self.generation
         try:
             reply = await self._fetch(want)
@@ -514,10 +558,20 @@ class PartitionFetcher:
             else:
                 self._idle_at = reply.last_id
             return
+        kept = 0
         try:
-            await self._dispatch(reply.entries, reply.counts)
+            kept = await self._dispatch(reply.entries, reply.counts)
         finally:
-            c.credits.give(n)
+            c.credits.give(n - kept)  # concurrent handlers give theirs back one by one
+
+    async def _await_finish(self, finished: asyncio.Event) -> None:
+        finished.clear()
+        try:
+            async with asyncio.timeout(POLL_S):
+                await finished.wait()
+        except TimeoutError:
+            pass
+        self._idle_at = None
 
     def _fetch_failed(self) -> None:
         self.ctx.stats.fetch_errors += 1
@@ -528,8 +582,10 @@ class PartitionFetcher:
             self._reread()
 
     def _reread(self) -> None:
-        """Read our own pending list again after the last finished entry."""
-        self._read_id, self._restore = self.last_handled, True
+        """Read our own pending list again after the last finished entry (with concurrent
+        handlers: before the oldest entry still open, which the re-read then skips)."""
+        floor = self.lanes.window.floor() if self.lanes is not None else None
+        self._read_id, self._restore = floor or self.last_handled, True
         self._idle_at = None
 
     async def _flush_acks(self) -> None:
@@ -689,9 +745,10 @@ class PartitionFetcher:
             await asyncio.sleep(0.1)
             return True
 
-    async def _dispatch(self, entries: list[StreamEntry], counts: list[int]) -> None:
+    async def _dispatch(self, entries: list[StreamEntry], counts: list[int]) -> int:
         """Decode a fetched batch (XREADGROUP's entries; ``counts`` for a re-read) and
-        hand it to the dispatcher."""
+        hand it to the dispatcher. Returns how many fetch credits the dispatcher kept
+        (concurrent handlers give them back as each message finishes; else 0)."""
         c = self.ctx
         self._batch_gen = gen = self.generation
         topic, partition, deserializer = self.tp.topic, self.tp.partition, c.deserializer
@@ -701,7 +758,12 @@ class PartitionFetcher:
         fresh = not counts  # new entries: none can be held already, every count is 1
         plain = fresh  # nothing to check before the first invocation (no TTL, attempts 1)
         now_ms = int(time.time() * 1000)
+        # A re-read while concurrent handlers run meets entries still in their hands, or
+        # finished with the ack not yet sent: those are not new deliveries, skip them.
+        skip = self._in_hand() if not fresh else None
         for j, (entry_id, fields) in enumerate(entries):
+            if skip and (entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)) in skip:
+                continue
             try:
                 msg = decode_fields(topic, partition, entry_id, 1 if fresh else counts[j], fields, deserializer)
             except DecodeError as exc:
@@ -732,7 +794,7 @@ class PartitionFetcher:
             messages.append(msg)
             raw[msg.id] = fields
         if gen != self.generation:
-            return  # a seek while a dead letter was written: the batch is discarded
+            return 0  # a seek while a dead letter was written: the batch is discarded
         self.plain = plain
         self.raw = raw
         raw_last = entries[-1][0]
@@ -741,18 +803,24 @@ class PartitionFetcher:
             self._read_id = batch_last
         if not messages:
             self.last_handled = batch_last
-            return
+            return 0
         dispatcher = c.dispatcher
         if dispatcher is None or dispatcher.closed or not c.lease_valid():
             self._reread()
-            return
+            return 0
+        if dispatcher.concurrent:
+            # Queued in lanes, it returns at once: everything up to batch_last is now
+            # finished or in the window, whose floor is where a re-read starts.
+            await dispatcher(self, messages)
+            self.last_handled = batch_last
+            return len(messages)
         self._busy = True
         try:
             await dispatcher(self, messages)
         finally:
             self._busy = False
         if gen != self.generation:
-            return  # a seek during dispatch: it set where the next read starts
+            return 0  # a seek during dispatch: it set where the next read starts
         held = self.held
         if self.last_handled == messages[-1].id or not any(m.id in held for m in messages):
             self.last_handled = batch_last  # every entry of the batch is finished
@@ -760,6 +828,13 @@ class PartitionFetcher:
             # Stopped part-way (lease lost, dispatcher detached): the rest is still
             # pending under our name; read it again before anything new.
             self._reread()
+        return 0
+
+    def _in_hand(self) -> set[str] | None:
+        lanes = self.lanes
+        if lanes is None or not (lanes.window.open or self.acks):
+            return None
+        return lanes.window.open | set(self.acks)
 
     async def _poison(self, entry_id: bytes, attempts: int, fields: list[bytes] | None,
                       exc: DecodeError) -> None:

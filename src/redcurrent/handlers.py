@@ -152,6 +152,7 @@ async def _sleep_unless_stopped(fetcher: PartitionFetcher, dispatcher: _Base, de
 
 class _Base:
     closed = False
+    concurrent = False  # True: __call__ queues the batch and returns (see redcurrent.lanes)
 
     def __init__(self, policy: Policy, stats: ConsumerStats, latency: Histogram) -> None:
         self.policy = policy

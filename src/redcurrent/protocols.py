@@ -57,8 +57,10 @@ class Deserializer(Protocol):
 
 class Dispatcher(Protocol):
     """Hands one fetched batch of a partition to user code, in order. It finishes
-    each message through ``fetcher.finish`` (or leaves it pending by not doing so)."""
+    each message through ``fetcher.finish`` (or leaves it pending by not doing so).
+    A ``concurrent`` one queues the batch and returns at once (``Consumer(concurrency=N)``)."""
 
     closed: bool
+    concurrent: bool
 
     def __call__(self, fetcher: PartitionFetcher, msgs: list[Message], /) -> Awaitable[None]: ...
