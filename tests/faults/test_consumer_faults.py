@@ -50,8 +50,9 @@ class Fleet:
     def log(self, member: str) -> Path:
         return self.tmp / f"{member}.log"
 
-    def start(self, member: str, work_ms: float = 8.0) -> None:
-        """Start a worker whose handler takes ``work_ms``, so a crash catches some in flight."""
+    def start(self, member: str, work_ms: float = 8.0, extra: tuple[str, ...] = ()) -> None:
+        """Start a worker whose handler takes ``work_ms``, so a crash catches some in flight
+        (``extra``: more worker options, e.g. ``("--concurrency", "50")``)."""
         args = [
             sys.executable,
             str(WORKER),
@@ -73,6 +74,7 @@ class Fleet:
             str(SESSION),
             "--work-ms",
             str(work_ms),
+            *extra,
         ]
         with open(self.tmp / f"{member}.stderr", "ab") as err:
             self.procs[member] = subprocess.Popen(

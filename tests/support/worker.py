@@ -45,6 +45,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--session", type=float, default=1.5, help="session timeout, s")
     p.add_argument("--rebalance", type=float, default=3.0, help="rebalance timeout, s")
     p.add_argument("--work-ms", type=float, default=0.0, help="time each handler takes")
+    p.add_argument("--concurrency", type=int, default=None, help="Consumer(concurrency=N)")
+    p.add_argument("--ordering", default="partition", choices=["partition", "key", "none"])
     return p.parse_args(argv)
 
 
@@ -78,6 +80,8 @@ async def run(args: argparse.Namespace) -> None:
         on_assign=listener("assign"),
         on_revoke=listener("revoke"),
         on_lost=listener("lost"),
+        concurrency=args.concurrency,
+        ordering=args.ordering,
     )
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
