@@ -28,6 +28,7 @@ from support.consuming import (
     stop_all,
 )
 from support.eventually import eventually
+from support.proxy import FaultProxy
 from support.servers import AsyncClient, Target
 
 from redcurrent import Admin, Backoff, ConfigError, Consumer, Message, Producer
@@ -296,3 +297,69 @@ def test_concurrency_options_are_validated() -> None:
         Consumer(TOPIC, group="g", concurrency=2, ordering="random")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="max_in_flight"):
         Consumer(TOPIC, group="g", concurrency=200, max_in_flight=100)
+
+
+async def test_a_re_read_skips_no_unfinished_entry_before_a_finished_one(
+    redis_url: str, namespace: str
+) -> None:
+    """process() ends while an early entry's handler hangs and later ones finished: the
+    next process() call gets the early one again (and none of the finished ones)."""
+    await create_topic(redis_url, namespace, TOPIC, 1)
+    async with Producer(redis_url, namespace=namespace) as p:
+        sent = await produce(p, TOPIC, ["slow", "a", "b", "c"], 1)
+    seen = Seen()
+
+    async def first(msg: Message) -> None:
+        seen.record("first", "handled", msg)
+        if msg.key == "slow":
+            await asyncio.Event().wait()  # until the process() call ends
+        seen.record("first", "acked", msg)
+
+    c = make_consumer(redis_url, namespace, TOPIC, start="earliest", concurrency=4, ordering="key")
+    async with c:
+        task = start_processing(c, first)
+        await eventually(lambda: returned(seen) == 3, 5, message="a, b, c returned")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        task = start_processing(c, seen.handler("second"))
+        await eventually(lambda: len(seen.handled("second")) >= 1, 5, message="re-delivered")
+        await asyncio.sleep(0.3)
+        assert [m.key for m in seen.handled("second")] == ["slow"]
+        report = check_history(sent, seen.events)
+        assert not report.lost and not report.unacked, report.summary()
+        await stop(c)
+        await task
+
+
+async def test_an_ambiguous_fetch_re_reads_without_handing_out_what_is_in_flight(
+    redis_url: str, namespace: str, proxy: FaultProxy
+) -> None:
+    """A fetch whose reply is lost while a handler is in flight: the re-read starts before
+    that entry (so nothing unfinished is skipped) and does not hand it out again."""
+    await create_topic(redis_url, namespace, TOPIC, 1)
+    gate = asyncio.Event()
+    seen = Seen()
+
+    async def handle(msg: Message) -> None:
+        seen.record("c", "handled", msg)
+        if msg.key == "slow" and msg.value["seq"] == 0:
+            await gate.wait()
+        seen.record("c", "acked", msg)
+
+    c = make_consumer(proxy.url, namespace, TOPIC, start="earliest", concurrency=8, ordering="key")
+    task = start_processing(c, handle)
+    try:
+        async with Producer(redis_url, namespace=namespace) as p:
+            sent = await produce(p, TOPIC, ["slow", "a", "b"], 1)
+            await eventually(lambda: returned(seen) == 2, 5, message="a and b returned")
+            proxy.drop_next_reply(f"{Keys(namespace).stream(TOPIC, 0)}\r\n".encode())
+            sent += await produce(p, TOPIC, ["slow", "a", "b"], 2, first_seq=1)
+            await eventually(lambda: proxy.dropped_replies >= 1, 5, message="a fetch reply lost")
+        await eventually(lambda: returned(seen) == 6, 10, message="a and b went on")
+        gate.set()
+        await eventually(lambda: returned(seen) == len(sent), 10, message="all returned")
+        report = check_history(sent, seen.events)
+        assert report.ok and not report.duplicated, report.summary()
+    finally:
+        gate.set()
+        await stop_all((c, task))
