@@ -363,3 +363,49 @@ async def test_an_ambiguous_fetch_re_reads_without_handing_out_what_is_in_flight
     finally:
         gate.set()
         await stop_all((c, task))
+
+
+async def test_seek_from_a_concurrent_handler_replays_the_partition(
+    redis_url: str, namespace: str, r: redis.asyncio.Redis
+) -> None:
+    await create_topic(redis_url, namespace, TOPIC, 1)
+    async with Producer(redis_url, namespace=namespace) as p:
+        sent = await produce(p, TOPIC, [f"k{i}" for i in range(5)], 4)
+    seen = Seen()
+    sought: list[bool] = []
+    c = make_consumer(redis_url, namespace, TOPIC, start="earliest", concurrency=8, ordering="key")
+
+    async def handle(msg: Message) -> None:
+        seen.record("c", "handled", msg)
+        if msg.key == "k0" and msg.value["seq"] == 2 and not sought:
+            sought.append(True)
+            await c.seek_to_beginning()
+        await asyncio.sleep(0.002)
+        seen.record("c", "acked", msg)
+
+    task = start_processing(c, handle)
+    try:
+        await eventually(lambda: _zero(pending(r, namespace, 1)) if sought else False, 10,
+                         message="sought, then drained")
+        await eventually(lambda: returned(seen) >= len(sent) + 1, 10, message="replayed")
+        after = [e for e in seen.events if e.event == "handled"]
+        k0 = [e.seq for e in after if e.key == "k0"]
+        assert k0[:3] == [0, 1, 2] and k0[3:] == [0, 1, 2, 3], k0  # replayed from the start
+        assert calls_overlap_free(seen)
+        report = check_history(sent, seen.events)
+        assert not report.lost and not report.unacked, report.summary()
+    finally:
+        await stop_all((c, task))
+
+
+def calls_overlap_free(seen: Seen) -> bool:
+    """No key's handled event comes between another call's handled and acked of that key."""
+    open_keys: set[Any] = set()
+    for e in seen.events:
+        if e.event == "handled":
+            if e.key in open_keys:
+                return False
+            open_keys.add(e.key)
+        elif e.event == "acked":
+            open_keys.discard(e.key)
+    return True
