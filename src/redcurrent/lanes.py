@@ -30,12 +30,12 @@ from collections import deque
 from collections.abc import Coroutine, Hashable
 from typing import TYPE_CHECKING, Any, Literal
 
+from .deadletter import reason_for
 from .errors import FencedError
 from .fetcher import INSIST, LeaseLost
 from .handlers import (
     _Base,
     _call,
-    _dead_letter,
     _exhausted,
     _failed,
     _handing_out,
@@ -268,7 +268,10 @@ class PartitionLanes:
                 if gen != f.generation:
                     return None
                 if _exhausted(d.policy, f, msg, failure):
-                    await _dead_letter(d.policy, f, msg, failure, advance=False)
+                    await f.dead_letter(msg.id, None, reason_for(failure, d.policy.handler_timeout),
+                                        msg.attempts, failure)
+                    if gen == f.generation:  # a seek meanwhile acked or replays it
+                        f.finish(msg.id, advance=False)
                     return None
             finally:
                 self.running.discard(me)
