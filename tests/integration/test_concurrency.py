@@ -409,3 +409,48 @@ def calls_overlap_free(seen: Seen) -> bool:
         elif e.event == "acked":
             open_keys.discard(e.key)
     return True
+
+
+async def test_graceful_stop_finishes_and_acks_calls_in_flight_and_nothing_else(
+    redis_url: str, namespace: str, r: redis.asyncio.Redis
+) -> None:
+    await create_topic(redis_url, namespace, TOPIC, 1)
+    async with Producer(redis_url, namespace=namespace) as p:
+        sent = await produce(p, TOPIC, [f"k{i}" for i in range(30)], 1)
+    seen = Seen()
+    a = make_consumer(redis_url, namespace, TOPIC, member_id="a", start="earliest", concurrency=10,
+                      ordering="none")
+    ta = start_processing(a, seen.handler("a", work=0.3))
+    await eventually(lambda: len(seen.handled("a")) == 10, 5, message="10 in flight")
+    await stop(a)
+    await ta
+    assert returned(seen) == 10  # the calls in flight finished...
+    assert await pending(r, namespace, 1) == 20  # ...and were acked; the rest was not
+    b = make_consumer(redis_url, namespace, TOPIC, member_id="b", start="earliest", concurrency=10,
+                      ordering="none")
+    tb = start_processing(b, seen.handler("b"))
+    try:
+        await eventually(lambda: returned(seen) == 30, 5, message="b handled the rest")
+        report = check_history(sent, seen.events)
+        assert report.ok and not report.duplicated, report.summary()
+    finally:
+        await stop_all((b, tb))
+
+
+async def test_stop_called_inside_a_concurrent_handler_returns_and_ends_process(
+    redis_url: str, namespace: str
+) -> None:
+    await create_topic(redis_url, namespace, TOPIC, 1)
+    async with Producer(redis_url, namespace=namespace) as p:
+        await produce(p, TOPIC, [f"k{i}" for i in range(10)], 3)
+    seen = Seen()
+    c = make_consumer(redis_url, namespace, TOPIC, start="earliest", concurrency=4, ordering="key")
+
+    async def handle(msg: Message) -> None:
+        seen.record("c", "handled", msg)
+        if seen.count() == 5:
+            await c.stop()  # returns at once; the stop completes once the handlers return
+        seen.record("c", "acked", msg)
+
+    await asyncio.wait_for(c.process(handle), 10)
+    assert returned(seen) == seen.count()  # every call that started returned
