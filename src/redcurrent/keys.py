@@ -15,6 +15,9 @@ Key map (``ns`` is the namespace, default ``rc``; ``{…}`` is a Redis Cluster h
     ns:{T:P}:pseq:PID                 string idempotent-producer sequence for producer PID
     ns:{T:P}:requeued:G               set    dead-letter ids of G already requeued here
     ns:doorbell:I                     stream wake-up of consumer instance I's idle wait (no tag)
+    share:G (a Redis group name)      the Redis consumer group of share group G on every
+                                      partition stream; ':' is not allowed in a group name,
+                                      so it never collides with consumer group G
     ns:{T:P}:version                  string the partition's marker: exists exactly while the
                                              topic has partition P (the produce script writes
                                              nothing without it); holds the metadata version
@@ -143,6 +146,14 @@ class Keys:
 
     def requeued(self, topic: str, partition: int, group: str) -> str:
         return f"{self.namespace}:{{{topic}:{partition}}}:requeued:{group}"
+
+    @staticmethod
+    def share_group(group: str) -> str:
+        """The Redis consumer-group name of share group ``group`` on each partition stream
+        (not a key; formed here so every name redcurrent gives Redis has one home).
+        ``group`` is validated, so it has no ``:``: ``share:G`` can never equal a
+        consumer group's name (docs/share-groups.md)."""
+        return f"share:{group}"
 
     def partition_keys_pattern(self, topic: str) -> str:
         """SCAN pattern of every partition-slot key of a topic (for delete_topic)."""
