@@ -112,9 +112,10 @@ async def describe_share_group(
     client: Client, keys: Keys, topic: str, group: str, partitions: int, limit: int
 ) -> ShareGroupInfo | None:
     """Members, messages in flight (at most ``limit`` per partition, oldest first) and lag
-    of share group ``group``; None if it exists on no partition (docs/share-groups.md)."""
-    rgroup = keys.share_group(group)
+    of share group ``group``; None if it exists on no partition (docs/guides/share-groups.md)."""
+    rgroup, released = keys.share_group(group), keys.share_released()
     found = False
+    available = 0  # released, waiting for a member to acquire them
     members: dict[str, tuple[int, int]] = {}  # member -> (in flight, least idle ms)
     in_flight: list[InFlightMessage] = []
     lag = 0
@@ -132,12 +133,17 @@ async def describe_share_group(
         lag += await partition_lag(client, stream, info)
         for c in consumers if isinstance(consumers, list) else []:
             name = _text(c.get("name"))
+            if name == released:
+                continue
             held, idle = members.get(name, (0, 1 << 62))
             members[name] = (held + int(c.get("pending", 0)), min(idle, int(c.get("idle", 0))))
         for e in pending if isinstance(pending, list) else []:
+            if _text(e["consumer"]) == released:
+                available += 1
+                continue
             in_flight.append(InFlightMessage(p, _text(e["message_id"]), _text(e["consumer"]),
                                              int(e["times_delivered"]), int(e["time_since_delivered"])))
     if not found:
         return None
     return ShareGroupInfo(topic, group, tuple(ShareMemberInfo(m, n, idle) for m, (n, idle) in sorted(members.items())),
-                          tuple(in_flight), lag)
+                          tuple(in_flight), available, lag)

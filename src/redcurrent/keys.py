@@ -17,7 +17,8 @@ Key map (``ns`` is the namespace, default ``rc``; ``{…}`` is a Redis Cluster h
     ns:doorbell:I                     stream wake-up of consumer instance I's idle wait (no tag)
     share:G (a Redis group name)      the Redis consumer group of share group G on every
                                       partition stream; ':' is not allowed in a group name,
-                                      so it never collides with consumer group G
+                                      so it never collides with consumer group G;
+                                      its consumer "~released" holds released entries
     ns:{T:P}:version                  string the partition's marker: exists exactly while the
                                              topic has partition P (the produce script writes
                                              nothing without it); holds the metadata version
@@ -152,8 +153,14 @@ class Keys:
         """The Redis consumer-group name of share group ``group`` on each partition stream
         (not a key; formed here so every name redcurrent gives Redis has one home).
         ``group`` is validated, so it has no ``:``: ``share:G`` can never equal a
-        consumer group's name (docs/share-groups.md)."""
+        consumer group's name (docs/guides/share-groups.md)."""
         return f"share:{group}"
+
+    @staticmethod
+    def share_released() -> str:
+        """The consumer name that holds released share-group entries until a member
+        acquires one (no member id can be it: generated ids have no ``~``)."""
+        return "~released"
 
     def partition_keys_pattern(self, topic: str) -> str:
         """SCAN pattern of every partition-slot key of a topic (for delete_topic)."""

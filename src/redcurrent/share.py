@@ -12,15 +12,15 @@ this member, with the delivery count the member was handed, idle for less than
   released), counting each as a delivery, then XREADGROUP ``>`` for new ones. Works on
   Redis 6.2.
 * Settle (``share_settle.lua``): accept (XACK), renew (XCLAIM to me, JUSTID: idle 0, the
-  count stays), release (XCLAIM with an idle past any lock: the next acquisition takes
-  it), each only if the lock still holds, atomically. A stale holder, whether or not
+  count stays), release (XCLAIM to the consumer name ``~released`` with an idle past
+  any lock: the next acquisition, by any member, takes it), each only if the lock still holds, atomically. A stale holder, whether or not
   another member took the message since, changes nothing and gets ``FencedError``.
 * Dead letters (reject, delivery attempts exhausted, decode errors, trimmed entries) go
   to the group's dead-letter stream ``ns:{T}:dlq:G`` (:mod:`redcurrent.deadletter`): the
   lock is renewed, the dead letter written, then the entry accepted, as the consumer
   does (docs/architecture.md §7: a duplicate dead letter is possible, a lost message not).
 
-Order is not kept: members and partitions interleave freely (docs/share-groups.md).
+Order is not kept: members and partitions interleave freely (docs/guides/share-groups.md).
 """
 
 from __future__ import annotations
@@ -263,7 +263,8 @@ class ShareConsumer(Lifecycle):
 
     def _settle_call(self, tp: TopicPartition, entry_id: str, attempts: int, op: str) -> scripts.Call:
         return scripts.Call(_SETTLE, [self._keys.stream(tp.topic, tp.partition)],
-                            [self._rgroup, self.member_id, entry_id, attempts, self._lock_ms, op])
+                            [self._rgroup, self.member_id, entry_id, attempts, self._lock_ms, op,
+                             Keys.share_released()])
 
     # -- acquiring --
     async def _fetch(self) -> int:

@@ -198,5 +198,6 @@ class ShareGroupInfo:
     topic: str
     group: str
     members: tuple[ShareMemberInfo, ...]
-    in_flight: tuple[InFlightMessage, ...]
+    in_flight: tuple[InFlightMessage, ...]  # held by a member (its lock may have expired)
+    released: int  # released, available to the next member that asks (within the limit)
     lag: int  # entries not yet delivered to the group, over every partition

@@ -2,7 +2,7 @@
 -- entries whose acquisition lock expired (pending longer than lock_ms: their holder did
 -- not acknowledge or renew in time, or released them), then new ones. Acquiring an entry
 -- makes it pending to me with idle 0: that is my lock (docs/share-groups.md).
--- XAUTOCLAIM without JUSTID counts the re-acquisition as a delivery; a ">" read sets 1.
+-- A re-acquisition counts one more delivery (RETRYCOUNT); a ">" read sets 1.
 -- Slot:   {topic:partition}
 -- KEYS:   [1] partition stream
 -- ARGV:   [1] Redis group name ("share:G")  [2] consumer (the member id)
@@ -29,18 +29,23 @@ if count == 0 then
   return {'OK', cursor, {}, {}, {}}
 end
 
-local ok, r = pcall(redis.call, 'XAUTOCLAIM', stream, group, consumer, lock_ms, cursor, 'COUNT', count)
+-- JUSTID, then the count and the fields one by one: Redis 6.2's XAUTOCLAIM answers a nil in
+-- place of an entry deleted while pending, id and all, so the id would be lost.
+local ok, r = pcall(redis.call, 'XAUTOCLAIM', stream, group, consumer, lock_ms, cursor, 'COUNT', count, 'JUSTID')
 if not ok then
   if not string.find(error_text(r), 'NOGROUP') then return redis.error_reply(error_text(r)) end
   local err = create()  -- a new share group, a new partition, or a server that lost its data
   if err then return redis.error_reply(err) end
-  r = redis.call('XAUTOCLAIM', stream, group, consumer, lock_ms, cursor, 'COUNT', count)
+  r = redis.call('XAUTOCLAIM', stream, group, consumer, lock_ms, cursor, 'COUNT', count, 'JUSTID')
 end
 local entries, counts = {}, {}
-for _, e in ipairs(r[2]) do
-  local p = redis.call('XPENDING', stream, group, e[1], e[1], 1, consumer)
-  entries[#entries + 1] = e
-  counts[#counts + 1] = (p[1] and p[1][4]) or 1
+for _, id in ipairs(r[2]) do
+  local p = redis.call('XPENDING', stream, group, id, id, 1, consumer)
+  local n = ((p[1] and p[1][4]) or 0) + 1  -- this acquisition is a delivery
+  redis.call('XCLAIM', stream, group, consumer, 0, id, 'RETRYCOUNT', n, 'JUSTID')
+  local e = redis.call('XRANGE', stream, id, id)
+  entries[#entries + 1] = {id, (e[1] and e[1][2]) or false}
+  counts[#counts + 1] = n
 end
 local deleted = r[3] or {}
 if #entries < count then

@@ -8,14 +8,16 @@
 --         [4] the delivery count the member holds  [5] lock_ms
 --         [6] op: "accept"  XACK: done
 --                 "renew"   idle back to 0 (XCLAIM to me, JUSTID: the count stays)
---                 "release" idle set past any lock (XCLAIM IDLE): the next acquisition,
---                           by any member, takes it at once and counts a delivery
+--                 "release" handed to the released consumer name with an idle past any
+--                           lock (XCLAIM IDLE): the next acquisition, by any member, takes
+--                           it at once and counts a delivery; it is no longer this member's
 --                 "return"  as release, and the delivery count put back by one: an entry
 --                           acquired and never handed out (a member stopping)
 --                 "check"   nothing: only whether the lock holds
+--         [7] the released consumer name (Keys.share_released)
 -- Reply:  {"OK"} | {"FENCED"} (the lock is not this member's, or expired: nothing changed)
 local stream, group, consumer, id = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
-local held, lock_ms, op = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local held, lock_ms, op, released = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7]
 -- An idle time no lock is as long as (31 years), and below Redis's clock, which XCLAIM
 -- needs (a larger IDLE would be reset to 0).
 local RELEASED_IDLE = 1000000000000
@@ -27,9 +29,9 @@ if op == 'accept' then
 elseif op == 'renew' then
   redis.call('XCLAIM', stream, group, consumer, 0, id, 'JUSTID')
 elseif op == 'release' then
-  redis.call('XCLAIM', stream, group, consumer, 0, id, 'IDLE', RELEASED_IDLE, 'JUSTID')
+  redis.call('XCLAIM', stream, group, released, 0, id, 'IDLE', RELEASED_IDLE, 'JUSTID')
 elseif op == 'return' then
-  redis.call('XCLAIM', stream, group, consumer, 0, id, 'IDLE', RELEASED_IDLE,
+  redis.call('XCLAIM', stream, group, released, 0, id, 'IDLE', RELEASED_IDLE,
     'RETRYCOUNT', math.max(0, held - 1), 'JUSTID')
 elseif op ~= 'check' then
   return redis.error_reply('share_settle: unknown op ' .. op)
