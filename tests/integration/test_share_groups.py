@@ -36,7 +36,7 @@ from redcurrent import (
     ShareConsumer,
     UnknownGroupError,
 )
-from redcurrent.testing import read_log
+from redcurrent.testing import Event, read_log
 
 WORKER = Path(__file__).resolve().parents[1] / "support" / "share_worker.py"
 
@@ -48,13 +48,18 @@ def share(target: Target, namespace: str, **options: Any) -> ShareConsumer:
 
 
 async def produce(target: Target, namespace: str, n: int, first: int = 0) -> list[str]:
-    """``n`` records ``{"seq": i}`` over 100 keys; their entry ids."""
+    """``n`` records ``{"seq": i}`` over 100 keys; where each went, as :func:`where`
+    (entry ids repeat across partitions)."""
     ids: list[str] = []
     async with Producer(target.url, namespace=namespace) as producer:
         for start in range(first, first + n, 500):
             batch = [Record({"seq": i}, key=f"k{i % 100}") for i in range(start, min(first + n, start + 500))]
-            ids += [m.id for m in await producer.send_batch("t", batch)]
+            ids += [f"{m.partition}/{m.id}" for m in await producer.send_batch("t", batch)]
     return ids
+
+
+def where(msg: Message) -> str:
+    return f"{msg.partition}/{msg.id}"
 
 
 async def next_msg(sc: ShareConsumer, timeout: float = 5.0) -> Message:
@@ -88,7 +93,7 @@ async def test_eight_members_on_two_partitions_all_get_work(target: Target, admi
     def handler(name: str) -> Any:
         async def handle(msg: Message) -> None:
             handled[name] += 1
-            accepted.add(msg.id)
+            accepted.add(where(msg))
             await asyncio.sleep(0.001)
         return handle
 
@@ -118,7 +123,7 @@ async def _rate(target: Target, namespace: str, n: int, group: str, first: int) 
 
     async def handle(msg: Message) -> None:
         await asyncio.sleep(0.01)
-        done.add(msg.id)
+        done.add(where(msg))
 
     async with AsyncExitStack() as stack:
         members = [await stack.enter_async_context(
@@ -137,11 +142,11 @@ async def test_a_paused_member_is_fenced_and_the_new_holder_accepts(target: Targ
     async with share(target, namespace, lock_timeout=0.5, batch_size=1) as a, \
             share(target, namespace, lock_timeout=0.5, batch_size=1) as b:
         held = await next_msg(a)
-        assert (held.id, held.attempts) == (eid, 1)
+        assert (where(held), held.attempts) == (eid, 1)
         assert await nothing_within(b, 0.2)  # locked: b gets nothing
         await asyncio.sleep(0.5)  # a is paused past its lock
         taken = await next_msg(b)
-        assert (taken.id, taken.attempts) == (eid, 2)
+        assert (where(taken), taken.attempts) == (eid, 2)
         with pytest.raises(FencedError):
             await a.acknowledge(held)
         with pytest.raises(FencedError):
@@ -166,7 +171,7 @@ async def test_an_expired_lock_fences_its_holder_even_when_nobody_took_the_messa
                 await a.acknowledge(held, outcome)  # type: ignore[arg-type]
         # Nothing changed: the message is still there, for the next member, as delivery 2.
         again = await next_msg(b)
-        assert (again.id, again.attempts) == (eid, 2)
+        assert (where(again), again.attempts) == (eid, 2)
         await b.acknowledge(again)
     assert await admin.count_dead_letters("t", "g") == 0
 
@@ -181,7 +186,7 @@ async def test_release_makes_the_message_available_at_once_with_a_higher_count(
         began = time.monotonic()
         second = await next_msg(b, timeout=2.0)  # lock_timeout is 30 s: the release freed it
         assert time.monotonic() - began < 2.0
-        assert (second.id, second.attempts) == (eid, 2)
+        assert (where(second), second.attempts) == (eid, 2)
         with pytest.raises(FencedError):
             await a.acknowledge(first)  # released: no longer a's
         await b.acknowledge(second)
@@ -195,14 +200,14 @@ async def test_the_next_message_does_not_acknowledge_the_previous_and_renew_exte
             share(target, namespace, lock_timeout=0.6) as b:
         m1 = await next_msg(a)
         m2 = await next_msg(a)
-        assert [m1.id, m2.id] == ids
+        assert [where(m1), where(m2)] == ids
         for _ in range(3):  # 1.2 s in all, twice the lock, renewed every 0.4 s
             await asyncio.sleep(0.4)
             await a.renew(m1)
             await a.renew(m2)
         assert await nothing_within(b, 0.2)
         info = await admin.describe_share_group("t", "g")
-        assert sorted(m.id for m in info.in_flight) == ids
+        assert sorted(f"{m.partition}/{m.id}" for m in info.in_flight) == ids
         await a.acknowledge(m1)
         await a.acknowledge(m2)
 
@@ -289,10 +294,10 @@ async def test_a_share_group_and_a_consumer_group_of_the_same_name_are_independe
     by_group: set[str] = set()
 
     async def to_share(msg: Message) -> None:
-        by_share.add(msg.id)
+        by_share.add(where(msg))
 
     async def to_group(msg: Message) -> None:
-        by_group.add(msg.id)
+        by_group.add(where(msg))
 
     sc = share(target, namespace)
     consumer = make_consumer(target.url, namespace, "t", group="g", start="earliest")
@@ -353,16 +358,15 @@ async def test_sigkill_of_a_member_loses_nothing_its_locks_pass_to_others(
         procs[0].wait(5)
 
         def all_acked() -> bool:
-            return {e.entry_id for log in logs for e in read_log(log) if e.event == "acked"} >= set(ids)
+            return {_at(e) for log in logs for e in read_log(log) if e.event == "acked"} >= set(ids)
 
         await eventually(all_acked, timeout=60, interval=0.1, message="every message handled")
         victim = read_log(logs[0])
-        orphans = {e.entry_id for e in victim if e.event == "handled"} - {
-            e.entry_id for e in victim if e.event == "acked"}
+        orphans = {_at(e) for e in victim if e.event == "handled"} - {_at(e) for e in victim if e.event == "acked"}
         survivors = [e for log in logs[1:] for e in read_log(log) if e.event == "handled"]
         # Whatever the victim had in hand reached another member, only after its lock passed.
         for eid in orphans:
-            later = [e for e in survivors if e.entry_id == eid]
+            later = [e for e in survivors if _at(e) == eid]
             assert later and min(e.t_ns for e in later) >= killed_ns, eid
         await eventually(lambda: _nothing_in_flight(admin), timeout=10)
     finally:
@@ -374,6 +378,10 @@ async def test_sigkill_of_a_member_loses_nothing_its_locks_pass_to_others(
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def _at(e: Event) -> str:
+    return f"{e.partition}/{e.entry_id}"
 
 
 def _spawn(url: str, namespace: str, log: Path, member: str, lock: float) -> subprocess.Popen[bytes]:
