@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from .connection import Client
-from .keys import Keys
+from .keys import SHARE_RELEASED, Keys, share_group_name
 from .structs import (
     GroupInfo,
     InFlightMessage,
@@ -113,7 +113,7 @@ async def describe_share_group(
 ) -> ShareGroupInfo | None:
     """Members, messages in flight (at most ``limit`` per partition, oldest first) and lag
     of share group ``group``; None if it exists on no partition (docs/guides/share-groups.md)."""
-    rgroup, released = keys.share_group(group), keys.share_released()
+    rgroup, released = share_group_name(group), SHARE_RELEASED
     found = False
     available = 0  # released, waiting for a member to acquire them
     members: dict[str, tuple[int, int]] = {}  # member -> (in flight, least idle ms)

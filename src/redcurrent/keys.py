@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-__all__ = ["MAX_NAME_LENGTH", "Keys", "validate_name"]
+__all__ = ["MAX_NAME_LENGTH", "SHARE_RELEASED", "Keys", "share_group_name", "validate_name"]
 
 MAX_NAME_LENGTH = 200
 _NAME = re.compile(r"^[A-Za-z0-9._\-]+$")
@@ -67,6 +67,19 @@ def validate_name(name: object, what: str = "topic") -> str:
             f"invalid {what} name {name!r}: a name cannot start with '-' (it reads as an option)"
         )
     return name
+
+
+# The consumer name that holds released share-group entries until a member acquires one
+# (no member id can be it: generated ids have no '~').
+SHARE_RELEASED = "~released"
+
+
+def share_group_name(group: str) -> str:
+    """The Redis consumer-group name of share group ``group`` on each partition stream (a
+    name, not a key: formed here so every name redcurrent gives Redis has one home).
+    ``group`` is validated, so it has no ``:``: ``share:G`` never equals a consumer
+    group's name (docs/guides/share-groups.md)."""
+    return f"share:{group}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,20 +160,6 @@ class Keys:
 
     def requeued(self, topic: str, partition: int, group: str) -> str:
         return f"{self.namespace}:{{{topic}:{partition}}}:requeued:{group}"
-
-    @staticmethod
-    def share_group(group: str) -> str:
-        """The Redis consumer-group name of share group ``group`` on each partition stream
-        (not a key; formed here so every name redcurrent gives Redis has one home).
-        ``group`` is validated, so it has no ``:``: ``share:G`` can never equal a
-        consumer group's name (docs/guides/share-groups.md)."""
-        return f"share:{group}"
-
-    @staticmethod
-    def share_released() -> str:
-        """The consumer name that holds released share-group entries until a member
-        acquires one (no member id can be it: generated ids have no ``~``)."""
-        return "~released"
 
     def partition_keys_pattern(self, topic: str) -> str:
         """SCAN pattern of every partition-slot key of a topic (for delete_topic)."""

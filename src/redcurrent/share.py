@@ -1,6 +1,6 @@
 """Share groups: queue semantics on a topic (Kafka's share groups, KIP-932), per message.
 
-Share group G is the Redis consumer group ``share:G`` (:meth:`Keys.share_group`) on every
+Share group G is the Redis consumer group ``share:G`` (``keys.share_group_name``) on every
 partition stream of the topic, so it is independent of a consumer group named G. Members
 are not assigned partitions: each reads every partition, and holds each message it
 acquires under an **acquisition lock**. The lock is the pending entry itself: pending to
@@ -49,7 +49,7 @@ from .errors import (
     IllegalStateError,
     translate,
 )
-from .keys import Keys, validate_name
+from .keys import SHARE_RELEASED, Keys, share_group_name, validate_name
 from .lifecycle import Lifecycle
 from .protocols import Deserializer, Handler
 from .replies import parse_share_fetch, parse_share_leave, parse_share_settle
@@ -132,7 +132,7 @@ class ShareConsumer(Lifecycle):
         self._batch_size = positive_int(batch_size, "batch_size")
         self.member_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._keys = Keys(namespace)
-        self._rgroup = Keys.share_group(self.group)
+        self._rgroup = share_group_name(self.group)
         self._lock_ms = max(1, seconds_to_ms(self.lock_timeout))
         self._start = start
         self._deserializer = deserializer
@@ -264,7 +264,7 @@ class ShareConsumer(Lifecycle):
     def _settle_call(self, tp: TopicPartition, entry_id: str, attempts: int, op: str) -> scripts.Call:
         return scripts.Call(_SETTLE, [self._keys.stream(tp.topic, tp.partition)],
                             [self._rgroup, self.member_id, entry_id, attempts, self._lock_ms, op,
-                             Keys.share_released()])
+                             SHARE_RELEASED])
 
     # -- acquiring --
     async def _fetch(self) -> int:

@@ -14,7 +14,7 @@
 --                 "return"  as release, and the delivery count put back by one: an entry
 --                           acquired and never handed out (a member stopping)
 --                 "check"   nothing: only whether the lock holds
---         [7] the released consumer name (Keys.share_released)
+--         [7] the released consumer name (keys.SHARE_RELEASED)
 -- Reply:  {"OK"} | {"FENCED"} (the lock is not this member's, or expired: nothing changed)
 local stream, group, consumer, id = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local held, lock_ms, op, released = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7]
