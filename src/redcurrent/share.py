@@ -39,7 +39,7 @@ from typing import Literal
 from . import scripts
 from . import topics as topics_mod
 from .config import DEFAULT_NAMESPACE, positive, positive_int, seconds_to_ms
-from .connection import Client, Connection, connect
+from .connection import Client, Connection, connect, transient_error
 from .deadletter import DeadLetterWriter
 from .errors import (
     ConfigError,
@@ -47,6 +47,8 @@ from .errors import (
     DecodeError,
     FencedError,
     IllegalStateError,
+    RedcurrentConnectionError,
+    RedcurrentError,
     translate,
 )
 from .keys import SHARE_RELEASED, Keys, share_group_name, validate_name
@@ -70,6 +72,7 @@ _SETTLE = scripts.script("share_settle")
 _LEAVE = scripts.script("share_leave")
 _POLL_MIN_S, _POLL_MAX_S = 0.005, 0.1  # idle polling: nothing blocks inside a script
 _META_EVERY_S = 2.0  # how often partition growth is looked for
+_RETRY_FOR_S = 30.0  # connection errors while acquiring are retried this long (the Consumer's request_timeout)
 _HAND_OUT_SHARE = 0.9  # a buffered message is handed out only within this share of its lock
 
 
@@ -156,6 +159,7 @@ class ShareConsumer(Lifecycle):
         self._idle.set()
         self._processing: asyncio.Task[object] | None = None
         self._inner_stop: asyncio.Task[None] | None = None
+        self._failing_since: float | None = None  # when acquiring began to fail
 
     def __repr__(self) -> str:
         return f"<ShareConsumer group={self.group!r} topics={list(self.topics)} member={self.member_id!r} {self._state}>"
@@ -267,8 +271,9 @@ class ShareConsumer(Lifecycle):
                              SHARE_RELEASED])
 
     # -- acquiring --
-    async def _fetch(self) -> int:
-        """One acquisition round over every partition; how many entries were acquired."""
+    async def _fetch(self, errors: list[RedcurrentError]) -> int:
+        """One acquisition round over every partition; how many entries were acquired.
+        A partition whose call failed adds its error to ``errors``."""
         if time.monotonic() - self._meta_at >= _META_EVERY_S:
             await self._refresh_partitions()
         parts = self._partitions
@@ -277,11 +282,15 @@ class ShareConsumer(Lifecycle):
         sent = time.monotonic()
         self._forget_expired(sent)
         per = max(1, self._batch_size // len(parts))
-        replies = await scripts.execute_calls(self._client, [self._fetch_call(tp, per) for tp in parts])
+        try:
+            replies = await scripts.execute_calls(self._client, [self._fetch_call(tp, per) for tp in parts])
+        except Exception as exc:
+            raise transient_error(exc, "acquiring messages") from None
         acquired = 0
         for tp, reply in zip(parts, replies, strict=True):
-            if isinstance(reply, BaseException):
-                raise translate(reply, f"acquiring messages of {tp.topic}[{tp.partition}]")
+            if isinstance(reply, BaseException):  # the other partitions' entries are handled first
+                errors.append(transient_error(reply, f"acquiring messages of {tp.topic}[{tp.partition}]"))
+                continue
             fetched = parse_share_fetch(reply, tp)
             self._cursors[tp] = fetched.cursor
             for raw_id in fetched.deleted:  # trimmed while pending, already dropped (Redis 7+)
@@ -342,7 +351,7 @@ class ShareConsumer(Lifecycle):
     async def __anext__(self) -> Message:
         if self._state == "new":
             await self.start()
-        delay = _POLL_MIN_S
+        delay, failures = _POLL_MIN_S, 0
         while True:
             if self._state != "running":
                 raise StopAsyncIteration
@@ -356,10 +365,25 @@ class ShareConsumer(Lifecycle):
                 # Its lock (nearly) expired while it waited here: let another member have it.
                 del self._held[(msg.topic, msg.partition, msg.id)]
                 self._locks_lost += 1
-            if await self._fetch():
+            errors: list[RedcurrentError] = []
+            try:
+                acquired = await self._fetch(errors)
+            except RedcurrentConnectionError as exc:
+                acquired, errors = 0, [exc]
+            if errors:
+                failing = self._failing_since = self._failing_since or time.monotonic()
+                self._stats.fetch_errors += 1
+                failures += 1
+                if time.monotonic() - failing > _RETRY_FOR_S or not isinstance(errors[0], RedcurrentConnectionError):
+                    self._failing_since = None
+                    raise errors[0]
+                log.warning("share group %s: %s; retrying", self.group, errors[0])
+            else:
+                self._failing_since, failures = None, 0
+            if acquired:
                 delay = _POLL_MIN_S
                 continue
-            await self._pause(delay)
+            await self._pause(self._backoff.delay(failures) if errors else delay)
             delay = min(delay * 2, _POLL_MAX_S)
 
     async def _pause(self, seconds: float) -> None:
@@ -482,6 +506,10 @@ class ShareConsumer(Lifecycle):
             else:
                 await self._outcome(msg, "accept", None)
                 self._stats.processed += 1
+        except RedcurrentConnectionError as exc:  # not settled: its lock expires, it comes back
+            self._stats.redis_errors += 1
+            log.warning("share group %s: %s[%d] %s not settled: %s", self.group, msg.topic, msg.partition,
+                        msg.id, exc)
         except FencedError:
             self._locks_lost += 1
             log.warning("share group %s: the lock on %s[%d] %s expired before it was settled; "

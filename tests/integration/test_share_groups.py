@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from support.consuming import make_consumer
 from support.eventually import eventually
+from support.proxy import FaultProxy
 from support.servers import Target
 
 from redcurrent import (
@@ -396,3 +397,37 @@ def _spawn(url: str, namespace: str, log: Path, member: str, lock: float) -> sub
 async def _nothing_in_flight(admin: Admin) -> bool:
     info = await admin.describe_share_group("t", "g")
     return info.in_flight == () and info.lag == 0
+
+
+@pytest.mark.single_node
+async def test_lost_replies_and_a_lost_connection_lose_nothing(
+        target: Target, admin: Admin, namespace: str, proxy: FaultProxy) -> None:
+    """A reply cut half-way (the script ran: entries acquired unseen, or settled unknown)
+    and every connection reset for a while: process() goes on, and every message is
+    accepted; what was acquired unseen comes back once its lock passes."""
+    await admin.create_topic("t", 2)
+    accepted: set[str] = set()
+
+    async def handle(msg: Message) -> None:
+        await asyncio.sleep(0.002)
+        accepted.add(where(msg))
+
+    sc = ShareConsumer("t", group="g", url=proxy.url, namespace=namespace, start="earliest",
+                       lock_timeout=1.0, batch_size=20)
+    async with sc:
+        task = asyncio.create_task(sc.process(handle))
+        ids = await produce(target, namespace, 300)
+        await eventually(lambda: len(accepted) >= 50, timeout=10)
+        proxy.cut_next_reply(b"EVALSHA", times=3)
+        await eventually(lambda: not proxy.armed and proxy.cut_replies >= 3, timeout=10)
+        proxy.refuse_new()
+        proxy.reset_all()
+        await asyncio.sleep(0.5)
+        proxy.heal()
+        await eventually(lambda: accepted >= set(ids), timeout=30, message="every message accepted")
+        assert not task.done()
+        stats = sc.stats()
+        assert stats.get("fetch_errors", 0) + stats.get("redis_errors", 0) >= 1, stats
+        await sc.stop()
+        await task
+    await eventually(lambda: _nothing_in_flight(admin), timeout=5)
