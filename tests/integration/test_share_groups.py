@@ -431,3 +431,15 @@ async def test_lost_replies_and_a_lost_connection_lose_nothing(
         await sc.stop()
         await task
     await eventually(lambda: _nothing_in_flight(admin), timeout=5)
+
+
+async def test_a_partition_added_while_members_run_is_read_from_its_first_entry(
+        target: Target, admin: Admin, namespace: str) -> None:
+    await admin.create_topic("t", 1)
+    async with share(target, namespace, start="latest") as sc:
+        await admin.alter_partitions("t", 2)
+        async with Producer(target.url, namespace=namespace) as producer:
+            meta = await producer.send("t", {"seq": 1}, partition=1)
+        msg = await next_msg(sc, timeout=10)  # seen at the member's next look at the topic
+        assert (msg.partition, msg.id, msg.attempts) == (1, meta.id, 1)
+        await sc.acknowledge(msg)
