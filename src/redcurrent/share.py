@@ -477,6 +477,8 @@ class ShareConsumer(Lifecycle):
         members (tasks or processes) for more throughput."""
         if not callable(handler):
             raise TypeError("handler must be an async callable taking a Message")
+        if self._state not in ("new", "running"):
+            raise ConsumerStoppedError("this share consumer was stopped; create a new one")
         if self._processing is not None:
             raise IllegalStateError("process() is already running on this share consumer; one call at a time")
         self._processing = asyncio.current_task()

@@ -29,8 +29,10 @@ from support.servers import Target
 
 from redcurrent import (
     Admin,
+    ConsumerStoppedError,
     DeadLetter,
     FencedError,
+    IllegalStateError,
     Message,
     Producer,
     Record,
@@ -443,3 +445,34 @@ async def test_a_partition_added_while_members_run_is_read_from_its_first_entry(
         msg = await next_msg(sc, timeout=10)  # seen at the member's next look at the topic
         assert (msg.partition, msg.id, msg.attempts) == (1, meta.id, 1)
         await sc.acknowledge(msg)
+
+
+async def test_stop_from_a_handler_ends_process_and_releases_what_it_held(
+        target: Target, admin: Admin, namespace: str) -> None:
+    await admin.create_topic("t", 1)
+    ids = await produce(target, namespace, 20)
+    first: list[str] = []
+    sc = share(target, namespace, batch_size=10)
+
+    async def handle(msg: Message) -> None:
+        first.append(where(msg))
+        if len(first) == 1:
+            with pytest.raises(IllegalStateError):  # one process() call at a time
+                await sc.process(handle)
+        if len(first) == 3:
+            await sc.stop()  # returns at once; the stop completes after this handler
+
+    async with sc:
+        await asyncio.wait_for(sc.process(handle), 10)
+        with pytest.raises(ConsumerStoppedError):
+            await sc.process(handle)
+    assert len(first) == 3
+    rest: list[Message] = []
+    async with share(target, namespace) as other:
+        while len(rest) < 17:
+            msg = await next_msg(other)
+            rest.append(msg)
+            await other.acknowledge(msg)
+    assert sorted(first + [where(m) for m in rest]) == sorted(ids)
+    # the 7 acquired and never handed out kept their delivery count
+    assert sorted(m.attempts for m in rest) == [1] * 17
