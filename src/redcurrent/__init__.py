@@ -38,15 +38,19 @@ from .partitioner import StickyPartitioner, murmur3_32, partition_for_key
 from .producer import Producer
 from .retry import Backoff, BatchError, DeadLetter, Retry, RetryPolicy
 from .serde import Deserializer, Serializer
+from .share import ShareConsumer
 from .signals import run_consumer
 from .structs import (
     GroupInfo,
+    InFlightMessage,
     MemberInfo,
     Message,
     PartitionGroupInfo,
     PartitionInfo,
     Record,
     RecordMetadata,
+    ShareGroupInfo,
+    ShareMemberInfo,
     TopicConfig,
     TopicInfo,
     TopicPartition,
@@ -73,6 +77,7 @@ __all__ = (
     "FencedError",
     "GroupError",
     "IllegalStateError",
+    "InFlightMessage",
     # values
     "DeadLetterRecord",
     "GroupInfo",
@@ -95,6 +100,9 @@ __all__ = (
     "run_consumer",
     "SerializationError",
     "Serializer",
+    "ShareConsumer",
+    "ShareGroupInfo",
+    "ShareMemberInfo",
     "StickyPartitioner",
     "TopicConfig",
     "TopicError",

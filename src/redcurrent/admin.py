@@ -26,7 +26,7 @@ from .errors import (
 from .keys import Keys, validate_name
 from .lifecycle import Lifecycle
 from .retention import safe_floor, trim_partition
-from .structs import GroupInfo, Message, PartitionInfo, TopicInfo
+from .structs import GroupInfo, Message, PartitionInfo, ShareGroupInfo, TopicInfo
 
 __all__ = ["Admin"]
 
@@ -292,6 +292,29 @@ class Admin(Lifecycle):
         info: GroupInfo = await self._call(
             groups_mod.describe_group(client, self._keys, topic, group, meta.partitions), "describe_group"
         )
+        return info
+
+    async def describe_share_group(self, topic: str, group: str, *, limit: int = 1000) -> ShareGroupInfo:
+        """Share group ``group`` on ``topic`` (:class:`redcurrent.ShareConsumer`): its
+        members with how many messages each holds, the messages in flight (at most
+        ``limit`` per partition, oldest first) with their holder, delivery count and
+        idle time, and its lag. Raises UnknownGroupError if no member ever joined it.
+
+        ``info = await admin.describe_share_group("orders", "mailers")``
+        """
+        validate_name(topic)
+        validate_name(group, "group")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigError(f"limit must be a positive int, got {limit!r}")
+        client = await self._client()
+        meta = await self._call(topics.read_meta(client, self._keys, topic), "describe_share_group")
+        if meta is None:
+            raise UnknownTopicError(f"unknown topic {topic!r}")
+        info: ShareGroupInfo | None = await self._call(
+            groups_mod.describe_share_group(client, self._keys, topic, group, meta.partitions, limit),
+            "describe_share_group")
+        if info is None:
+            raise UnknownGroupError(f"unknown share group {group!r} on topic {topic!r}")
         return info
 
     async def delete_group(self, topic: str, group: str, *, force: bool = False) -> None:

@@ -7,10 +7,17 @@ from typing import Any
 import orjson
 
 from .connection import Client
-from .keys import Keys
-from .structs import GroupInfo, MemberInfo, PartitionGroupInfo
+from .keys import SHARE_RELEASED, Keys, share_group_name
+from .structs import (
+    GroupInfo,
+    InFlightMessage,
+    MemberInfo,
+    PartitionGroupInfo,
+    ShareGroupInfo,
+    ShareMemberInfo,
+)
 
-__all__ = ["describe_group", "group_exists", "partition_lag"]
+__all__ = ["describe_group", "describe_share_group", "group_exists", "partition_lag"]
 
 LAG_PAGE = 10_000
 
@@ -99,3 +106,44 @@ def _owner(raw: object) -> str | None:
 
 def _text(v: object) -> str:
     return v.decode() if isinstance(v, bytes) else "" if v is None else str(v)
+
+
+async def describe_share_group(
+    client: Client, keys: Keys, topic: str, group: str, partitions: int, limit: int
+) -> ShareGroupInfo | None:
+    """Members, messages in flight (at most ``limit`` per partition, oldest first) and lag
+    of share group ``group``; None if it exists on no partition (docs/guides/share-groups.md)."""
+    rgroup, released = share_group_name(group), SHARE_RELEASED
+    found = False
+    available = 0  # released, waiting for a member to acquire them
+    members: dict[str, tuple[int, int]] = {}  # member -> (in flight, least idle ms)
+    in_flight: list[InFlightMessage] = []
+    lag = 0
+    for p in range(partitions):
+        stream = keys.stream(topic, p)
+        pipe = client.pipeline(transaction=False)
+        pipe.xinfo_groups(stream)
+        pipe.xinfo_consumers(stream, rgroup)
+        pipe.xpending_range(stream, rgroup, min="-", max="+", count=limit)
+        groups, consumers, pending = await pipe.execute(raise_on_error=False)
+        info = _find_group(groups, rgroup)
+        if info is None:
+            continue
+        found = True
+        lag += await partition_lag(client, stream, info)
+        for c in consumers if isinstance(consumers, list) else []:
+            name = _text(c.get("name"))
+            if name == released:
+                continue
+            held, idle = members.get(name, (0, 1 << 62))
+            members[name] = (held + int(c.get("pending", 0)), min(idle, int(c.get("idle", 0))))
+        for e in pending if isinstance(pending, list) else []:
+            if _text(e["consumer"]) == released:
+                available += 1
+                continue
+            in_flight.append(InFlightMessage(p, _text(e["message_id"]), _text(e["consumer"]),
+                                             int(e["times_delivered"]), int(e["time_since_delivered"])))
+    if not found:
+        return None
+    return ShareGroupInfo(topic, group, tuple(ShareMemberInfo(m, n, idle) for m, (n, idle) in sorted(members.items())),
+                          tuple(in_flight), available, lag)

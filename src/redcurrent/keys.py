@@ -15,6 +15,10 @@ Key map (``ns`` is the namespace, default ``rc``; ``{…}`` is a Redis Cluster h
     ns:{T:P}:pseq:PID                 string idempotent-producer sequence for producer PID
     ns:{T:P}:requeued:G               set    dead-letter ids of G already requeued here
     ns:doorbell:I                     stream wake-up of consumer instance I's idle wait (no tag)
+    share:G (a Redis group name)      the Redis consumer group of share group G on every
+                                      partition stream; ':' is not allowed in a group name,
+                                      so it never collides with consumer group G;
+                                      its consumer "~released" holds released entries
     ns:{T:P}:version                  string the partition's marker: exists exactly while the
                                              topic has partition P (the produce script writes
                                              nothing without it); holds the metadata version
@@ -32,7 +36,7 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-__all__ = ["MAX_NAME_LENGTH", "Keys", "validate_name"]
+__all__ = ["MAX_NAME_LENGTH", "SHARE_RELEASED", "Keys", "share_group_name", "validate_name"]
 
 MAX_NAME_LENGTH = 200
 _NAME = re.compile(r"^[A-Za-z0-9._\-]+$")
@@ -63,6 +67,19 @@ def validate_name(name: object, what: str = "topic") -> str:
             f"invalid {what} name {name!r}: a name cannot start with '-' (it reads as an option)"
         )
     return name
+
+
+# The consumer name that holds released share-group entries until a member acquires one
+# (no member id can be it: generated ids have no '~').
+SHARE_RELEASED = "~released"
+
+
+def share_group_name(group: str) -> str:
+    """The Redis consumer-group name of share group ``group`` on each partition stream (a
+    name, not a key: formed here so every name redcurrent gives Redis has one home).
+    ``group`` is validated, so it has no ``:``: ``share:G`` never equals a consumer
+    group's name (docs/guides/share-groups.md)."""
+    return f"share:{group}"
 
 
 @dataclass(frozen=True, slots=True)

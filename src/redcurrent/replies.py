@@ -65,6 +65,10 @@ __all__ = [
     "parse_requeue",
     "parse_seek",
     "parse_set_topic_config",
+    "ShareFetched",
+    "parse_share_fetch",
+    "parse_share_leave",
+    "parse_share_settle",
 ]
 
 # Reply shapes, as each script's contract (top of its .lua file) defines them. They come
@@ -326,3 +330,41 @@ def parse_requeue(reply: Sequence[Scalar]) -> Requeued:
     if status == b"DONE":
         return Requeued(None)
     raise _unexpected("requeue", reply)
+
+
+# --------------------------------------------------------------------------- share groups
+
+
+class ShareFetched(NamedTuple):
+    """What one ``share_fetch`` call acquired on one partition."""
+
+    cursor: bytes  # the XAUTOCLAIM cursor to go on from ("0-0": start over)
+    entries: list[StreamEntry]  # re-acquired entries first, then new ones
+    counts: list[int]  # the delivery count of each entry, in order
+    deleted: list[bytes]  # pending ids trimmed away, dropped by XAUTOCLAIM (Redis 7+)
+
+
+def parse_share_fetch(reply: Sequence[object], tp: TopicPartition) -> ShareFetched:
+    """The ``share_fetch`` script's reply (it answers OK or a Redis error)."""
+    if reply[0] == _OK:
+        return ShareFetched(cast(bytes, reply[1]), cast("list[StreamEntry]", reply[2]),
+                            cast("list[int]", reply[3]), cast("list[bytes]", reply[4]))
+    raise _unexpected(f"share_fetch ({_where(tp)})", reply)
+
+
+def parse_share_settle(reply: StatusReply, tp: TopicPartition, entry_id: str) -> None:
+    """The ``share_settle`` script's reply. FENCED (the lock is not this member's, or it
+    expired; nothing changed): FencedError."""
+    status = reply[0]
+    if status == _FENCED:
+        raise FencedError(f"{_where(tp)} {entry_id}: the acquisition lock expired or is held by "
+                          "another delivery; nothing was changed")
+    if status != _OK:
+        raise _unexpected("share_settle", reply)
+
+
+def parse_share_leave(reply: Sequence[Scalar]) -> bool:
+    """The ``share_leave`` script's reply: whether the member's consumer name was forgotten."""
+    if reply[0] == _OK:
+        return bool(reply[1])
+    raise _unexpected("share_leave", reply)

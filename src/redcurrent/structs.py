@@ -8,12 +8,15 @@ from typing import Any, NamedTuple
 
 __all__ = [
     "GroupInfo",
+    "InFlightMessage",
     "MemberInfo",
     "Message",
     "PartitionGroupInfo",
     "PartitionInfo",
     "Record",
     "RecordMetadata",
+    "ShareGroupInfo",
+    "ShareMemberInfo",
     "TopicConfig",
     "TopicInfo",
     "TopicPartition",
@@ -163,3 +166,38 @@ class GroupInfo:
     @property
     def pending(self) -> int:
         return sum(p.pending for p in self.partitions)
+
+
+@dataclass(frozen=True, slots=True)
+class ShareMemberInfo:
+    """A member of a share group, as Redis knows it: how many messages it holds
+    (``in_flight``, over every partition) and how long since it last acquired or settled one."""
+
+    member_id: str
+    in_flight: int
+    idle_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class InFlightMessage:
+    """A message a share-group member holds: ``delivery_count`` counts its deliveries
+    (1 on the first); ``idle_ms`` is how long since it was acquired or renewed: its lock
+    expired once that passes the member's ``lock_timeout``."""
+
+    partition: int
+    id: str
+    member_id: str
+    delivery_count: int
+    idle_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShareGroupInfo:
+    """What :meth:`Admin.describe_share_group` returns."""
+
+    topic: str
+    group: str
+    members: tuple[ShareMemberInfo, ...]
+    in_flight: tuple[InFlightMessage, ...]  # held by a member (its lock may have expired)
+    released: int  # released, available to the next member that asks (within the limit)
+    lag: int  # entries not yet delivered to the group, over every partition
