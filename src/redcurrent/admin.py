@@ -252,7 +252,8 @@ class Admin(Lifecycle):
             raise UnknownTopicError(f"unknown topic {name!r}")
         k = self._keys
         groups = [g.decode() if isinstance(g, bytes) else g for g in await client.smembers(k.groups(name))]
-        topic_keys = [k.meta(name), k.groups(name)] + [x for g in groups for x in k.group_keys(name, g)]
+        topic_keys = [k.meta(name), k.groups(name), k.share_groups(name)]
+        topic_keys += [x for g in groups for x in k.group_keys(name, g)]
         await self._call(client.delete(*topic_keys), "delete_topic")  # one slot: {topic}
         # Metadata first, then each partition's marker, then its stream: once the marker
         # is gone no producer writes there, so no acked record outlives the topic.

@@ -105,6 +105,11 @@ class Keys:
     def groups(self, topic: str) -> str:
         return f"{self.namespace}:{{{topic}}}:groups"
 
+    def share_groups(self, topic: str) -> str:
+        """The share groups that ever read ``topic`` (a set), so growth creates them on
+        the new partitions at 0 as it does the consumer groups."""
+        return f"{self.namespace}:{{{topic}}}:share-groups"
+
     def members(self, topic: str, group: str) -> str:
         return f"{self.namespace}:{{{topic}}}:g:{group}:members"
 

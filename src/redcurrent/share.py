@@ -247,7 +247,11 @@ class ShareConsumer(Lifecycle):
             meta = await topics_mod.read_meta(self._client, self._keys, t)
             count = meta.partitions if meta is not None else 0
             self._dle[t] = bool(meta and meta.config.dead_letter_expired)
-            # Partitions born after this member started are read from 0 (docs/architecture.md §10).
+            # Partitions born after this member started are read from 0 (docs/architecture.md §10);
+            # so are those added while no member ran: alter_partitions creates the group on
+            # them at 0, as it knows the share group from this set.
+            if t not in self._born:
+                await self._client.sadd(self._keys.share_groups(t), self.group)
             self._born.setdefault(t, count)
             parts += [TopicPartition(t, p) for p in range(count)]
         new = [tp for tp in parts if tp not in self._cursors]

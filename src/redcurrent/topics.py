@@ -17,7 +17,7 @@ from .errors import (
     TopicExistsError,
     UnknownTopicError,
 )
-from .keys import Keys, validate_name
+from .keys import Keys, share_group_name, validate_name
 from .replies import parse_alter_partitions, parse_create_topic, parse_set_topic_config
 from .structs import TopicConfig
 
@@ -168,8 +168,9 @@ async def alter_partitions(client: Client, keys: Keys, name: str, new_count: int
     if altered.version is not None:
         old = altered.old
         groups = [_text(g) for g in await client.smembers(keys.groups(name))]
-        # Groups on new partitions start at 0, so nothing written before consumers
-        # noticed the growth is skipped (docs/architecture.md §10).
+        groups += [share_group_name(_text(g)) for g in await client.smembers(keys.share_groups(name))]
+        # Groups (consumer and share groups) on new partitions start at 0, so nothing
+        # written before their members noticed the growth is skipped (docs/architecture.md §10).
         await ensure_groups(client, keys, name, range(old, new_count), groups, "0")
         await notify_version(client, keys, name, new_count, altered.version)
         log.info("grew topic %s from %d to %d partitions", name, old, new_count)

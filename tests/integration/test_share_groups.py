@@ -447,6 +447,23 @@ async def test_a_partition_added_while_members_run_is_read_from_its_first_entry(
         await sc.acknowledge(msg)
 
 
+async def test_a_partition_added_while_no_member_runs_is_read_from_its_first_entry(
+        target: Target, admin: Admin, namespace: str) -> None:
+    """A share group that exists (a member ran, then stopped) gets the group on a partition
+    added meanwhile at 0: a member that starts later with start="latest" still reads what
+    was written there before it started (as consumer groups do after growth)."""
+    await admin.create_topic("t", 1)
+    async with share(target, namespace, start="latest"):
+        pass
+    await admin.alter_partitions("t", 2)
+    async with Producer(target.url, namespace=namespace) as producer:
+        meta = await producer.send("t", {"seq": 1}, partition=1)
+    async with share(target, namespace, start="latest") as sc:
+        msg = await next_msg(sc, timeout=10)
+        assert (msg.partition, msg.id) == (1, meta.id)
+        await sc.acknowledge(msg)
+
+
 async def test_stop_from_a_handler_ends_process_and_releases_what_it_held(
         target: Target, admin: Admin, namespace: str) -> None:
     await admin.create_topic("t", 1)
