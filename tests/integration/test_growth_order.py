@@ -162,3 +162,43 @@ async def test_a_group_that_reaches_its_barrier_waits_for_the_slowest_partition(
     order = {m.id: i for i, m in enumerate(seen.handled())}
     assert max(order[m.id] for m in old) < min(order[m.id] for m in new), time.monotonic() - started
     assert await target_client.exists(*(Keys(ns).gate(TOPIC, p, "late") for p in range(4))) == 0
+
+
+async def test_concurrent_sends_keep_each_keys_order_through_the_re_routing(
+    target: Target, target_client: AsyncClient, namespace: str
+) -> None:
+    """Sends in flight, queued and new when the topic grows: refused batches and those
+    waiting behind them are routed again ahead of anything routed since, so each key's
+    records are stored in send order: its records before the barrier (old partition),
+    then those after it (new partition), seqs increasing throughout."""
+    url, ns = target.url, namespace
+    await create_topic(url, ns, TOPIC, 8)
+    keys = [k for k in KEYS if _moves(k, 8, 12)][:10]
+    async with Producer(url, namespace=ns, metadata_max_age=60, linger=0.002) as producer:
+        await producer.send(TOPIC, {"warm": 1}, key=keys[0])
+
+        def burst(first: int) -> list[asyncio.Task[object]]:
+            return [asyncio.ensure_future(producer.send(TOPIC, {"seq": s}, key=k))
+                    for s in range(first, first + 30) for k in keys]
+
+        async with Admin(url, namespace=ns) as admin:
+            await admin.alter_partitions(TOPIC, 12, preserve_key_order=True)
+        sends = burst(0)  # routed with 8 partitions: the first request goes out and is refused
+        await asyncio.sleep(0)
+        sends += burst(30)  # routed with 8 too, waiting behind the batches in flight
+        await eventually(lambda: producer.stats()["rerouted"] >= 1, 5, interval=0.0005)
+        sends += burst(60)  # routed with 12, while the waiting ones are not sent yet
+        await asyncio.gather(*sends)
+        assert producer.stats()["rerouted"] >= 1
+    barrier = await _barrier_ids(target_client, ns, 12)
+    stored: dict[str, list[tuple[bool, tuple[int, int], int]]] = {k: [] for k in keys}
+    for p in range(12):
+        for eid, fields in await target_client.xrange(Keys(ns).stream(TOPIC, p)):
+            key, value = fields[b"k"].decode(), fields[b"v"]
+            if key in stored and b"seq" in value:
+                eid = eid.decode()
+                post = id_key(eid) > id_key(barrier[p])
+                stored[key].append((post, id_key(eid), int(value.split(b":")[1].rstrip(b"}"))))
+    for key, entries in stored.items():
+        seqs = [seq for _, _, seq in sorted(entries)]
+        assert seqs == list(range(90)), (key, seqs)
