@@ -361,6 +361,8 @@ class Coordinator:
 
     async def _check_barrier(self, topic: str) -> bool:
         k, g = self._keys, self._opt.group
+        if not self.state[topic].partitions:
+            return False  # no heartbeat has told us the topic's partitions yet
         # New partitions' barriers are at 0-0 (always drained): the old count suffices.
         calls = [scripts.Call(_DRAINED, [k.stream(topic, p), k.gate(topic, p, g), k.barrier(topic, p)], [g])
                  for p in range(self.state[topic].partitions)]
