@@ -47,6 +47,7 @@ from .errors import (
     ProducerClosedError,
     RedcurrentConnectionError,
     RedcurrentError,
+    StaleRouteError,
     StaleSequenceError,
     UnknownTopicError,
     redact,
@@ -115,6 +116,8 @@ class _Batch:
     cause: str = ""  # why the last attempt failed
     missing: int = 0  # NOTOPIC replies so far
     done: bool = False
+    version: int = 0  # the topic metadata version its records were routed with
+    floor: int = 0  # STALE_ROUTE: the oldest routing version its partition accepts
 
 
 def split_records(blob: bytes) -> list[tuple[bytes, bytes, bytes, bytes, bytes]]:
@@ -203,7 +206,8 @@ class Accumulator:
         self._flush_now = False
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self.stats: dict[str, int] = {"sent": 0, "bytes": 0, "errors": 0, "batches": 0, "retries": 0}
+        self.stats: dict[str, int] = {"sent": 0, "bytes": 0, "errors": 0, "batches": 0, "retries": 0,
+                                      "rerouted": 0}
         self.on_version: Callable[[str, int], None] | None = None  # growth notification
         # A partition had no marker: the producer re-reads the topic and returns its
         # partition count, or raises UnknownTopicError if the topic is gone.
@@ -211,6 +215,12 @@ class Accumulator:
         # (topic, partitions, key bytes or None) -> partition, for records moved off a
         # partition a recreated topic no longer has.
         self.repartition: Callable[[str, int, bytes | None], int] | None = None
+        # topic -> the metadata version records are routed with now (their partition count's)
+        self.route_version: Callable[[str], int] = lambda _topic: 0
+        # A partition refused a batch routed before a growth with preserve_key_order: the
+        # producer reads the topic until it has that version (the int) and returns its
+        # partition count, or raises.
+        self.on_stale: Callable[[str, int], Awaitable[int]] | None = None
 
     @property
     def producer_id(self) -> str:
@@ -265,7 +275,7 @@ class Accumulator:
         while i < n:
             batch = self._open.get(key)
             if batch is None:
-                batch = self._open[key] = _Batch(topic, partition)
+                batch = self._open[key] = _Batch(topic, partition, version=self.route_version(topic))
             base = len(batch.futures)
             start, room = i, max_count - base
             if i == 0 and n <= room and batch.size + (total := sum(sizes)) <= max_bytes:
@@ -296,10 +306,10 @@ class Accumulator:
         key = (topic, partition)
         batch = self._open.get(key)
         if batch is None:
-            batch = self._open[key] = _Batch(topic, partition)
+            batch = self._open[key] = _Batch(topic, partition, version=self.route_version(topic))
         elif batch.size + nbytes > self._opt.batch_bytes and batch.futures:
             self._seal(key, batch)
-            batch = self._open[key] = _Batch(topic, partition)
+            batch = self._open[key] = _Batch(topic, partition, version=self.route_version(topic))
         return batch
 
     def _seal(self, key: tuple[str, int], batch: _Batch) -> None:
@@ -372,12 +382,13 @@ class Accumulator:
         batches: list[_Batch] = []
         later: list[_Batch] = []
         taken = set(self._busy)  # a partition with a batch in flight waits for it
+        oldest = self._oldest_routes()
         for b in self._ready:
             key = (b.topic, b.partition)
-            (later if key in taken else batches).append(b)
+            (later if key in taken or b.version > oldest.get(b.topic, b.version) else batches).append(b)
             taken.add(key)
         for key, b in list(self._open.items()):
-            if key in taken:
+            if key in taken or b.version > oldest.get(b.topic, b.version):
                 continue  # stays open behind the sealed batch of its partition
             batches.append(b)
             del self._open[key]
@@ -387,6 +398,20 @@ class Accumulator:
             b.seq = self._seq.get(key, 0) + 1
             self._seq[key] = b.seq + len(b.futures) - 1
         return batches
+
+    def _oldest_routes(self) -> dict[str, int]:
+        """Per topic, the oldest routing version among batches not yet stored. Only those
+        go out: records routed with a newer partition count wait until every record routed
+        with the older one is stored or re-routed ahead of them, so a key's records keep
+        their order across a growth (docs/architecture.md §10). One pass over batches,
+        never records; all batches share one version except around a metadata change."""
+        oldest: dict[str, int] = {}
+        for group in (self._inflight, self._ready, self._open.values()):
+            for b in group:
+                v = oldest.get(b.topic)
+                if (v is None or b.version < v) and not b.done:
+                    oldest[b.topic] = b.version
+        return oldest
 
     def _calls(self, batches: list[_Batch]) -> list[tuple[scripts.Call, list[_Batch]]]:
         """The produce-script calls for ``batches``, each with the batches it carries.
@@ -414,11 +439,13 @@ class Accumulator:
                 keys.stream(b.topic, b.partition),
                 keys.producer_seq(b.topic, b.partition, pid or "-"),
                 keys.topic_version(b.topic, b.partition),  # the partition's marker
+                keys.barrier(b.topic, b.partition),  # the oldest routing version it accepts
             )
             call_args += (
                 str(maxlen) if maxlen else "",
                 f"{now_ms - retention_ms}-0" if retention_ms else "",
                 b.seq,
+                b.version,
                 b"".join(b.args),
             )
             group.append(b)
@@ -430,6 +457,10 @@ class Accumulator:
 
     async def _send(self, batches: list[_Batch]) -> None:
         missing = await self._deliver(batches)
+        stale = [b for b in missing if b.floor]
+        if stale:
+            await self._reroute_stale(stale)
+        missing = [b for b in missing if not b.floor]
         if missing:
             await self._recover(missing)
 
@@ -438,7 +469,7 @@ class Accumulator:
         delivery_timeout (Kafka's delivery.timeout.ms); each attempt is bounded by
         request_timeout. A retry resends the same producer id and sequence, so Redis
         stores a batch once however many attempts reach it. Returns the batches whose
-        partition had no marker (nothing written)."""
+        partition had no marker or refused their route (``floor`` set): nothing written."""
         opt = self._opt
         pending, missing, attempt = batches, [], 0
         while True:
@@ -447,6 +478,9 @@ class Accumulator:
             retry = []
             for i, (b, result) in enumerate(zip(pending, results, strict=True)):
                 if isinstance(result, PartitionMissingError):
+                    missing.append(b)
+                elif isinstance(result, StaleRouteError):
+                    b.floor = result.floor
                     missing.append(b)
                 elif isinstance(result, StaleSequenceError):
                     self._fail([b], StaleSequenceError(f"produce to {self._where(b)}: {result}"))
@@ -602,6 +636,72 @@ class Accumulator:
                         f"topic has {n} partitions; nothing was written"
                     ))
         self._ready[:0] = requeue  # ahead of anything newer for the same partitions
+
+    async def _reroute_stale(self, stale: list[_Batch]) -> None:
+        """Batches refused as routed before a growth with preserve_key_order (nothing was
+        written): read the topic until its metadata has that growth, then route their
+        records again with the new partition count, together with every batch of the
+        topic still waiting with the old routing, in their order, ahead of anything
+        routed since (docs/architecture.md §10)."""
+        by_topic: dict[str, list[_Batch]] = {}
+        for b in stale:
+            by_topic.setdefault(b.topic, []).append(b)
+        front: list[_Batch] = []
+        refused = set(map(id, stale))
+        for topic, batches in by_topic.items():
+            assert self.on_stale is not None
+            try:
+                async with asyncio.timeout(self._opt.request_timeout):
+                    n = await self.on_stale(topic, max(b.floor for b in batches))
+            except Exception as exc:
+                err = translate(exc, f"produce to topic {topic!r}: re-reading the topic after it grew")
+                self._fail(batches, RedcurrentError(f"{err}; nothing was written"))
+                continue
+            version = self.route_version(topic)
+            # Waiting batches routed the old way follow, unless their partition has a batch
+            # in flight elsewhere: they are re-routed after it, in their turn.
+            busy = {(x.topic, x.partition) for x in self._inflight if not x.done and id(x) not in refused}
+            waiting = [b for b in [*self._ready, *self._open.values()]
+                       if b.topic == topic and b.version < version and (b.topic, b.partition) not in busy]
+            gone = set(map(id, waiting))
+            self._ready = [b for b in self._ready if id(b) not in gone]
+            self._open = {k: b for k, b in self._open.items() if id(b) not in gone}
+            for b in [*batches, *waiting]:
+                front += self._split(b, n, version)
+            self.stats["rerouted"] += len(batches) + len(waiting)
+            log.info("topic %s grew to %d partitions with preserve_key_order: re-routed %d batch(es)",
+                     topic, n, len(batches) + len(waiting))
+        self._ready[:0] = front
+
+    def _split(self, b: _Batch, n: int, version: int) -> list[_Batch]:
+        """Route ``b``'s records again with ``n`` partitions into new batches (keyless and
+        pinned records keep their partition), its futures completing with theirs."""
+        assert self.repartition is not None
+        pinned = set(b.pinned)
+        out: dict[int, _Batch] = {}
+        moved: list[asyncio.Future[RecordMetadata]] = []
+        for i, (header, kb, data, hb, expiry) in enumerate(split_records(b"".join(b.args))):
+            q = self.repartition(b.topic, n, kb) if header[0] and i not in pinned else b.partition
+            nb = out.get(q)
+            if nb is None:
+                nb = out[q] = _Batch(b.topic, q, version=version, created=b.created)
+            fut: asyncio.Future[RecordMetadata] = self._loop.create_future()
+            if i in pinned:
+                nb.pinned.append(len(nb.futures))
+            nb.futures.append(fut)
+            nb.args += (header, kb, data + hb + expiry)
+            nb.size += len(kb) + len(data) + len(hb)
+            moved.append(fut)
+        for old, new in zip(b.futures, moved, strict=True):
+            if old is not None:
+                _chain(new, old)
+        for w in b.waiters:
+            if w.count:
+                _gather_into(moved[w.start : w.start + w.count], w.future)
+            elif not w.future.done():
+                w.future.set_result([])
+        b.done = True  # its records now belong to the new batches (same outstanding count)
+        return list(out.values())
 
     def _reroute(self, b: _Batch, n: int) -> None:
         """Move a batch's records off a partition the (recreated) topic no longer has."""

@@ -237,10 +237,24 @@ class Admin(Lifecycle):
         exists = await self._call(pipe.execute(), "list_topics")
         return [n for n, e in zip(names, exists, strict=True) if e]
 
-    async def alter_partitions(self, name: str, new_count: int) -> TopicInfo:
-        """Grow ``name`` to ``new_count`` partitions (never shrinks: InvalidPartitionsError)."""
+    async def alter_partitions(self, name: str, new_count: int, *, preserve_key_order: bool = False) -> TopicInfo:
+        """Grow ``name`` to ``new_count`` partitions (never shrinks: InvalidPartitionsError).
+
+        Keys remap (``murmur3(key) % new_count``), between old partitions too. With
+        ``preserve_key_order=True`` the growth is a drain barrier: no group handles an
+        entry written after it, in any partition, until it has handled every entry
+        written before it, in every partition; producers still routing with the old
+        count are refused and re-route (docs/architecture.md §10). The price is a pause
+        while each group drains what it had not handled yet::
+
+            await admin.alter_partitions("orders", 12, preserve_key_order=True)
+        """
+        check_bool(preserve_key_order, "preserve_key_order")
         client = await self._client()
-        await self._call(topics.alter_partitions(client, self._keys, name, new_count), "alter_partitions")
+        await self._call(
+            topics.alter_partitions(client, self._keys, name, new_count, preserve_key_order=preserve_key_order),
+            "alter_partitions",
+        )
         return await self.describe_topic(name)
 
     async def delete_topic(self, name: str) -> None:
@@ -339,6 +353,7 @@ class Admin(Lifecycle):
             else:
                 pipe.delete(k.owner(topic, p, group))
             pipe.execute_command("XGROUP", "DESTROY", k.stream(topic, p), group)
+            pipe.delete(k.gate(topic, p, group))
         await self._call(pipe.execute(raise_on_error=False), "delete_group")
         await self._call(client.delete(*k.group_keys(topic, group)), "delete_group")
         await client.srem(k.groups(topic), group)

@@ -35,7 +35,7 @@ from .errors import (
 )
 from .fetcher import RETRY_MAX_S, FetchContext, PartitionFetcher
 from .protocols import Listener
-from .replies import Scalar, StatusReply, parse_claim, parse_heartbeat, parse_refresh
+from .replies import Scalar, StatusReply, parse_claim, parse_drained, parse_heartbeat, parse_refresh
 from .structs import TopicPartition
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 _HEARTBEAT = scripts.script("heartbeat")
 _CLAIM = scripts.script("claim")
 _REFRESH = scripts.script("refresh")
+_DRAINED = scripts.script("drained")
 LEASE_FRACTION = 0.9  # the local lease ends a little before the owner key expires
 
 
@@ -107,6 +108,8 @@ class Coordinator:
         self._on_error = on_error
         self.errors: list[BaseException] = []
         self._last_beat_at = 0.0  # monotonic time of the last heartbeat that got a reply
+        self._barrier_checks: dict[str, asyncio.Future[bool]] = {}
+        ctx.barrier_open = self.barrier_open
 
     # -- lifecycle --
     async def start(self) -> None:
@@ -298,7 +301,7 @@ class Coordinator:
         return ok
 
     async def _reclaim(self, tp: TopicPartition, f: PartitionFetcher) -> bool:
-        reply = await scripts.run(self._client, _CLAIM, [f.stream, f.owner], self._claim_args(tp))
+        reply = await scripts.run(self._client, _CLAIM, self._claim_keys(tp), self._claim_args(tp))
         try:
             parse_claim(reply, tp)
         except PartitionBusyError:
@@ -341,6 +344,34 @@ class Coordinator:
         if gained:
             await self._claim(gained)
 
+    def _claim_keys(self, tp: TopicPartition) -> list[str]:
+        k, t, p, g = self._keys, tp.topic, tp.partition, self._opt.group
+        return [k.stream(t, p), k.owner(t, p, g), k.barrier(t, p), k.gate(t, p, g)]
+
+    # -- a growth's drain barrier (docs/architecture.md §10) --
+    async def barrier_open(self, topic: str) -> bool:
+        """True when our group has drained every partition of ``topic`` up to its growth
+        barrier (or it has none): read-only, one ``drained`` script per partition on its
+        own slot (one round trip per node). Partition fetchers that ask at once share one
+        check. Lifting is each owner's own fenced fetch."""
+        check = self._barrier_checks.get(topic)
+        if check is None or check.done():
+            check = self._barrier_checks[topic] = asyncio.ensure_future(self._check_barrier(topic))
+        return await asyncio.shield(check)
+
+    async def _check_barrier(self, topic: str) -> bool:
+        k, g = self._keys, self._opt.group
+        if not self.state[topic].partitions:
+            return False  # no heartbeat has told us the topic's partitions yet
+        # New partitions' barriers are at 0-0 (always drained): the old count suffices.
+        calls = [scripts.Call(_DRAINED, [k.stream(topic, p), k.gate(topic, p, g), k.barrier(topic, p)], [g])
+                 for p in range(self.state[topic].partitions)]
+        replies = await scripts.execute_calls(self._client, calls)
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return all(parse_drained(r) for r in replies)
+
     def _claim_args(self, tp: TopicPartition) -> list[str | int]:
         st = self.state[tp.topic]
         # "latest" is where the group stood when it was created; a topic created after
@@ -352,11 +383,7 @@ class Coordinator:
 
     async def _claim(self, gained: list[TopicPartition]) -> None:
         k, g = self._keys, self._opt.group
-        calls = [
-            scripts.Call(_CLAIM, [k.stream(tp.topic, tp.partition), k.owner(tp.topic, tp.partition, g)],
-                         self._claim_args(tp))
-            for tp in gained
-        ]
+        calls = [scripts.Call(_CLAIM, self._claim_keys(tp), self._claim_args(tp)) for tp in gained]
         replies = await scripts.execute_calls(self._client, calls)
         claimed: list[TopicPartition] = []
         busy_ms: list[int] = []
@@ -369,7 +396,7 @@ class Coordinator:
                 busy_ms.append(exc.retry_ms)
                 continue
             f = PartitionFetcher(self._ctx, tp, k.stream(tp.topic, tp.partition),
-                                 k.owner(tp.topic, tp.partition, g))
+                                 k.owner(tp.topic, tp.partition, g), k.gate(tp.topic, tp.partition, g))
             if tp in self.paused:
                 f.pause()
             # XAUTOCLAIM (Redis 7+) reported pending entries that were trimmed away and

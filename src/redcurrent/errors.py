@@ -25,6 +25,7 @@ redis-py exceptions are translated into it in exactly one place
      ├── IllegalStateError (also RuntimeError) a call that does not fit the object's state
      ├── ProducerClosedError                   the producer was closed
      ├── StaleSequenceError                    a batch older than the partition's last: not written
+     ├── StaleRouteError                       routed with the partition count before a growth: re-route
      ├── RequeueError                          some dead letters could not be requeued (.moved, .failed)
      ├── NotEnoughReplicasError (retriable)    the primary stored it; too few replicas confirmed
      └── RedcurrentConnectionError (retriable) Redis is unreachable or timed out
@@ -36,7 +37,7 @@ convention). Messages never contain credentials: :func:`redact` scrubs URLs.
 
 The subclasses a script's status maps to (``FencedInstanceError``, ``PartitionBusyError``,
 ``LeaseExpiredError``, ``GroupMissingError``, ``PartitionMissingError``,
-``StaleSequenceError``; see :mod:`redcurrent.replies`) are how the library acts on a
+``StaleSequenceError``, ``StaleRouteError``; see :mod:`redcurrent.replies`) are how the library acts on a
 reply; they are not exported: user code meets them, if at all, as their exported bases.
 """
 
@@ -56,6 +57,7 @@ __all__ = [
     "LeaseExpiredError",
     "PartitionBusyError",
     "PartitionMissingError",
+    "StaleRouteError",
     "StaleSequenceError",
     "GroupError",
     "IllegalStateError",
@@ -182,6 +184,16 @@ class PartitionMissingError(TopicError):
 class StaleSequenceError(RedcurrentError):
     """A produce batch's sequence is older than the partition's last for this producer
     id: nothing was written."""
+
+
+class StaleRouteError(RedcurrentError):
+    """A produce batch was routed with a topic version older than the partition's barrier
+    (a growth with ``preserve_key_order`` since): nothing was written; the producer reads
+    the topic again and routes the records with the new partition count."""
+
+    def __init__(self, message: str, floor: int) -> None:
+        super().__init__(message)
+        self.floor = floor  # the oldest routing version the partition accepts
 
 
 class ConsumerStoppedError(RedcurrentError):

@@ -33,7 +33,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, ResponseError, WatchError
@@ -46,6 +46,7 @@ from .protocols import Deserializer, Dispatcher
 from .replies import (
     Fetched,
     FetchReply,
+    Gated,
     StatusReply,
     StreamEntry,
     parse_fetch,
@@ -82,6 +83,7 @@ WATCHED_MIN = 250
 WATCHED_MIN_62 = 100
 RETRY_MAX_S = 1.0  # the longest wait before retrying a consume-path Redis call
 POLL_S = 0.1  # idle poll period on a cluster when every blocking-wait slot is taken
+BARRIER_POLL_S = 0.02  # how soon a partition stopped at a growth's barrier looks again
 _FETCH = scripts.script("fetch")
 _RELEASE = scripts.script("release")
 _NACK = scripts.script("nack")
@@ -149,16 +151,21 @@ class FetchContext:
     wait_slots: asyncio.Semaphore | None = None  # per-partition blocking reads (cluster)
     dispatcher: Dispatcher | None = None
     dispatcher_set: asyncio.Event = field(default_factory=asyncio.Event)
+    # topic -> has the group drained every partition up to its growth barrier? (the
+    # coordinator's per-partition reads, docs/architecture.md §10)
+    barrier_open: Callable[[str], Awaitable[bool]] | None = None
 
 
 class PartitionFetcher:
     """Fetches and dispatches one partition (private to the consumer)."""
 
-    def __init__(self, ctx: FetchContext, tp: TopicPartition, stream: str, owner: str) -> None:
+    def __init__(self, ctx: FetchContext, tp: TopicPartition, stream: str, owner: str, gate: str) -> None:
         self.ctx = ctx
         self.tp = tp
         self.stream = stream
         self.owner = owner
+        self.gate = gate  # the group's gate key on this partition (a growth's drain barrier)
+        self._lift = ""  # the barrier id the next fetch lifts: every partition is drained up to its own
         self.acks: list[str] = []  # finished, to ack with the next fetch or at release
         self.held: dict[str, int] = {}  # read, not finished: entry id -> invocations so far
         self.manually_acked: set[str] = set()  # acked by the user inside a handler
@@ -549,6 +556,11 @@ class PartitionFetcher:
             # from our own pending list.
             c.credits.give(want)
             return
+        if isinstance(reply, Gated):
+            c.credits.give(want)
+            await self._at_barrier(reply)
+            return
+        self._lift = ""
         n = len(reply.entries)
         c.credits.give(want - n)
         self._bulk = n == want
@@ -572,6 +584,19 @@ class PartitionFetcher:
         except TimeoutError:
             pass
         self._idle_at = None
+
+    async def _at_barrier(self, gated: Gated) -> None:
+        """Nothing up to the growth's barrier id is left to hand out here. Once every
+        partition of the topic is drained up to its own barrier (read on each partition's
+        slot), the next fetch lifts our gate, fenced by the owner check; till then, look
+        again shortly (docs/architecture.md §10)."""
+        c = self.ctx
+        if gated.drained and c.barrier_open is not None:
+            check = c.barrier_open
+            if await self.call("barrier check", lambda: check(self.tp.topic)):
+                self._lift = gated.gate
+                return
+        await asyncio.sleep(BARRIER_POLL_S)
 
     def _fetch_failed(self) -> None:
         self.ctx.stats.fetch_errors += 1
@@ -599,7 +624,7 @@ class PartitionFetcher:
             raise
         parse_fetch_ack(reply, self.tp)
 
-    async def _fetch(self, count: int) -> Fetched | None:
+    async def _fetch(self, count: int) -> Fetched | Gated | None:
         acks, self.acks = self.acks, []
         gen = self.generation
         try:
@@ -630,8 +655,8 @@ class PartitionFetcher:
             return await self._fetch_watched(count, acks)
         restore = "1" if self._restore and read_id != ">" else "0"
         reply: FetchReply = await scripts.run(
-            c.client, _FETCH, [self.stream, self.owner],
-            [c.token, c.group, c.consumer, count, read_id, restore, ",".join(acks)],
+            c.client, _FETCH, [self.stream, self.owner, self.gate],
+            [c.token, c.group, c.consumer, count, read_id, restore, ",".join(acks), self._lift],
         )
         return reply
 
@@ -644,19 +669,23 @@ class PartitionFetcher:
         every entry through Lua, which cost 3.9 us a message of server time on Valkey
         9.1 and 6.3 us on Redis 6.2, against 1.8-2.1 us this way. It costs two more
         round trips, so only large reads of a backlog take it (``watched_min``).
-        Same reply shape as the script."""
+        Same reply shape as the script. The gate key is watched and read with the owner
+        key: while a growth's barrier is closed, the script reads (it stops at the barrier)."""
         c = self.ctx
         token = c.token.encode()
         pipe = Pipeline(c.client.connection_pool, {}, True, None)  # type: ignore[union-attr]  # no response callbacks: raw replies
         try:
             for _ in range(_WATCH_TRIES):
-                await pipe.watch(self.owner)
-                if await pipe.execute_command("GET", self.owner) != token:
+                await pipe.watch(self.owner, self.gate)
+                owner, gate = cast("list[bytes | None]", await pipe.execute_command("MGET", self.owner, self.gate))
+                if owner != token:
                     return [b"FENCED"]
+                if gate is not None:
+                    break  # a growth's barrier is closed: the script reads up to it
                 pipe.multi()  # type: ignore[no-untyped-call]
                 if acks:
-                    pipe.execute_command("EVALSHA", _FETCH.sha, 2, self.stream, self.owner, c.token, c.group,
-                                         c.consumer, 0, ">", "0", ",".join(acks))
+                    pipe.execute_command("EVALSHA", _FETCH.sha, 3, self.stream, self.owner, self.gate, c.token,
+                                         c.group, c.consumer, 0, ">", "0", ",".join(acks))
                 pipe.execute_command("XREADGROUP", "GROUP", c.group, c.consumer, "COUNT", count,
                                      "STREAMS", self.stream, ">")
                 pipe.execute_command("XREVRANGE", self.stream, "+", "-", "COUNT", 1)
@@ -665,9 +694,10 @@ class PartitionFetcher:
                 except WatchError:
                     continue  # the key was touched (our own lease refresh, or a takeover): look again
                 return await self._watched_reply(replies, acks)
-            reply: FetchReply = await scripts.run(  # busy key: the script needs no WATCH
-                c.client, _FETCH, [self.stream, self.owner],
-                [c.token, c.group, c.consumer, count, ">", "0", ",".join(acks)],
+            await pipe.reset()  # type: ignore[no-untyped-call]
+            reply: FetchReply = await scripts.run(  # busy key, or a barrier: the script needs no WATCH
+                c.client, _FETCH, [self.stream, self.owner, self.gate],
+                [c.token, c.group, c.consumer, count, ">", "0", ",".join(acks), self._lift],
             )
             return reply
         except BaseException:
@@ -680,7 +710,7 @@ class PartitionFetcher:
     async def _watched_reply(self, replies: list[Any], acks: list[str]) -> FetchReply:
         read, newest = replies[-2], replies[-1]
         if acks and isinstance(replies[0], NoScriptError):
-            await scripts.run(self.ctx.client, _FETCH, [self.stream, self.owner],  # loads it, then acks
+            await scripts.run(self.ctx.client, _FETCH, [self.stream, self.owner, self.gate],  # loads it, then acks
                               [self.ctx.token, self.ctx.group, self.ctx.consumer, 0, ">", "0", ",".join(acks)])
         elif acks and isinstance(replies[0], Exception):
             raise replies[0]

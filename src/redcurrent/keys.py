@@ -23,6 +23,11 @@ Key map (``ns`` is the namespace, default ``rc``; ``{…}`` is a Redis Cluster h
                                              topic has partition P (the produce script writes
                                              nothing without it); holds the metadata version
                                              as this partition last heard it (growth notification)
+    ns:{T:P}:barrier                  hash   the last growth with preserve_key_order: version (the
+                                             oldest routing version produce accepts) and id (the
+                                             stream's last entry id at that growth)
+    ns:{T:P}:gate:G                   string barrier id group G must drain up to before reading
+                                             past it; deleted when G lifts it (docs/architecture.md §10)
 
 Topic-level and coordination keys share the tag ``{T}``; partition-level keys share the
 tag ``{T:P}``. No script and no MULTI touches two tags, so everything runs unchanged
@@ -154,6 +159,12 @@ class Keys:
 
     def topic_version(self, topic: str, partition: int) -> str:
         return f"{self.namespace}:{{{topic}:{partition}}}:version"
+
+    def barrier(self, topic: str, partition: int) -> str:
+        return f"{self.namespace}:{{{topic}:{partition}}}:barrier"
+
+    def gate(self, topic: str, partition: int, group: str) -> str:
+        return f"{self.namespace}:{{{topic}:{partition}}}:gate:{group}"
 
     def doorbell(self, instance_id: str) -> str:
         """A consumer instance's private wake-up stream for its idle wait (single server only)."""

@@ -100,6 +100,7 @@ PRODUCER_COUNTERS: Mapping[str, str] = {
     "errors": "Records whose send failed.",
     "batches": "Partition batches written (one script call each).",
     "retries": "Batches resent after a retriable error.",
+    "rerouted": "Batches refused as routed before a growth with preserve_key_order, routed again.",
 }
 _NAME_SAFE = re.compile(r"[^a-zA-Z0-9_]")
 

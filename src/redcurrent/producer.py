@@ -158,6 +158,8 @@ class Producer(Lifecycle):
             self._acc.on_version = self._version_seen
             self._acc.on_missing = self._topic_missing
             self._acc.repartition = self._repartition
+            self._acc.route_version = self._route_version
+            self._acc.on_stale = self._route_refused
             self._acc.start()
             self._refresher = asyncio.create_task(self._refresh_loop(), name="redcurrent-metadata")
 
@@ -412,7 +414,8 @@ class Producer(Lifecycle):
 
     def stats(self) -> dict[str, int]:
         """Counters: sent (records stored), bytes, errors (records failed), batches, retries."""
-        return dict(self._acc.stats) if self._acc else {"sent": 0, "bytes": 0, "errors": 0, "batches": 0, "retries": 0}
+        return dict(self._acc.stats) if self._acc else {"sent": 0, "bytes": 0, "errors": 0, "batches": 0, "retries": 0,
+                                                          "rerouted": 0}
 
     async def partitions_for(self, topic: str) -> int:
         """The partition count this producer uses for ``topic`` (auto-creating it if allowed)."""
@@ -568,6 +571,30 @@ class Producer(Lifecycle):
         self._remember(meta)
         await topics.repair_markers(client, keys, meta)
         return meta.partitions
+
+    def _route_version(self, topic: str) -> int:
+        """The metadata version records of ``topic`` are routed with now."""
+        meta = self._meta.get(topic)
+        return meta.version if meta is not None else 0
+
+    async def _route_refused(self, topic: str, floor: int) -> int:
+        """A partition refused a batch routed before a growth with preserve_key_order
+        (its barrier's version is ``floor``): read the topic until the metadata has that
+        growth and return the partition count to route with. The growth closes every
+        partition before it bumps the metadata, so for a moment the metadata may still
+        be older: read it again, briefly (docs/architecture.md §10)."""
+        assert self._conn is not None
+        delay = 0.005
+        while True:
+            meta = await topics.read_meta(self._conn.client, self._opt.keys, topic)
+            if meta is None:
+                self._forget(topic)
+                raise UnknownTopicError(self._gone(topic))
+            self._remember(meta)
+            if meta.version >= floor:
+                return meta.partitions
+            await asyncio.sleep(delay)
+            delay = min(0.1, delay * 2)
 
     def _forget(self, topic: str) -> None:
         """The topic vanished: the next send looks it up again (and never recreates it)."""

@@ -14,6 +14,7 @@ status that refuses is a typed error from :mod:`redcurrent.errors`:
 ``NOGROUP``         :class:`GroupMissingError`
 ``NOTOPIC``         :class:`PartitionMissingError`
 ``STALE``           :class:`StaleSequenceError`
+``STALE_ROUTE``     :class:`StaleRouteError` (refresh the metadata, re-route the records)
 ``UNKNOWN[_TOPIC]`` :class:`UnknownTopicError`
 ``SHRINK``          :class:`InvalidPartitionsError`
 ==================  ===========================================================
@@ -39,6 +40,7 @@ from .errors import (
     PartitionBusyError,
     PartitionMissingError,
     RedcurrentError,
+    StaleRouteError,
     StaleSequenceError,
     UnknownTopicError,
 )
@@ -48,13 +50,16 @@ __all__ = [
     "Assignment",
     "Claimed",
     "Fetched",
+    "Gated",
     "PartitionsAltered",
     "Produced",
     "Requeued",
     "TopicCreated",
     "parse_alter_partitions",
+    "parse_barrier",
     "parse_claim",
     "parse_create_topic",
+    "parse_drained",
     "parse_fetch",
     "parse_fetch_ack",
     "parse_heartbeat",
@@ -125,6 +130,10 @@ def parse_produce(reply: Sequence[Sequence[Scalar]], batches: int) -> list[Produ
         elif status == b"STALE":
             out.append(StaleSequenceError(
                 f"stale producer sequence (the partition's last is {int(r[1])}); nothing was written"))
+        elif status == b"STALE_ROUTE":
+            out.append(StaleRouteError(
+                f"routed with a topic version older than {int(r[1])} (the topic grew with "
+                "preserve_key_order since); nothing was written", int(r[1])))
         else:
             out.append(_unexpected("produce", r))
     return out
@@ -141,12 +150,21 @@ class Fetched(NamedTuple):
     counts: list[int]  # delivery counts of a re-read of my pending list; [] for ">"
 
 
-def parse_fetch(reply: FetchReply, tp: TopicPartition) -> Fetched:
+class Gated(NamedTuple):
+    """A ``>`` fetch stopped at a growth's drain barrier (docs/architecture.md §10)."""
+
+    gate: str  # the barrier id: nothing after it is handed out until the gate is lifted
+    drained: bool  # nothing at or below it is pending either: this partition is drained
+
+
+def parse_fetch(reply: FetchReply, tp: TopicPartition) -> Fetched | Gated:
     """The ``fetch`` script's reply (or the watched fetch's, which has its shape).
-    FENCED: FencedError; NOGROUP: GroupMissingError."""
+    FENCED: FencedError; NOGROUP: GroupMissingError; BARRIER: :class:`Gated`."""
     status = reply[0]
     if status == _OK:
         return _tuple_new(Fetched, (reply[1], reply[2], reply[3]))
+    if status == b"BARRIER":
+        return Gated(_text(reply[1]), cast("object", reply[2]) == 1)
     if status == _FENCED:
         raise FencedError(f"{tp} fenced")
     if status == b"NOGROUP":
@@ -302,6 +320,28 @@ def parse_alter_partitions(reply: Sequence[Scalar], topic: str, new_count: int) 
     if status == b"UNKNOWN":
         raise UnknownTopicError(f"unknown topic {topic!r}")
     raise _unexpected("alter_partitions", reply)
+
+
+def parse_barrier(reply: Sequence[Scalar], topic: str, partition: int) -> str:
+    """The ``barrier`` script's reply: the partition's barrier id. NOTOPIC:
+    UnknownTopicError (the partition's marker is gone: the topic was deleted meanwhile)."""
+    status = reply[0]
+    if status == _OK:
+        return _text(reply[1])
+    if status == b"NOTOPIC":
+        raise UnknownTopicError(f"topic {topic!r} lost partition {partition} while growing (deleted?)")
+    raise _unexpected("barrier", reply)
+
+
+def parse_drained(reply: Sequence[Scalar]) -> bool:
+    """The ``drained`` script's reply: True when the group may pass this partition's
+    barrier (no gate, or drained up to it), False while it must wait."""
+    status = reply[0]
+    if status == b"OPEN" or status == b"DRAINED":
+        return True
+    if status == b"WAIT":
+        return False
+    raise _unexpected("drained", reply)
 
 
 def parse_set_topic_config(reply: Sequence[Scalar], topic: str) -> int:

@@ -18,7 +18,12 @@ from .errors import (
     UnknownTopicError,
 )
 from .keys import Keys, share_group_name, validate_name
-from .replies import parse_alter_partitions, parse_create_topic, parse_set_topic_config
+from .replies import (
+    parse_alter_partitions,
+    parse_barrier,
+    parse_create_topic,
+    parse_set_topic_config,
+)
 from .structs import TopicConfig
 
 __all__ = [
@@ -149,16 +154,29 @@ async def set_config(client: Client, keys: Keys, name: str, changes: Mapping[str
     return meta
 
 
-async def alter_partitions(client: Client, keys: Keys, name: str, new_count: int) -> TopicMeta:
-    """Grow the topic to ``new_count`` partitions and create every known group on the new ones."""
+async def alter_partitions(
+    client: Client, keys: Keys, name: str, new_count: int, *, preserve_key_order: bool = False
+) -> TopicMeta:
+    """Grow the topic to ``new_count`` partitions and create every known group on the new ones.
+
+    ``preserve_key_order``: close every partition behind a drain barrier first
+    (docs/architecture.md §10), so no group reads what is written after the growth
+    before it has handled everything written before it, in every partition."""
     validate_name(name)
     check_partitions(new_count)
     before = await read_meta(client, keys, name)
     if before is None:
         raise UnknownTopicError(f"unknown topic {name!r}")
     added = range(before.partitions, new_count)
-    # Markers of the new partitions before the metadata names them (see create_topic).
-    await set_markers(client, keys, name, added, before.version + 1)
+    barrier = preserve_key_order and new_count > before.partitions
+    groups = [_text(g) for g in await client.smembers(keys.groups(name))] if barrier else []
+    # Markers of the new partitions before the metadata names them (see create_topic);
+    # with a barrier, every partition is closed before any producer can route with the
+    # new count: an entry it writes then is after every partition's barrier id.
+    if barrier:
+        await close_partitions(client, keys, name, before.partitions, new_count, before.version + 1, groups)
+    else:
+        await set_markers(client, keys, name, added, before.version + 1)
     reply = await scripts.run(client, scripts.script("alter_partitions"), [keys.meta(name)], [new_count])
     try:
         altered = parse_alter_partitions(reply, name, new_count)
@@ -167,17 +185,40 @@ async def alter_partitions(client: Client, keys: Keys, name: str, new_count: int
         raise
     if altered.version is not None:
         old = altered.old
-        groups = [_text(g) for g in await client.smembers(keys.groups(name))]
+        if not barrier:
+            groups = [_text(g) for g in await client.smembers(keys.groups(name))]
         groups += [share_group_name(_text(g)) for g in await client.smembers(keys.share_groups(name))]
         # Groups (consumer and share groups) on new partitions start at 0, so nothing
         # written before their members noticed the growth is skipped (docs/architecture.md §10).
         await ensure_groups(client, keys, name, range(old, new_count), groups, "0")
         await notify_version(client, keys, name, new_count, altered.version)
-        log.info("grew topic %s from %d to %d partitions", name, old, new_count)
+        log.info("grew topic %s from %d to %d partitions%s", name, old, new_count,
+                 " behind a drain barrier" if barrier else "")
     meta = await read_meta(client, keys, name)
     if meta is None:
         raise UnknownTopicError(f"unknown topic {name!r}")
     return meta
+
+
+async def close_partitions(
+    client: Client, keys: Keys, name: str, old: int, new: int, version: int, groups: Sequence[str]
+) -> None:
+    """The drain barrier of a growth from ``old`` to ``new`` partitions: one ``barrier``
+    script per partition, in its own slot (one round trip per node). Existing partitions
+    first: their marker takes ``version`` (produce then refuses batches routed before it)
+    and their last entry id becomes the barrier id of every group's gate; then the new
+    ones (created, barrier id 0-0), before the metadata names them."""
+    script = scripts.script("barrier")
+    for parts, mode in ((range(old), "xx"), (range(old, new), "")):
+        calls = [
+            scripts.Call(script, [keys.stream(name, p), keys.topic_version(name, p), keys.barrier(name, p),
+                                  *(keys.gate(name, p, g) for g in groups)], [version, mode])
+            for p in parts
+        ]
+        for p, reply in zip(parts, await scripts.execute_calls(client, calls), strict=True):
+            if isinstance(reply, BaseException):
+                raise reply
+            parse_barrier(reply, name, p)
 
 
 async def set_markers(client: Client, keys: Keys, topic: str, partitions: Sequence[int], version: int) -> None:

@@ -177,6 +177,26 @@ async def grow(tmp: Path, binary: str, full: bool) -> Report:
         return report
 
 
+async def grow_ordered(tmp: Path, binary: str, full: bool, **kw: Any) -> Report:
+    """Grow 8 to 12 partitions mid-run with preserve_key_order: the order check is keyed
+    by the key alone, across the growth (docs/architecture.md §10). ``pause_s``: from the
+    growth to the first entry handled that was written after it."""
+    name = "cluster-grow-ordered" if kw.get("cluster") else "grow-ordered"
+    async with _run(tmp, binary, name, full, **kw) as run:
+        await _after_start(run, 1.5)
+        t = time.monotonic_ns()
+        async with Admin(run.url, namespace=NS) as admin:
+            await admin.alter_partitions(TOPIC, 12, preserve_key_order=True)
+        grown_ms = time.time_ns() // 1_000_000
+        new = set(range(8, 12))
+        await _wait_resumed(run, t, new, None, 10)
+        report = await run.finish(new_partitions_s=run.resumed_after(t, new), limit_s=5.0)
+        later = [e.t_ns for e in run.events() if e.event == "handled" and e.entry_id
+                 and int(e.entry_id.split("-")[0]) > grown_ms]
+        report.extra["pause_s"] = (min(later) - t) / 1e9 if later else None
+        return report
+
+
 async def redis_restart(tmp: Path, binary: str, full: bool, fsync: str = "everysec") -> Report:
     """SIGKILL redis-server, restart it with AOF after 0.5 s (3 times in full)."""
     async with _run(
@@ -264,6 +284,7 @@ SCENARIOS: dict[str, Scenario] = {
     "SIGSTOP 0.5 S (GC pause)": gc_pause,
     "rolling restart": rolling_restart,
     "grow 8 -> 12 partitions": grow,
+    "grow 8 -> 12, preserve_key_order": grow_ordered,
     "redis-server SIGKILL + AOF everysec": lambda t, b, f: redis_restart(t, b, f, "everysec"),
     "redis-server SIGKILL + AOF always": lambda t, b, f: redis_restart(t, b, f, "always"),
     "redis-server SIGSTOP 2 s": redis_pause,
@@ -425,4 +446,5 @@ CLUSTER_SCENARIOS: dict[str, Scenario] = {
     "cluster: coordinator slot moved": lambda t, b, f: cluster_slot_move(t, b, f, "coordinator"),
     "cluster: SIGKILL a consumer": lambda t, b, f: sigkill(t, b, f, cluster=True),
     "cluster: SIGSTOP 2.7 S (zombie)": lambda t, b, f: zombie(t, b, f, cluster=True),
+    "cluster: grow 8 -> 12, preserve_key_order": lambda t, b, f: grow_ordered(t, b, f, cluster=True),
 }

@@ -120,6 +120,8 @@ def test_topics_create_list_describe_alter_delete(rc: Run, rcj: Callable[..., An
 
     altered = rcj("topics", "alter", "orders", "--partitions", "6")
     assert (altered["partitions"], altered["previous_partitions"]) == (6, 4)
+    ordered = rcj("topics", "alter", "orders", "--partitions", "8", "--preserve-key-order")
+    assert (ordered["partitions"], ordered["previous_partitions"]) == (8, 6)
     configured = rcj("topics", "alter", "orders", "--config", "maxlen=none", "-c", "ttl=30",
                      "-c", "dead_letter_expired=true")
     assert configured["config"] == {"maxlen": None, "retention_ms": 60000, "ttl_ms": 30000,

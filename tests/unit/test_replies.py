@@ -18,6 +18,7 @@ from redcurrent.errors import (
     PartitionBusyError,
     PartitionMissingError,
     RedcurrentError,
+    StaleRouteError,
     StaleSequenceError,
     UnknownTopicError,
 )
@@ -25,13 +26,16 @@ from redcurrent.replies import (
     Assignment,
     Claimed,
     Fetched,
+    Gated,
     PartitionsAltered,
     Produced,
     Requeued,
     TopicCreated,
     parse_alter_partitions,
+    parse_barrier,
     parse_claim,
     parse_create_topic,
+    parse_drained,
     parse_fetch,
     parse_fetch_ack,
     parse_heartbeat,
@@ -60,6 +64,26 @@ def test_produce_gives_one_result_per_batch_and_refusals_as_values() -> None:
     assert dup == Produced(b"1-2", 3, True)
     assert isinstance(stale, StaleSequenceError) and "7" in str(stale)
     assert isinstance(notopic, PartitionMissingError)
+
+
+def test_produce_refuses_a_stale_route_with_the_barriers_version() -> None:
+    [refused] = parse_produce([[b"STALE_ROUTE", 5, b"5"]], 1)
+    assert isinstance(refused, StaleRouteError) and refused.floor == 5
+
+
+def test_fetch_stopped_at_a_growth_barrier() -> None:
+    assert parse_fetch([b"BARRIER", b"7-1", 1], TP) == Gated("7-1", True)
+    assert parse_fetch([b"BARRIER", b"0-0", 0], TP) == Gated("0-0", False)
+
+
+def test_barrier_and_drained() -> None:
+    assert parse_barrier([b"OK", b"9-0"], "orders", 3) == "9-0"
+    with pytest.raises(UnknownTopicError):
+        parse_barrier([b"NOTOPIC"], "orders", 3)
+    assert parse_drained([b"OPEN"]) and parse_drained([b"DRAINED", b"9-0"])
+    assert not parse_drained([b"WAIT", b"9-0"]) and not parse_drained([b"WAIT"])
+    with pytest.raises(RedcurrentError, match="drained"):
+        parse_drained([b"HUH"])
 
 
 def test_produce_reply_of_the_wrong_size_is_an_error() -> None:

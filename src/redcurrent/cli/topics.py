@@ -146,11 +146,17 @@ def describe(env: Env, name: str) -> None:
     help="Change a setting: maxlen, retention_ms, ttl (seconds) or dead_letter_expired "
     "(true/false); VALUE 'none' removes it. Repeatable.",
 )
+@click.option(
+    "--preserve-key-order", is_flag=True,
+    help="Grow behind a drain barrier: each group handles everything written before the growth "
+    "before anything written after it (a pause while groups catch up).",
+)
 @json_option
 @pass_env
-def alter(env: Env, name: str, partitions: int | None, settings: tuple[str, ...]) -> None:
-    """Grow topic NAME to --partitions partitions (keys remap, as in Kafka), and/or change
-    its settings with --config (kafka-configs --alter --add-config)."""
+def alter(env: Env, name: str, partitions: int | None, settings: tuple[str, ...], preserve_key_order: bool) -> None:
+    """Grow topic NAME to --partitions partitions (keys remap, as in Kafka; with
+    --preserve-key-order every key keeps its order across the growth), and/or change its
+    settings with --config (kafka-configs --alter --add-config)."""
     if partitions is None and not settings:
         raise click.UsageError("give --partitions and/or --config NAME=VALUE")
     changes = _config_changes(settings)
@@ -162,7 +168,7 @@ def alter(env: Env, name: str, partitions: int | None, settings: tuple[str, ...]
             if changes:
                 info = await admin.alter_topic_config(name, **changes)
             if partitions is not None:
-                info = await admin.alter_partitions(name, partitions)
+                info = await admin.alter_partitions(name, partitions, preserve_key_order=preserve_key_order)
             assert info is not None
             return before, info
 

@@ -4,7 +4,9 @@
 -- group on this stream (XAUTOCLAIM to me, JUSTID so delivery counts are kept) and
 -- forgets other consumer names that hold nothing (never one with pending entries).
 -- Slot:   {topic:partition}
--- KEYS:   [1] partition stream  [2] owner key
+-- KEYS:   [1] partition stream  [2] owner key  [3] the partition's barrier hash
+--         [4] the group's gate key: a group created here after a growth with
+--             preserve_key_order gets its gate at the barrier id (docs/architecture.md §10)
 -- ARGV:   [1] token "<member>|<instance>"  [2] member prefix "<member>|"  [3] session_ms
 --         [4] group  [5] consumer name  [6] start id if the group is missing ("$" or "0")
 -- Reply:  {"OK", group_created (0/1), {deleted id, ...}} | {"BUSY", pttl_ms}
@@ -21,6 +23,8 @@ local created = 0
 local ok, err = pcall(redis.call, 'XGROUP', 'CREATE', stream, group, start, 'MKSTREAM')
 if ok then
   created = 1
+  local barrier = redis.call('HGET', KEYS[3], 'id')
+  if barrier then redis.call('SET', KEYS[4], barrier) end
 elseif not string.find(error_text(err), 'BUSYGROUP') then
   return redis.error_reply(error_text(err))
 end

@@ -2,7 +2,7 @@
 -- read the next entries for the group, all atomically, so a consumer that does not
 -- own the partition can neither ack nor move an entry into its pending list.
 -- Slot:   {topic:partition}
--- KEYS:   [1] partition stream  [2] owner key
+-- KEYS:   [1] partition stream  [2] owner key  [3] the group's gate key on this partition
 -- ARGV:   [1] token  [2] group  [3] consumer  [4] count (0 = ack only)
 --         [5] read id: ">" for new entries, or an id to re-read my own pending list after it
 --         [6] "1" to restore the delivery counts of a re-read (a re-read after an ambiguous
@@ -10,6 +10,10 @@
 --         [7] entry ids to ack first, joined by "," ("" for none): one argument, because
 --             the client packs every argument in Python (a batch of 500 acks as 500
 --             arguments cost more than decoding the batch)
+--         [8] the gate to lift ("" or absent: none): the barrier id of a growth with
+--             preserve_key_order, once the caller has seen every partition of the topic
+--             drained up to its own barrier (drained.lua). Lifted only if this partition is
+--             drained too; fenced like everything here (docs/architecture.md §10).
 -- Reply:  {"OK", last_id, entries, counts}; {"OK", ""} for count 0 (acks only)
 --           entries: XREADGROUP's own entries, untouched: {{id, {field, value, ...}}, ...};
 --           the fields are false (nil) for an entry deleted while pending (trimmed).
@@ -19,6 +23,9 @@
 --           pending list; {} for a ">" read (every count is 1).
 --           last_id is the newest entry id of the stream ("0-0" if empty) when a ">" read
 --           found nothing (what an idle wait blocks on), else "".
+--         {"BARRIER", gate, drained}  a ">" read with the gate closed: nothing up to the
+--                      barrier id is left to deliver (drained: 1 if nothing at or below it
+--                      is pending either), so nothing was read; acks were applied
 --         {"FENCED"}   not the owner: nothing acked, nothing read
 --         {"NOGROUP"}  the group vanished (Redis restarted empty): the caller recreates it
 local stream, owner = KEYS[1], KEYS[2]
@@ -37,6 +44,19 @@ if ARGV[7] ~= '' then
   if n > 0 and not pcall(redis.call, 'XACK', stream, group, unpack(ids)) then return {'NOGROUP'} end
 end
 if count == 0 then return {'OK', ''} end
+local gate = read_id == '>' and redis.call('GET', KEYS[3])
+if gate then
+  -- A growth's drain barrier: hand out nothing past the barrier id until lifted.
+  local last, drained = gate_state(stream, group, gate)
+  if not last then return {'NOGROUP'} end
+  if drained and ARGV[8] == gate then
+    redis.call('DEL', KEYS[3])
+  else
+    local upto = redis.call('XRANGE', stream, '(' .. last, gate, 'COUNT', count)
+    if #upto == 0 then return {'BARRIER', gate, drained and 1 or 0} end
+    count = #upto
+  end
+end
 local ok, r = pcall(redis.call, 'XREADGROUP', 'GROUP', group, consumer, 'COUNT', count,
   'STREAMS', stream, read_id)
 if not ok then

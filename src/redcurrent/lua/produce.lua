@@ -2,17 +2,20 @@
 -- sequence. On a cluster a call carries one partition's batch (one slot, {topic:partition});
 -- on a single server one call may carry the batches of several partitions, of any topics,
 -- so a send_batch over 8 partitions costs one script call, not 8.
--- KEYS:   three per batch j = 0, 1, ...:
---         [3j+1] partition stream  [3j+2] producer sequence key (unused when ARGV[1] is "")
---         [3j+3] the partition's marker: the topic-version key, written by create_topic and
+-- KEYS:   four per batch j = 0, 1, ...:
+--         [4j+1] partition stream  [4j+2] producer sequence key (unused when ARGV[1] is "")
+--         [4j+3] the partition's marker: the topic-version key, written by create_topic and
 --                alter_partitions before the topic's metadata says the partition exists, and
 --                deleted by delete_topic after the metadata. No marker: the partition is not
 --                one of the topic's (deleted, or the server lost its data): write nothing.
+--         [4j+4] the partition's barrier hash: its "version" is the oldest routing version
+--                accepted since the last growth with preserve_key_order (none: any)
 -- ARGV:   [1] producer id ("" = not idempotent)  [2] how long a sequence is remembered, ms
---         then four per batch j:
---         [4j+3] maxlen ("" = none, approximate trim)  [4j+4] minid ("" = none, approximate)
---         [4j+5] sequence of the batch's first record
---         [4j+6] the records, framed back to back; each is a 15-byte header
+--         then five per batch j:
+--         [5j+3] maxlen ("" = none, approximate trim)  [5j+4] minid ("" = none, approximate)
+--         [5j+5] sequence of the batch's first record
+--         [5j+6] the topic metadata version the batch's records were routed with
+--         [5j+7] the records, framed back to back; each is a 15-byte header
 --                struct ">BBI4I4I4B": key type (0 none, 1 str, 2 bytes), codec (0 json,
 --                1 bytes, 2 custom), key len, value len, headers len, expiry len;
 --                then the key, value, headers and expiry bytes.
@@ -23,10 +26,15 @@
 --         {"DUP", "id,id,...", version}   this exact batch was written before: its ids
 --         {"STALE", last_seq}             an older sequence: nothing written
 --         {"NOTOPIC"}                     no marker: nothing written
+--         {"STALE_ROUTE", floor, version} routed with a version older than the partition's
+--                                          barrier (a growth with preserve_key_order since):
+--                                          nothing written; refresh, re-route, resend
 --         version: the topic metadata version the marker holds; a producer that sees a
 --         newer one than it knows refreshes its metadata at once (growth notification).
--- A batch is checked and written on its own: one batch's NOTOPIC or STALE does not stop
--- the others, and each keeps its own producer sequence.
+-- A batch is checked and written on its own: one batch's NOTOPIC, STALE or STALE_ROUTE does
+-- not stop the others, and each keeps its own producer sequence. The route check is one
+-- HGET per batch, never per record; it comes after the replay, so a resent batch that was
+-- stored before the growth is answered DUP, never written again elsewhere.
 
 local pid = ARGV[1]
 local window = ARGV[2]
@@ -86,9 +94,9 @@ local function remember(seq_key, first, ids, n, joined)
 end
 
 local replies = {}
-for j = 0, #KEYS / 3 - 1 do
-  local stream, seq_key, marker = KEYS[3 * j + 1], KEYS[3 * j + 2], KEYS[3 * j + 3]
-  local maxlen, minid, first = ARGV[4 * j + 3], ARGV[4 * j + 4], tonumber(ARGV[4 * j + 5])
+for j = 0, #KEYS / 4 - 1 do
+  local stream, seq_key, marker = KEYS[4 * j + 1], KEYS[4 * j + 2], KEYS[4 * j + 3]
+  local maxlen, minid, first = ARGV[5 * j + 3], ARGV[5 * j + 4], tonumber(ARGV[5 * j + 5])
   local reply
   local version = redis.call('GET', marker)
   if not version then
@@ -101,7 +109,13 @@ for j = 0, #KEYS / 3 - 1 do
     end
   end
   if not reply then
-    local ids, n = append(stream, ARGV[4 * j + 6])
+    local floor = redis.call('HGET', KEYS[4 * j + 4], 'version')
+    if floor and tonumber(ARGV[5 * j + 6]) < tonumber(floor) then
+      reply = {'STALE_ROUTE', tonumber(floor), version}
+    end
+  end
+  if not reply then
+    local ids, n = append(stream, ARGV[5 * j + 7])
     if maxlen ~= '' then redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen) end
     if minid ~= '' then redis.call('XTRIM', stream, 'MINID', '~', minid) end
     local joined = table.concat(ids, ',')
