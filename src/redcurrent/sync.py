@@ -811,6 +811,7 @@ class Admin(_Client[AsyncAdmin]):
     delete_topic = _blocking(AsyncAdmin.delete_topic)
     list_groups = _blocking(AsyncAdmin.list_groups)
     describe_group = _blocking(AsyncAdmin.describe_group)
+    describe_share_group = _blocking(AsyncAdmin.describe_share_group)
     delete_group = _blocking(AsyncAdmin.delete_group)
     lag = _blocking(AsyncAdmin.lag)
     reset_offsets = _blocking(AsyncAdmin.reset_offsets)
