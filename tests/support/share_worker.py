@@ -3,6 +3,7 @@
     python tests/support/share_worker.py --url redis://127.0.0.1:6379 --namespace t1 \\
         --topic orders --group g --log /tmp/w1.log --member w1 --lock 1.0 --work-ms 5
 
+``--url`` may be any node of a Redis Cluster: the library detects the cluster.
 Runs ``ShareConsumer.process`` until SIGTERM (or SIGINT), which calls ``stop()``.
 Messages are expected to carry ``{"seq": n}`` values. Its log is a
 :class:`redcurrent.testing.EventLog` (one JSON line per event, which survives a SIGKILL):
@@ -10,12 +11,16 @@ Messages are expected to carry ``{"seq": n}`` values. Its log is a
     {"t", "c": member, "e": "handled", "p", "id", "k", "s", "a": delivery count}
     {"t", "c", "e": "acked", "p", "id", "k", "s"}   the handler returned: the library accepts it
     {"t", "c", "e": "started" | "stopped"}          lifecycle ("stopped" carries "stats")
+
+``redcurrent.testing.read_log`` reads it back for ``check_history``; the values' seq
+identifies a message with its key.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 
@@ -63,7 +68,9 @@ async def run(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, graceful)
     async with sc:
         log.write("started")
-        await sc.process(handler)
+        # a SIGTERM that arrived before process() began has already stopped it
+        with contextlib.suppress(redcurrent.ConsumerStoppedError):
+            await sc.process(handler)
     await asyncio.gather(*stopping)
     log.write("stopped", stats=sc.stats())
 
