@@ -3,7 +3,9 @@
 Three consumer processes with ``concurrency=50, ordering="key"`` share 8 partitions
 while 100 keys are produced; one is SIGKILLed mid-flight. Its partitions' new owners
 re-read the pending entries in id order before new ones, so the history checker finds
-nothing lost and no per-key order violation, among first deliveries too.
+nothing lost and no per-key order violation, among first deliveries too. It takes
+``target``: the same proof runs on the single node and (``[cluster]``) on the 3 + 3
+Redis Cluster, where the partitions' streams live on different primaries.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-import redis.asyncio
+from redis.asyncio import RedisCluster
 from support.consuming import create_topic
 from support.eventually import eventually
+from support.servers import AsyncClient, Target
 from test_consumer_faults import (
     MEMBERS,
     PARTITIONS,
@@ -33,6 +36,7 @@ from test_consumer_faults import (
     wait_settled,
 )
 
+from redcurrent.keys import Keys
 from redcurrent.testing import Event
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
@@ -56,15 +60,20 @@ def first_delivery_violations(events: list[Event]) -> list[tuple[object, int, in
 
 
 async def test_sigkill_of_a_concurrent_consumer_loses_nothing_and_keeps_key_order(
-    redis_url: str, namespace: str, r: redis.asyncio.Redis, tmp_path: Path
+    target: Target, namespace: str, target_client: AsyncClient, tmp_path: Path
 ) -> None:
-    await create_topic(redis_url, namespace, TOPIC, PARTITIONS)
-    with fleet(redis_url, namespace, tmp_path) as f:
+    url, r = target.url, target_client  # a RedisCluster client on [cluster]
+    await create_topic(url, namespace, TOPIC, PARTITIONS)
+    if isinstance(r, RedisCluster):  # the kill's partitions are spread over the primaries
+        await r.initialize()  # the slot map
+        streams = [Keys(namespace).stream(TOPIC, p) for p in range(PARTITIONS)]
+        assert len({r.get_node_from_key(s).name for s in streams}) > 1
+    with fleet(url, namespace, tmp_path) as f:
         for m in MEMBERS:
             f.start(m, work_ms=120.0, extra=CONCURRENT)  # longer than a round: always in flight
         assignment = await wait_settled(r, namespace, f, MEMBERS)
         victim = assignment["w2"]
-        async with pumping(redis_url, namespace) as pump:
+        async with pumping(url, namespace) as pump:
             await asyncio.sleep(1.5)
             t_kill = time.monotonic_ns()
             f.signal("w2", signal.SIGKILL)
@@ -79,7 +88,7 @@ async def test_sigkill_of_a_concurrent_consumer_loses_nothing_and_keeps_key_orde
         await eventually(lambda: _pending_is(r, namespace, 0), 5, message="nothing left pending")
         events = f.events()
         codes = f.stop()
-    print(f"\nconcurrent SIGKILL: {report.summary()}")
+    print(f"\nconcurrent SIGKILL [{target.kind}]: {report.summary()}")
     assert not report.lost and not report.unacked, report.summary()
     assert report.violations == []
     assert first_delivery_violations(events) == []
