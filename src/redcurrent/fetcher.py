@@ -177,6 +177,7 @@ class PartitionFetcher:
         self._restarting = False
         self._idle = False
         self._busy = False
+        self._fetching = False  # a fetch call is out: what it reads is pending under our name
         # Set when the batch in dispatch must be abandoned: a stop, or a seek (which then
         # puts a fresh event in its place, so whoever waits on the old one wakes).
         self.stop_event = asyncio.Event()
@@ -306,7 +307,14 @@ class PartitionFetcher:
         task = self._task
         if task is None or task.done():
             return
+        deadline = time.monotonic() + timeout
         while not self._busy and not task.done():
+            if self._fetching and time.monotonic() < deadline:
+                # A fetch is out: Redis may have delivered its entries already. Cancelled,
+                # its reply would be lost and those entries left pending with a delivery
+                # counted; awaited, they are held and the release gives their counts back.
+                await asyncio.wait({task}, timeout=0.05)
+                continue
             # Nothing in hand: cancel now, and again if a library swallowed it.
             task.cancel()
             await asyncio.wait({task}, timeout=0.1)
@@ -544,12 +552,18 @@ class PartitionFetcher:
         # rather than one round trip per finished message.
         least = 1 if self.lanes is None else min(c.batch_size, max(1, c.credits.total // 10))
         want = await c.credits.take(c.batch_size, least)
+        if self._stopping:
+            c.credits.give(want)  # stopped while waiting for credits: read nothing more
+            return
         gen = self.generation
+        self._fetching = True
         try:
             reply = await self._fetch(want)
         except BaseException:
             c.credits.give(want)
             raise
+        finally:
+            self._fetching = False
         if reply is None or gen != self.generation:
             # A seek while the fetch was out: what it read is before the new position
             # (acked by the seek) or, if it ran after it, pending to us and read again

@@ -368,6 +368,41 @@ async def test_graceful_handoffs_during_backoff_cost_no_attempts(
     assert (dl.attempts, dl.reason) == (5, "max_attempts")
 
 
+async def test_a_graceful_stop_at_any_moment_costs_no_attempt(
+    redis_url: str, namespace: str, r: Redis
+) -> None:
+    """Stopped at random moments while eight partitions fetch and handle small batches:
+    a fetch that was out when the stop came read entries nobody handled. They stay
+    pending for the next owner, with their delivery counts given back, never counted as
+    an attempt (reproduced: cancelled mid-fetch, 60 of 60 such entries kept a delivery)."""
+    import random
+
+    keys = Keys(namespace)
+    rng = random.Random(7)
+    handled: set[tuple[str, int, str]] = set()  # ids repeat across partitions
+    for step in range(12):
+        topic = f"t{step}"  # a fresh backlog each time: the stop comes mid-consumption
+        await make_topic(redis_url, namespace, topic, partitions=8)
+        async with Producer(redis_url, namespace=namespace) as p:
+            await p.send_batch(topic, [Record(i, key=f"k{i}") for i in range(2000)])
+
+        async def handle(msgs: list[Message]) -> None:
+            await asyncio.sleep(rng.random() * 0.02)
+            handled.update((m.topic, m.partition, m.id) for m in msgs)
+
+        c = consumer(redis_url, namespace, topic, batch_size=5)
+        async with c:
+            task = asyncio.create_task(c.process_batch(handle))
+            await asyncio.sleep(0.3 + rng.random() * 0.2)
+            await c.stop()
+            await task
+        for part in range(8):
+            for e in await r.xpending_range(keys.stream(topic, part), "g", "-", "+", 100):
+                assert (topic, part, e["message_id"].decode()) not in handled
+                assert e["times_delivered"] == 0, e
+    assert handled  # it did consume between the stops
+
+
 async def test_rolling_restarts_of_five_steps_leave_first_deliveries_at_attempt_one(
     redis_url: str, namespace: str
 ) -> None:
