@@ -437,16 +437,23 @@ def aof_server(server_binary: str) -> Iterator[ServerProcess]:
         yield server
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("--concurrency", "50", "--ordering", "key")],
+    ids=["one-at-a-time", "concurrency"],
+)
 async def test_redis_restart_with_aof_causes_no_rebalance_and_loses_nothing(
-    aof_server: ServerProcess, namespace: str, tmp_path: Path
+    aof_server: ServerProcess, namespace: str, tmp_path: Path, extra: tuple[str, ...]
 ) -> None:
+    """Also with ``concurrency=50, ordering="key"``: handlers in flight across the
+    restart finish, their acks wait for Redis, and key order holds."""
     url = aof_server.url
     r = redis.asyncio.Redis.from_url(url)
     try:
         await create_topic(url, namespace, TOPIC, PARTITIONS)
         with fleet(url, namespace, tmp_path) as f:
             for m in MEMBERS:
-                f.start(m)
+                f.start(m, extra=extra)
             await wait_settled(r, namespace, f, MEMBERS)
             before = await group_state(r, namespace, TOPIC, GROUP)
             async with pumping(url, namespace) as pump:

@@ -12,12 +12,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from support.eventually import eventually
 from support.servers import ServerProcess
 
-from redcurrent import Admin, Backoff, Consumer, Message, Producer, Record
+from redcurrent import (
+    Admin,
+    Backoff,
+    Consumer,
+    Message,
+    Producer,
+    Record,
+    RedcurrentError,
+    ShareConsumer,
+    TopicExistsError,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 
@@ -75,3 +86,110 @@ async def test_a_server_restart_while_a_handler_is_failing_stalls_no_partition(
         ns = [n for k, n in handled if k == key]
         assert ns == sorted(set(ns)), handled  # key order, each once after its failures
     print(f"\nall handled {took:.2f}s after the restart; stats {c.stats()}")
+
+
+@pytest.fixture
+def plain_server(server_binary: str) -> Iterator[ServerProcess]:
+    with ServerProcess(server_binary) as server:  # no AOF, no RDB: a restart comes back empty
+        yield server
+
+
+async def _share_produce(url: str, namespace: str, first: int, n: int) -> set[str]:
+    async with Producer(url, namespace=namespace) as p:
+        metas = await p.send_batch("t", [Record({"n": i}, key=f"k{i % 10}") for i in range(first, first + n)])
+    return {f"{m.partition}/{m.id}" for m in metas}
+
+
+async def test_a_server_restart_with_aof_under_a_share_group_loses_nothing(
+    aof_server: ServerProcess, namespace: str
+) -> None:
+    """Two share-group members accepting while the server is SIGKILLed and back after
+    longer than the lock timeout (AOF on, data kept): both keep processing, every
+    message is accepted, and nothing is left in flight."""
+    url = aof_server.url
+    async with Admin(url, namespace=namespace) as admin:
+        await admin.create_topic("t", 2)
+    accepted: set[str] = set()
+
+    async def handle(msg: Message) -> None:
+        await asyncio.sleep(0.002)
+        accepted.add(f"{msg.partition}/{msg.id}")
+
+    members = [ShareConsumer("t", group="g", url=url, namespace=namespace, start="earliest",
+                             lock_timeout=1.0, batch_size=20) for _ in range(2)]
+    for sc in members:
+        await sc.start()
+    tasks = [asyncio.create_task(sc.process(handle)) for sc in members]
+    try:
+        ids = await _share_produce(url, namespace, 0, 600)
+        await eventually(lambda: len(accepted) >= 100, timeout=15)
+        aof_server.kill()  # SIGKILL, mid-stream
+        await asyncio.sleep(1.5)  # longer than the locks
+        await asyncio.to_thread(aof_server.restart)
+        ids |= await _share_produce(url, namespace, 600, 200)
+        await eventually(lambda: accepted >= ids, timeout=45, message="every message accepted after the restart")
+        assert not any(t.done() for t in tasks), [t for t in tasks if t.done()]
+        async with Admin(url, namespace=namespace) as admin:
+            async def settled() -> bool:
+                info = await admin.describe_share_group("t", "g")
+                return info.in_flight == () and info.lag == 0
+            await eventually(settled, timeout=15, message="nothing left in flight")
+    finally:
+        await asyncio.gather(*(sc.stop() for sc in members))
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for t in tasks:
+        assert t.exception() is None
+
+
+@pytest.mark.parametrize("kind", ["share", "concurrency"])
+async def test_a_server_that_restarts_empty_stalls_no_member(
+    plain_server: ServerProcess, namespace: str, kind: str
+) -> None:
+    """The server comes back with nothing (no persistence): what it held is gone, which
+    no client can undo. No member crashes or stalls: once the topic is created again,
+    what is produced to it is consumed (share group, or concurrency=8)."""
+    url = plain_server.url
+    async with Admin(url, namespace=namespace) as admin:
+        await admin.create_topic("t", 2)
+    handled: set[int] = set()
+
+    async def handle(msg: Message) -> None:
+        await asyncio.sleep(0.001)
+        handled.add(msg.value["n"])
+
+    if kind == "share":
+        members: list[Any] = [ShareConsumer("t", group="g", url=url, namespace=namespace, start="earliest",
+                                            lock_timeout=1.0, batch_size=20) for _ in range(2)]
+    else:
+        members = [Consumer("t", group="g", url=url, namespace=namespace, start="earliest", concurrency=8,
+                            heartbeat_interval=0.2, session_timeout=1.5, rebalance_timeout=2.0)]
+    for c in members:
+        await c.start()
+    tasks = [asyncio.create_task(c.process(handle)) for c in members]
+    try:
+        await _share_produce(url, namespace, 0, 200)
+        await eventually(lambda: len(handled) >= 50, timeout=15)
+        plain_server.kill()
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(plain_server.restart)  # empty
+        async with Admin(url, namespace=namespace) as admin:
+            await eventually(lambda: _recreated(admin), timeout=15, message="topic created again")
+        await _share_produce(url, namespace, 1000, 200)
+        await eventually(lambda: set(range(1000, 1200)) <= handled, timeout=45,
+                         message="what is produced after the empty restart is consumed")
+        assert not any(t.done() for t in tasks), [t for t in tasks if t.done()]
+    finally:
+        await asyncio.gather(*(c.stop() for c in members))
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for t in tasks:
+        assert t.exception() is None
+
+
+async def _recreated(admin: Admin) -> bool:
+    try:
+        await admin.create_topic("t", 2)
+    except TopicExistsError:
+        return True
+    except RedcurrentError:
+        return False  # still coming back
+    return True
