@@ -71,6 +71,9 @@ class Capabilities:
     version: tuple[int, int, int]
     is_cluster: bool
     server: str = "redis"
+    #: ``SET key value IFEQ expected PX ms GET`` (Valkey 8.1+): an owner key is refreshed
+    #: by one native command instead of a script (docs/scaling.md).
+    set_ifeq: bool = False
 
 
 @dataclass(slots=True)
@@ -173,20 +176,27 @@ async def _probe(client: Client) -> Capabilities:
     try:
         if isinstance(client, RedisCluster):
             info = await client.info("server", target_nodes=RedisCluster.RANDOM)
-            return Capabilities(_version(info), True, _server(info))
+            return Capabilities(_version(info), True, _server(info), _set_ifeq(info))
         info = await client.info("server")
         cluster = await client.info("cluster")
     except RedcurrentError:
         raise
     except Exception as exc:
         raise translate(exc, "connecting to Redis") from None
-    return Capabilities(_version(info), bool(cluster.get("cluster_enabled")), _server(info))
+    return Capabilities(_version(info), bool(cluster.get("cluster_enabled")), _server(info), _set_ifeq(info))
 
 
 def _version(info: dict[str, object]) -> tuple[int, int, int]:
     raw = str(info.get("redis_version", "0.0.0"))
     parts = ([*raw.split("."), "0", "0"])[:3]
     return (int(parts[0]), int(parts[1]), int("".join(ch for ch in parts[2] if ch.isdigit()) or 0))
+
+
+def _set_ifeq(info: dict[str, object]) -> bool:
+    """Valkey 8.1 added SET's IFEQ condition (it reports redis_version 7.2.4 for
+    compatibility, so its own version is the one to read)."""
+    raw = info.get("valkey_version")
+    return raw is not None and _version({"redis_version": raw}) >= (8, 1, 0)
 
 
 def _server(info: dict[str, object]) -> str:

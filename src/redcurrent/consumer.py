@@ -34,6 +34,8 @@ from .waiter import IdleWaiter
 __all__ = ["Consumer"]
 
 log = logging.getLogger(__name__)
+# Pooled connections the consume path of one consumer may use at once (see _join).
+CONSUME_CONNECTIONS = 2
 
 
 class Consumer(Lifecycle):
@@ -181,12 +183,17 @@ class Consumer(Lifecycle):
         socket_timeout = _socket_timeout(client)
         block = opt.block if socket_timeout is None else min(opt.block, socket_timeout / 2)
         block_ms = max(1, int(block * 1000))
-        # Connections: the consume path uses at most `limit` pooled connections at once
-        # (plus one for the idle wait), so heartbeats and claims always find one.
+        # Connections: the consume path (fetches, acks, dead letters, the idle wait's
+        # doorbell) uses at most `limit` pooled connections at once, the idle wait one
+        # more and the coordinator one (its calls take turns): on a single server a
+        # consumer holds at most 4 connections however many partitions it owns, and
+        # heartbeats always find one (docs/scaling.md).
         pool = _pool_size(client)
-        limit = max(1, min(8, pool // 2))
+        limit = max(1, min(CONSUME_CONNECTIONS, pool // 2))
+        consume_limit = asyncio.Semaphore(limit)
         if not self._conn.caps.is_cluster:
-            self._waiter = IdleWaiter(client, opt.keys.doorbell(self.instance_id), block_ms)  # type: ignore[arg-type]
+            self._waiter = IdleWaiter(client, opt.keys.doorbell(self.instance_id), block_ms,  # type: ignore[arg-type]
+                                      consume_limit)
             self._waiter.start()
         self._ctx = FetchContext(
             client=client, group=opt.group, consumer=self.member_id,
@@ -199,14 +206,15 @@ class Consumer(Lifecycle):
             on_error=lambda tp, exc: self._coord.on_error(tp, exc) if self._coord else None,
             dead_letters=DeadLetterWriter(client, opt.keys, opt.group, self.member_id,
                                           lambda t: self._dle.get(t, False), self._stats),
-            stats=self._stats, limit=asyncio.Semaphore(limit), waiter=self._waiter,
+            stats=self._stats, limit=consume_limit, waiter=self._waiter,
             transactions=not self._conn.caps.is_cluster,
             watched_min=WATCHED_MIN if self._conn.caps.version >= (7, 0, 0) else WATCHED_MIN_62,
             wait_slots=None if self._waiter is not None else asyncio.Semaphore(max(1, min(32, pool // 4))),
         )
         listeners = {"on_assign": opt.on_assign, "on_revoke": opt.on_revoke, "on_lost": opt.on_lost}
         self._coord = Coordinator(client, opt, self.topics, self.member_id, self.instance_id,
-                                  self._ctx, listeners, on_fatal=self._fatal, on_error=self._surface)
+                                  self._ctx, listeners, on_fatal=self._fatal, on_error=self._surface,
+                                  native_refresh=self._conn.caps.set_ifeq)
         self._coord.born_after_join = missing
         try:
             await self._coord.start()

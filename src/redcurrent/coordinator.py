@@ -19,7 +19,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -35,7 +35,14 @@ from .errors import (
 )
 from .fetcher import RETRY_MAX_S, FetchContext, PartitionFetcher
 from .protocols import Listener
-from .replies import Scalar, StatusReply, parse_claim, parse_drained, parse_heartbeat, parse_refresh
+from .replies import (
+    Scalar,
+    parse_claim,
+    parse_drained,
+    parse_heartbeat,
+    parse_refresh,
+    parse_refresh_set,
+)
 from .structs import TopicPartition
 
 if TYPE_CHECKING:
@@ -76,6 +83,7 @@ class Coordinator:
         *,
         on_fatal: Callable[[BaseException], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
+        native_refresh: bool = False,
     ) -> None:
         self._client = client
         self._opt = options
@@ -93,6 +101,8 @@ class Coordinator:
         self.lease_deadline = 0.0
         self._wake_reconcile = asyncio.Event()
         self._wake_heartbeat = asyncio.Event()
+        self._lane = asyncio.Lock()  # see _execute
+        self._native_refresh = native_refresh  # SET ... IFEQ (Valkey 8.1+) instead of the refresh script
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         # Set when the background loops must end (abort, or a stop past its revoke). They
@@ -166,6 +176,14 @@ class Coordinator:
     def epoch(self, topic: str) -> int:
         return self.state[topic].epoch
 
+    async def _execute(self, calls: Sequence[scripts.Op]) -> list[Any]:
+        """Every coordinator round trip (heartbeat and refresh, claim, release, leave),
+        one at a time: the coordinator holds one connection per node, however many
+        partitions it claims or releases at once, so a fleet's connections are bounded by
+        its members, not its partitions (docs/scaling.md)."""
+        async with self._lane:
+            return await scripts.execute_calls(self._client, calls)
+
     # -- heartbeat --
     async def _heartbeat_loop(self) -> None:
         interval = self._opt.heartbeat_interval
@@ -198,7 +216,7 @@ class Coordinator:
         """
         sent = time.monotonic()
         opt = self._opt
-        calls = [
+        calls: list[scripts.Op] = [
             scripts.Call(
                 _HEARTBEAT,
                 self._keys.coordinator(t, opt.group),
@@ -209,13 +227,17 @@ class Coordinator:
         ]
         # Never renew the lease of a partition whose fetch task has ended.
         owned = [(tp, f) for tp, f in self.fetchers.items() if f.alive] if self._last_beat_ok else []
-        refresh_args: list[str | int] = [self.token, opt.session_ms]
-        calls += [scripts.Call(_REFRESH, [f.owner], refresh_args) for _, f in owned]
+        if self._native_refresh:  # one plain command per owner key, no script (docs/scaling.md)
+            calls += [scripts.Command([f.owner], ["SET", f.owner, self.token, "IFEQ", self.token,
+                                                  "PX", opt.session_ms, "GET"]) for _, f in owned]
+        else:
+            refresh_args: list[str | int] = [self.token, opt.session_ms]
+            calls += [scripts.Call(_REFRESH, [f.owner], refresh_args) for _, f in owned]
         self._last_beat_ok = False
         # The lease runs from `sent`, so a slow reply costs nothing; this bound only
         # keeps a half-open link from stalling the loop (a reconnect plus one round trip).
         async with asyncio.timeout(opt.session_timeout / 2):
-            replies = await scripts.execute_calls(self._client, calls)
+            replies = await self._execute(calls)
         changed = False
         self._rejoining = False
         late = time.monotonic() - self._last_beat_at if self._last_beat_at else 0.0
@@ -280,7 +302,7 @@ class Coordinator:
             log.warning("coordinator gap on %s: Redis was away (restart, pause or failover); "
                         "deadlines re-armed", topic)
 
-    async def _refreshed(self, owned: list[tuple[TopicPartition, PartitionFetcher]], replies: list[StatusReply | Exception]) -> bool:
+    async def _refreshed(self, owned: list[tuple[TopicPartition, PartitionFetcher]], replies: list[Any]) -> bool:
         """Act on the refresh replies; False if any owner key could not be extended."""
         ok = True
         for (tp, f), reply in zip(owned, replies, strict=True):
@@ -289,7 +311,10 @@ class Coordinator:
             if self.fetchers.get(tp) is not f or f.stopping or self._stopping:
                 continue  # being revoked or released: its key may be gone on purpose
             try:
-                parse_refresh(reply, tp)
+                if self._native_refresh:
+                    parse_refresh_set(reply, self.token, tp)
+                else:
+                    parse_refresh(reply, tp)
             except LeaseExpiredError:
                 if tp.partition in self.state[tp.topic].target:
                     # Our key expired while Redis was away (restart, pause): nobody else
@@ -301,7 +326,9 @@ class Coordinator:
         return ok
 
     async def _reclaim(self, tp: TopicPartition, f: PartitionFetcher) -> bool:
-        reply = await scripts.run(self._client, _CLAIM, self._claim_keys(tp), self._claim_args(tp))
+        [reply] = await self._execute([scripts.Call(_CLAIM, self._claim_keys(tp), self._claim_args(tp))])
+        if isinstance(reply, Exception):
+            raise reply
         try:
             parse_claim(reply, tp)
         except PartitionBusyError:
@@ -384,7 +411,7 @@ class Coordinator:
     async def _claim(self, gained: list[TopicPartition]) -> None:
         k, g = self._keys, self._opt.group
         calls = [scripts.Call(_CLAIM, self._claim_keys(tp), self._claim_args(tp)) for tp in gained]
-        replies = await scripts.execute_calls(self._client, calls)
+        replies = await self._execute(calls)
         claimed: list[TopicPartition] = []
         busy_ms: list[int] = []
         for tp, reply in zip(gained, replies, strict=True):
@@ -441,7 +468,7 @@ class Coordinator:
             calls = [f.release_call() for f in todo]
             try:
                 async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
-                    replies = await scripts.execute_calls(self._client, calls)
+                    replies = await self._execute(calls)
             except Exception as exc:
                 replies = [exc] * len(todo)
             failed: list[PartitionFetcher] = []
@@ -517,7 +544,7 @@ class Coordinator:
             for t in self.topics
         ]
         async with asyncio.timeout(opt.session_timeout / 2):
-            await scripts.execute_calls(self._client, calls)
+            await self._execute(calls)
 
 
 async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:

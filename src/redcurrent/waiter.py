@@ -20,6 +20,7 @@ partitions that find no free slot poll instead (docs/architecture.md §8 "Idle w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -42,8 +43,10 @@ DOORBELL_TTL_MS = 60_000
 class IdleWaiter:
     """One blocking XREAD over all idle partitions of a consumer (single server only)."""
 
-    def __init__(self, client: Redis, doorbell: str, block_ms: int) -> None:
+    def __init__(self, client: Redis, doorbell: str, block_ms: int,
+                 limit: asyncio.Semaphore | None = None) -> None:
         self._client = client
+        self._limit = limit  # the consume path's bound on pooled connections in use
         self._bell = doorbell
         self._bell_id: bytes | str = "$"
         self._block_ms = block_ms
@@ -110,10 +113,12 @@ class IdleWaiter:
 
     async def _ring_once(self) -> None:
         try:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.xadd(self._bell, {"r": "1"}, maxlen=1, approximate=False)
-            pipe.pexpire(self._bell, DOORBELL_TTL_MS)
-            await pipe.execute()
+            # Within the consume path's connection bound: a ring is one more pooled call.
+            async with self._limit if self._limit is not None else contextlib.nullcontext():
+                pipe = self._client.pipeline(transaction=False)
+                pipe.xadd(self._bell, {"r": "1"}, maxlen=1, approximate=False)
+                pipe.pexpire(self._bell, DOORBELL_TTL_MS)
+                await pipe.execute()
         except _ERRORS as exc:  # the read ends by its own timeout instead
             log.debug("idle-wait doorbell failed: %s", exc)
 
@@ -162,8 +167,17 @@ class IdleWaiter:
         if conn is None:
             conn = self._conn = await self._client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
             if self._bell_id == "$":
-                # "$" would miss a ring sent before the first read: start from the tail now.
-                last = await self._client.xrevrange(self._bell, count=1)
+                # "$" would miss a ring sent before the first read: start from the tail now
+                # (on this connection: the waiter holds one connection, never two).
+                try:
+                    await conn.send_command("XREVRANGE", self._bell, "+", "-", "COUNT", 1)
+                    async with asyncio.timeout(5.0):
+                        last = await conn.read_response()
+                except BaseException:
+                    self._conn = None
+                    await conn.disconnect()
+                    await self._client.connection_pool.release(conn)
+                    raise
                 self._bell_id = last[0][0] if last and last[0][0] else "0-0"
         args: list[Any] = ["XREAD", "COUNT", 1, "BLOCK", self._block_ms, "STREAMS", self._bell, *streams,
                            self._bell_id, *streams.values()]
