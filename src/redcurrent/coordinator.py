@@ -56,6 +56,7 @@ _HEARTBEAT = scripts.script("heartbeat")
 _CLAIM = scripts.script("claim")
 _REFRESH = scripts.script("refresh")
 _DRAINED = scripts.script("drained")
+BUSY_RETRY_S = 0.05  # first retry of a busy claim; doubles each round up to a heartbeat
 LEASE_FRACTION = 0.9  # the local lease ends a little before the owner key expires
 
 
@@ -103,6 +104,7 @@ class Coordinator:
         self._wake_heartbeat = asyncio.Event()
         self._lane = asyncio.Lock()  # see _execute
         self._native_refresh = native_refresh  # SET ... IFEQ (Valkey 8.1+) instead of the refresh script
+        self._refresh_commands: dict[str, scripts.Command] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         # Set when the background loops must end (abort, or a stop past its revoke). They
@@ -111,6 +113,7 @@ class Coordinator:
         # would otherwise run on until cancel_all cancelled it again.
         self._closed = False
         self._retry_at = 0.0
+        self._busy_rounds = 0  # claim rounds in a row that met a busy partition
         self._rejoining = False
         self._last_beat_ok = False
         self.fatal: BaseException | None = None
@@ -221,15 +224,14 @@ class Coordinator:
                 _HEARTBEAT,
                 self._keys.coordinator(t, opt.group),
                 [opt.group, self.member_id, self.instance_id, opt.session_ms, opt.heartbeat_ms,
-                 self.state[t].op, self._info(), opt.assignor],
+                 self.state[t].op, self._info() if self.state[t].op == "join" else "", opt.assignor],
             )
             for t in self.topics
         ]
         # Never renew the lease of a partition whose fetch task has ended.
         owned = [(tp, f) for tp, f in self.fetchers.items() if f.alive] if self._last_beat_ok else []
         if self._native_refresh:  # one plain command per owner key, no script (docs/scaling.md)
-            calls += [scripts.Command([f.owner], ["SET", f.owner, self.token, "IFEQ", self.token,
-                                                  "PX", opt.session_ms, "GET"]) for _, f in owned]
+            calls += [self._refresh_command(f.owner) for _, f in owned]
         else:
             refresh_args: list[str | int] = [self.token, opt.session_ms]
             calls += [scripts.Call(_REFRESH, [f.owner], refresh_args) for _, f in owned]
@@ -252,6 +254,18 @@ class Coordinator:
             self.lease_deadline = sent + opt.session_timeout * LEASE_FRACTION
         if changed or time.monotonic() >= self._retry_at > 0:
             self._wake_reconcile.set()
+
+    def _refresh_command(self, owner: str) -> scripts.Command:
+        """``SET owner token IFEQ token PX session GET``, encoded once per owner key: an
+        idle partition's only steady client cost is this command each heartbeat."""
+        cmd = self._refresh_commands.get(owner)
+        if cmd is None:
+            token = self.token.encode()
+            cmd = self._refresh_commands[owner] = scripts.Command(
+                [owner], [b"SET", owner.encode(), token, b"IFEQ", token, b"PX", str(self._opt.session_ms).encode(), b"GET"])
+            if len(self._refresh_commands) > 4 * len(self.fetchers) + 64:  # forget released partitions'
+                self._refresh_commands = {owner: cmd}
+        return cmd
 
     def _apply(self, topic: str, reply: Sequence[Scalar], late: float = 0.0) -> bool:
         st = self.state[topic]
@@ -435,9 +449,18 @@ class Coordinator:
             claimed.append(tp)
         self._retry_at = time.monotonic() + min(busy_ms) / 1000 if busy_ms else 0.0
         if busy_ms:
+            # The previous owner is handing the partition over (its in-flight messages
+            # finish, then it releases; an idle one releases within milliseconds): ask
+            # again soon, backing off to one heartbeat, or to when its key expires if
+            # that is sooner. Waiting a whole heartbeat would leave the partition idle
+            # that long at every handoff, and a fleet's rebalance is many handoffs.
+            self._busy_rounds += 1
+            soon = BUSY_RETRY_S * 2 ** min(self._busy_rounds - 1, 8)
             asyncio.get_running_loop().call_later(
-                min(min(busy_ms) / 1000, self._opt.heartbeat_interval) + 0.01, self._wake_reconcile.set
+                min(min(busy_ms) / 1000, self._opt.heartbeat_interval, soon) + 0.01, self._wake_reconcile.set
             )
+        else:
+            self._busy_rounds = 0
         if claimed:
             log.info("claimed %s", [f"{tp.topic}[{tp.partition}]" for tp in claimed])
             await self._notify("on_assign", claimed)

@@ -82,6 +82,7 @@ _WATCH_TRIES = 3  # a watched fetch whose key keeps changing falls back to the s
 WATCHED_MIN = 250
 WATCHED_MIN_62 = 100
 RETRY_MAX_S = 1.0  # the longest wait before retrying a consume-path Redis call
+IDLE_BACKSTOP_S = 30.0  # an idle partition re-registers with the IdleWaiter at least this often
 POLL_S = 0.1  # idle poll period on a cluster when every blocking-wait slot is taken
 BARRIER_POLL_S = 0.02  # how soon a partition stopped at a growth's barrier looks again
 _FETCH = scripts.script("fetch")
@@ -746,7 +747,11 @@ class PartitionFetcher:
             if c.waiter is not None:
                 fut = c.waiter.wait(self.stream, last_id)
                 try:
-                    return await asyncio.wait_for(asyncio.shield(fut), c.block_ms / 1000)
+                    # The waiter wakes us when the stream grows (or when its read failed);
+                    # pause, stop and the lease are checked on waking. This timeout is
+                    # only a backstop, long: each wake of an idle partition costs client
+                    # CPU, and a fleet's consumers own thousands (docs/scaling.md).
+                    return await asyncio.wait_for(asyncio.shield(fut), IDLE_BACKSTOP_S)
                 except TimeoutError:
                     return False
                 finally:
