@@ -792,3 +792,30 @@ async def test_epoch_and_stats_are_reported(
         assert c.stats()["rebalances"] >= 1
     finally:
         await stop_all((c, task))
+
+
+async def test_a_refresh_never_recreates_an_expired_owner_key_nor_overwrites_another_owner(
+    redis_url: str, namespace: str, r: redis.asyncio.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The owner-key refresh (refresh.lua, or SET ... IFEQ on Valkey 8.1+) extends only a
+    key holding our token: an expired key is claimed back (the coordinator still assigns
+    the partition to us), another owner's key is left alone and the partition dropped."""
+    await create_topic(redis_url, namespace, TOPIC, 2)
+    owners = [Keys(namespace).owner(TOPIC, p, "g") for p in range(2)]
+    c = make_consumer(redis_url, namespace, TOPIC)
+    task = start_processing(c, Seen().handler("c"))
+    try:
+        await eventually(lambda: len(c.assignment()) == 2, 5)
+        token = await r.get(owners[0])
+        assert token is not None
+        await r.delete(owners[0])  # expired while Redis was away
+        await r.set(owners[1], b"intruder|x", px=int(20 * SESSION * 1000))  # someone else's
+        await eventually(lambda: c.stats().get("partitions_lost", 0) >= 1, 5)
+        await eventually(lambda: r.get(owners[0]), 5)
+        assert await r.get(owners[0]) == token  # claimed back by its owner, same token
+        assert any("reclaimed" in rec.getMessage() for rec in caplog.records)  # by claim, not refresh
+        assert TopicPartition(TOPIC, 1) not in c.assignment()
+        assert await r.get(owners[1]) == b"intruder|x"  # never overwritten
+        assert await r.pttl(owners[1]) > 10 * SESSION * 1000  # nor extended
+    finally:
+        await stop_all((c, task))
