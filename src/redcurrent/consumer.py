@@ -29,7 +29,7 @@ from .protocols import BatchHandler, Deserializer, Dispatcher, Handler, Listener
 from .retry import Backoff, RetryPolicy
 from .stats import ConsumerStats, Histogram
 from .structs import Message, TopicPartition
-from .waiter import IdleWaiter
+from .waiter import IdleWaiter, ShardWaiter
 
 __all__ = ["Consumer"]
 
@@ -149,7 +149,7 @@ class Consumer(Lifecycle):
         self._fatal_error: BaseException | None = None  # the consumer cannot go on
         self._error: BaseException | None = None  # ends the current process() call
         self._inner_stop: asyncio.Task[None] | None = None
-        self._waiter: IdleWaiter | None = None
+        self._waiter: IdleWaiter | ShardWaiter | None = None
 
     def __repr__(self) -> str:
         return f"<Consumer group={self.group!r} topics={list(self.topics)} member={self.member_id!r} {self._state}>"
@@ -195,6 +195,8 @@ class Consumer(Lifecycle):
             self._waiter = IdleWaiter(client, opt.keys.doorbell(self.instance_id), block_ms,  # type: ignore[arg-type]
                                       consume_limit)
             self._waiter.start()
+        elif self._conn.caps.version >= (7, 0, 0):  # SPUBLISH / SSUBSCRIBE
+            self._waiter = ShardWaiter(client)  # type: ignore[arg-type]
         self._ctx = FetchContext(
             client=client, group=opt.group, consumer=self.member_id,
             token=f"{self.member_id}|{self.instance_id}", batch_size=opt.batch_size,

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from .deadletter import DeadLetterWriter
     from .lanes import PartitionLanes
     from .stats import ConsumerStats
-    from .waiter import IdleWaiter
+    from .waiter import IdleWaiter, ShardWaiter
 
 __all__ = ["Credits", "Dispatcher", "FetchContext", "LeaseLost", "PartitionFetcher"]
 
@@ -146,7 +146,9 @@ class FetchContext:
     # Bounds concurrent commands of the consume path below the client's pool size, so
     # heartbeats and claims always find a connection (a pool of 100 is redis-py's default).
     limit: asyncio.Semaphore
-    waiter: IdleWaiter | None = None  # one blocking read for all idle partitions (single server)
+    # one blocking read for all idle partitions (single server), or one shard subscription
+    # per node (cluster, Redis 7+)
+    waiter: IdleWaiter | ShardWaiter | None = None
     transactions: bool = False  # WATCH/MULTI fetches (single server; a cluster keeps the script)
     watched_min: int = WATCHED_MIN  # reads at least this large take the watched path
     wait_slots: asyncio.Semaphore | None = None  # per-partition blocking reads (cluster)
@@ -298,6 +300,8 @@ class PartitionFetcher:
         try:
             await self._stop_task(timeout)
         finally:
+            if self.ctx.waiter is not None:
+                self.ctx.waiter.forget(self.stream)
             if self.lanes is not None:  # concurrent handlers: the same bound, then cancelled
                 await self.lanes.stop(deadline - time.monotonic())
 
@@ -330,6 +334,8 @@ class PartitionFetcher:
         self._stopping = True
         self.stop_event.set()
         self.acks.clear()
+        if self.ctx.waiter is not None:
+            self.ctx.waiter.forget(self.stream)
         if self._task is not None:
             self._task.cancel()
         if self.lanes is not None:
