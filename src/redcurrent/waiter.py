@@ -13,8 +13,10 @@ read at once so the next read includes the newcomer. Nothing is missed meanwhile
 each stream is read from the last id its partition saw, not from ``$``.
 
 On a cluster a multi-stream XREAD fails with CROSSSLOT (every partition has its own
-slot), so each idle partition blocks on its own, bounded by :class:`WaitSlots`;
-partitions that find no free slot poll instead (docs/architecture.md §8 "Idle wait").
+slot). On Redis 7+ a :class:`ShardWaiter` listens instead to the announcements the produce
+script publishes on each partition's shard channel, one SSUBSCRIBE connection per node;
+on Redis 6.2 each idle partition blocks on its own, bounded by the fetch context's
+``wait_slots``, and partitions that find no free slot poll (docs/architecture.md §8).
 """
 
 from __future__ import annotations
@@ -204,6 +206,7 @@ class IdleWaiter:
 
 
 PING_S = 5.0  # a shard subscription's link is checked this often when no message arrives
+LINK_RETRY_S = 0.1  # after a shard subscription's link failed, its partitions wake this much later
 
 
 class ShardWaiter:
@@ -321,6 +324,7 @@ class _Shard:
         self._kick = asyncio.Event()
         self._conn: AbstractConnection | None = None
         self.dead = False
+        self._closing = False
         self._task = asyncio.get_running_loop().create_task(self._run(), name="redcurrent-shard-wait")
 
     def subscribe(self, stream: str) -> None:
@@ -336,6 +340,7 @@ class _Shard:
 
     async def close(self) -> None:
         self.dead = True
+        self._closing = True
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
 
@@ -359,7 +364,11 @@ class _Shard:
             # A subscribed connection is never reused for commands.
             await conn.disconnect()
             self._node.release(conn)
-            self._owner._dropped(self, list(self.wanted))
+            if not self._closing:
+                # The link failed (the node may be gone): wake its partitions a little
+                # later, so a dead node is not asked again in a tight loop.
+                wanted = list(self.wanted)
+                asyncio.get_running_loop().call_later(LINK_RETRY_S, self._owner._dropped, self, wanted)
 
     async def _write(self, conn: AbstractConnection) -> None:
         while True:
