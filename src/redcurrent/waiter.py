@@ -341,8 +341,7 @@ class _Shard:
     async def close(self) -> None:
         self.dead = True
         self._closing = True
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        await _cancel(self._task)
 
     async def _run(self) -> None:
         conn = self._node.acquire_connection()
@@ -359,8 +358,7 @@ class _Shard:
         finally:
             self.dead = True
             if writer is not None:
-                writer.cancel()
-                await asyncio.gather(writer, return_exceptions=True)
+                await _cancel(writer)
             # A subscribed connection is never reused for commands.
             await conn.disconnect()
             self._node.release(conn)
@@ -371,7 +369,7 @@ class _Shard:
                 asyncio.get_running_loop().call_later(LINK_RETRY_S, self._owner._dropped, self, wanted)
 
     async def _write(self, conn: AbstractConnection) -> None:
-        while True:
+        while not self.dead:
             await self._kick.wait()
             self._kick.clear()
             batch, self._outbox = self._outbox, []
@@ -385,7 +383,7 @@ class _Shard:
 
     async def _read(self, conn: AbstractConnection) -> None:
         pinged = False
-        while True:
+        while not self.dead:
             try:
                 msg = await conn.read_response(timeout=PING_S)
             except ResponseError as exc:  # a refused (un)subscription: MOVED, ...
@@ -421,6 +419,16 @@ class _Shard:
                     self._owner._dropped(self, [channel])
             elif kind == "pong" and self._inflight:
                 self._inflight.popleft()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait until it ends, cancelling again if needed: on Python 3.11
+    redis-py's own timeouts can swallow a cancellation that lands inside a command."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("shard wait task ended with %r", task.exception())
 
 
 def _push(msg: Any) -> tuple[str, str]:
