@@ -42,6 +42,7 @@ __all__ = [
     "connect",
     "default_url",
     "refresh_slots",
+    "trim_idle",
     "transient",
     "transient_error",
 ]
@@ -201,6 +202,44 @@ def _set_ifeq(info: dict[str, object]) -> bool:
 
 def _server(info: dict[str, object]) -> str:
     return "valkey" if info.get("server_name") == "valkey" or "valkey_version" in info else "redis"
+
+
+async def trim_idle(client: Client, keep: int = 1) -> int:
+    """Close the idle pooled connections of ``client`` beyond ``keep`` (per node on a
+    cluster); returns how many were closed. A closed connection stays in its pool and
+    connects again when next used, after every open one (so a quiet client does not
+    reopen them). Reads redis-py's pool internals, guarded: where they differ, nothing
+    is closed."""
+    if isinstance(client, RedisCluster):
+        closed = 0
+        for node in client.get_nodes():
+            free = getattr(node, "_free", None)
+            if free is None:
+                continue
+            extra = [c for c in free if c.is_connected][keep:]
+            for c in extra:
+                free.remove(c)
+            for c in extra:
+                try:
+                    await c.disconnect()
+                finally:
+                    free.append(c)  # acquired from the left: reused last
+            closed += len(extra)
+        return closed
+    pool = client.connection_pool
+    available = getattr(pool, "_available_connections", None)
+    if not isinstance(available, list):
+        return 0
+    connected = [c for c in available if c.is_connected]
+    extra = connected[: max(0, len(connected) - keep)]  # keep the most recently used
+    for c in extra:
+        available.remove(c)
+    for c in extra:
+        try:
+            await c.disconnect()
+        finally:
+            available.insert(0, c)  # taken from the end: reused last
+    return len(extra)
 
 
 # --------------------------------------------------------------------------- cluster

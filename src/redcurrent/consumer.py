@@ -35,7 +35,7 @@ __all__ = ["Consumer"]
 
 log = logging.getLogger(__name__)
 # Pooled connections the consume path of one consumer may use at once (see _join).
-CONSUME_CONNECTIONS = 2
+CONSUME_CONNECTIONS = 8
 
 
 class Consumer(Lifecycle):
@@ -185,9 +185,10 @@ class Consumer(Lifecycle):
         block_ms = max(1, int(block * 1000))
         # Connections: the consume path (fetches, acks, dead letters, the idle wait's
         # doorbell) uses at most `limit` pooled connections at once, the idle wait one
-        # more and the coordinator one (its calls take turns): on a single server a
-        # consumer holds at most 4 connections however many partitions it owns, and
-        # heartbeats always find one (docs/scaling.md).
+        # more and the coordinator one (its calls take turns), so heartbeats always find
+        # one; and once the consume path has been quiet for a heartbeat interval, the
+        # coordinator closes the pool's idle connections but one (per node): an idle
+        # consumer holds 2-3 connections however many partitions it owns (docs/scaling.md).
         pool = _pool_size(client)
         limit = max(1, min(CONSUME_CONNECTIONS, pool // 2))
         consume_limit = asyncio.Semaphore(limit)
@@ -216,7 +217,7 @@ class Consumer(Lifecycle):
         listeners = {"on_assign": opt.on_assign, "on_revoke": opt.on_revoke, "on_lost": opt.on_lost}
         self._coord = Coordinator(client, opt, self.topics, self.member_id, self.instance_id,
                                   self._ctx, listeners, on_fatal=self._fatal, on_error=self._surface,
-                                  native_refresh=self._conn.caps.set_ifeq)
+                                  native_refresh=self._conn.caps.set_ifeq, trim_pool=self._conn.owned)
         self._coord.born_after_join = missing
         try:
             await self._coord.start()

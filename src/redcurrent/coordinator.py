@@ -25,6 +25,7 @@ import orjson
 
 from . import scripts
 from .config import ConsumerOptions
+from .connection import trim_idle
 from .errors import (
     FencedError,
     FencedInstanceError,
@@ -85,6 +86,7 @@ class Coordinator:
         on_fatal: Callable[[BaseException], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
         native_refresh: bool = False,
+        trim_pool: bool = False,
     ) -> None:
         self._client = client
         self._opt = options
@@ -105,6 +107,8 @@ class Coordinator:
         self._lane = asyncio.Lock()  # see _execute
         self._native_refresh = native_refresh  # SET ... IFEQ (Valkey 8.1+) instead of the refresh script
         self._refresh_commands: dict[str, scripts.Command] = {}
+        self._trim_pool = trim_pool  # our own client: close its idle connections when quiet
+        self._calls_seen = -1
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         # Set when the background loops must end (abort, or a stop past its revoke). They
@@ -201,6 +205,7 @@ class Coordinator:
                 log.warning("heartbeat failed after %.3fs: %s", time.monotonic() - started, translate(exc, "heartbeat"))
             if self._closed:
                 return  # a cancellation was swallowed by the call above (see _closed)
+            await self._trim_if_idle()
             delay = max(0.0, interval - (time.monotonic() - started))
             try:
                 async with asyncio.timeout(delay):
@@ -208,6 +213,25 @@ class Coordinator:
             except TimeoutError:
                 pass
             self._wake_heartbeat.clear()
+
+    async def _trim_if_idle(self) -> None:
+        """A burst of fetches leaves up to ``limit`` connections in the client's pool, open
+        for good; once the consume path made no call for a whole heartbeat interval, close
+        the idle ones but one (per node), so an idle consumer holds a few connections
+        however many partitions it owns and however busy it was (docs/scaling.md)."""
+        calls = self._ctx.calls
+        quiet = calls == self._calls_seen
+        self._calls_seen = calls
+        if not quiet or not self._trim_pool or self._stopping:
+            return
+        try:
+            async with self._lane:  # never while our own round trip holds a connection
+                closed = await trim_idle(self._client, keep=1)
+        except Exception as exc:  # best effort: connections stay open, nothing breaks
+            log.debug("closing idle connections failed: %s", exc)
+            return
+        if closed:
+            log.debug("closed %d idle connections", closed)
 
     async def _heartbeat_once(self) -> None:
         """One round trip: the coordinator script per topic, plus the owner-key refresh

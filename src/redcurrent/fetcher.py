@@ -149,6 +149,7 @@ class FetchContext:
     # one blocking read for all idle partitions (single server), or one shard subscription
     # per node (cluster, Redis 7+)
     waiter: IdleWaiter | ShardWaiter | None = None
+    calls: int = 0  # consume-path calls so far: none between two heartbeats = idle (pool trim)
     transactions: bool = False  # WATCH/MULTI fetches (single server; a cluster keeps the script)
     watched_min: int = WATCHED_MIN  # reads at least this large take the watched path
     wait_slots: asyncio.Semaphore | None = None  # per-partition blocking reads (cluster)
@@ -461,6 +462,7 @@ class PartitionFetcher:
                 # the heartbeat to renew (or reclaim) the lease instead.
                 raise LeaseLost(what)
             try:
+                c.calls += 1
                 async with c.limit:
                     async with asyncio.timeout(c.fetch_timeout):
                         return await fn()
