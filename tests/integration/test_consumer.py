@@ -819,3 +819,37 @@ async def test_a_refresh_never_recreates_an_expired_owner_key_nor_overwrites_ano
         assert await r.pttl(owners[1]) > 10 * SESSION * 1000  # nor extended
     finally:
         await stop_all((c, task))
+
+
+async def test_an_idle_consumer_closes_the_connections_a_burst_opened(
+    redis_url: str, namespace: str, r: redis.asyncio.Redis, producer: Producer
+) -> None:
+    """Fetching 8 busy partitions at once takes up to 8 pooled connections; once nothing
+    was fetched for a heartbeat interval, the consumer keeps 2-3 (the idle wait's, one for
+    its heartbeats, maybe a doorbell's): docs/architecture.md §8 "Connections"."""
+    await create_topic(redis_url, namespace, TOPIC, 8)
+    await produce(producer, TOPIC, KEYS20 * 10, 20)
+    base = int((await r.info("clients"))["connected_clients"])
+    c = make_consumer(redis_url, namespace, TOPIC, start="earliest", batch_size=10)
+    seen = Seen()
+    task = start_processing(c, seen.handler("c", work=0.001))
+    try:
+        peak = 0
+
+        async def drained() -> bool:
+            nonlocal peak
+            peak = max(peak, int((await r.info("clients"))["connected_clients"]) - base)
+            return len(seen.handled()) == 20 * 200
+
+        await eventually(drained, 60, interval=0.02)
+        held = None
+
+        async def few() -> bool:
+            nonlocal held
+            held = int((await r.info("clients"))["connected_clients"]) - base
+            return held <= 3
+
+        await eventually(few, 5 + 5 * HB, message="an idle consumer kept the burst's connections")
+        assert peak > 3, f"the burst never used more than {peak} connections: nothing to close"
+    finally:
+        await stop_all((c, task))
