@@ -68,6 +68,7 @@ _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutE
 _NOT_RUN = (BusyLoadingError, ReadOnlyError, TryAgainError, ClusterDownError, MaxConnectionsError)
 _FATAL = (AuthenticationError, AuthorizationError)
 _PRODUCE = scripts.script("produce")
+_WAKE = "w"  # produce's optional last argument: SPUBLISH each written batch (cluster, Redis 7+)
 _MIN_ATTEMPT_S = 0.05
 _MAX_MISSING = 3  # NOTOPIC replies a batch may get for a partition the metadata names
 # One script call carries at most this many records / bytes (several partitions' batches
@@ -453,6 +454,10 @@ class Accumulator:
             size += b.size
         if group:
             calls.append((scripts.Call(_PRODUCE, call_keys, call_args), group))
+        if one_slot and self._conn.caps.version >= (7, 0, 0):
+            # Announce each write on the partition's shard channel: idle consumers of the
+            # partition listen there, one connection per node (docs/architecture.md §8).
+            calls = [(scripts.Call(c.script, c.keys, [*c.args, _WAKE]), g) for c, g in calls]
         return calls
 
     async def _send(self, batches: list[_Batch]) -> None:

@@ -42,6 +42,7 @@ __all__ = [
     "connect",
     "default_url",
     "refresh_slots",
+    "trim_idle",
     "transient",
     "transient_error",
 ]
@@ -71,6 +72,9 @@ class Capabilities:
     version: tuple[int, int, int]
     is_cluster: bool
     server: str = "redis"
+    #: ``SET key value IFEQ expected PX ms GET`` (Valkey 8.1+): an owner key is refreshed
+    #: by one native command instead of a script (docs/scaling.md).
+    set_ifeq: bool = False
 
 
 @dataclass(slots=True)
@@ -173,14 +177,14 @@ async def _probe(client: Client) -> Capabilities:
     try:
         if isinstance(client, RedisCluster):
             info = await client.info("server", target_nodes=RedisCluster.RANDOM)
-            return Capabilities(_version(info), True, _server(info))
+            return Capabilities(_version(info), True, _server(info), _set_ifeq(info))
         info = await client.info("server")
         cluster = await client.info("cluster")
     except RedcurrentError:
         raise
     except Exception as exc:
         raise translate(exc, "connecting to Redis") from None
-    return Capabilities(_version(info), bool(cluster.get("cluster_enabled")), _server(info))
+    return Capabilities(_version(info), bool(cluster.get("cluster_enabled")), _server(info), _set_ifeq(info))
 
 
 def _version(info: dict[str, object]) -> tuple[int, int, int]:
@@ -189,8 +193,53 @@ def _version(info: dict[str, object]) -> tuple[int, int, int]:
     return (int(parts[0]), int(parts[1]), int("".join(ch for ch in parts[2] if ch.isdigit()) or 0))
 
 
+def _set_ifeq(info: dict[str, object]) -> bool:
+    """Valkey 8.1 added SET's IFEQ condition (it reports redis_version 7.2.4 for
+    compatibility, so its own version is the one to read)."""
+    raw = info.get("valkey_version")
+    return raw is not None and _version({"redis_version": raw}) >= (8, 1, 0)
+
+
 def _server(info: dict[str, object]) -> str:
     return "valkey" if info.get("server_name") == "valkey" or "valkey_version" in info else "redis"
+
+
+async def trim_idle(client: Client, keep: int = 1) -> int:
+    """Close the idle pooled connections of ``client`` beyond ``keep`` (per node on a
+    cluster); returns how many were closed. A closed connection stays in its pool and
+    connects again when next used, after every open one (so a quiet client does not
+    reopen them). Reads redis-py's pool internals, guarded: where they differ, nothing
+    is closed."""
+    if isinstance(client, RedisCluster):
+        closed = 0
+        for node in client.get_nodes():
+            free = getattr(node, "_free", None)
+            if free is None:
+                continue
+            extra = [c for c in free if c.is_connected][keep:]
+            for c in extra:
+                free.remove(c)
+            for c in extra:
+                try:
+                    await c.disconnect()
+                finally:
+                    free.append(c)  # acquired from the left: reused last
+            closed += len(extra)
+        return closed
+    pool = client.connection_pool
+    available = getattr(pool, "_available_connections", None)
+    if not isinstance(available, list):
+        return 0
+    connected = [c for c in available if c.is_connected]
+    extra = connected[: max(0, len(connected) - keep)]  # keep the most recently used
+    for c in extra:
+        available.remove(c)
+    for c in extra:
+        try:
+            await c.disconnect()
+        finally:
+            available.insert(0, c)  # taken from the end: reused last
+    return len(extra)
 
 
 # --------------------------------------------------------------------------- cluster

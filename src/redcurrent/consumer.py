@@ -29,11 +29,13 @@ from .protocols import BatchHandler, Deserializer, Dispatcher, Handler, Listener
 from .retry import Backoff, RetryPolicy
 from .stats import ConsumerStats, Histogram
 from .structs import Message, TopicPartition
-from .waiter import IdleWaiter
+from .waiter import IdleWaiter, ShardWaiter
 
 __all__ = ["Consumer"]
 
 log = logging.getLogger(__name__)
+# Pooled connections the consume path of one consumer may use at once (see _join).
+CONSUME_CONNECTIONS = 8
 
 
 class Consumer(Lifecycle):
@@ -147,7 +149,7 @@ class Consumer(Lifecycle):
         self._fatal_error: BaseException | None = None  # the consumer cannot go on
         self._error: BaseException | None = None  # ends the current process() call
         self._inner_stop: asyncio.Task[None] | None = None
-        self._waiter: IdleWaiter | None = None
+        self._waiter: IdleWaiter | ShardWaiter | None = None
 
     def __repr__(self) -> str:
         return f"<Consumer group={self.group!r} topics={list(self.topics)} member={self.member_id!r} {self._state}>"
@@ -181,13 +183,21 @@ class Consumer(Lifecycle):
         socket_timeout = _socket_timeout(client)
         block = opt.block if socket_timeout is None else min(opt.block, socket_timeout / 2)
         block_ms = max(1, int(block * 1000))
-        # Connections: the consume path uses at most `limit` pooled connections at once
-        # (plus one for the idle wait), so heartbeats and claims always find one.
+        # Connections: the consume path (fetches, acks, dead letters, the idle wait's
+        # doorbell) uses at most `limit` pooled connections at once, the idle wait one
+        # more and the coordinator one (its calls take turns), so heartbeats always find
+        # one; and once the consume path has been quiet for a heartbeat interval, the
+        # coordinator closes the pool's idle connections but one (per node): an idle
+        # consumer holds 2-3 connections however many partitions it owns (docs/scaling.md).
         pool = _pool_size(client)
-        limit = max(1, min(8, pool // 2))
+        limit = max(1, min(CONSUME_CONNECTIONS, pool // 2))
+        consume_limit = asyncio.Semaphore(limit)
         if not self._conn.caps.is_cluster:
-            self._waiter = IdleWaiter(client, opt.keys.doorbell(self.instance_id), block_ms)  # type: ignore[arg-type]
+            self._waiter = IdleWaiter(client, opt.keys.doorbell(self.instance_id), block_ms,  # type: ignore[arg-type]
+                                      consume_limit)
             self._waiter.start()
+        elif self._conn.caps.version >= (7, 0, 0):  # SPUBLISH / SSUBSCRIBE
+            self._waiter = ShardWaiter(client)  # type: ignore[arg-type]
         self._ctx = FetchContext(
             client=client, group=opt.group, consumer=self.member_id,
             token=f"{self.member_id}|{self.instance_id}", batch_size=opt.batch_size,
@@ -199,14 +209,15 @@ class Consumer(Lifecycle):
             on_error=lambda tp, exc: self._coord.on_error(tp, exc) if self._coord else None,
             dead_letters=DeadLetterWriter(client, opt.keys, opt.group, self.member_id,
                                           lambda t: self._dle.get(t, False), self._stats),
-            stats=self._stats, limit=asyncio.Semaphore(limit), waiter=self._waiter,
+            stats=self._stats, limit=consume_limit, waiter=self._waiter,
             transactions=not self._conn.caps.is_cluster,
             watched_min=WATCHED_MIN if self._conn.caps.version >= (7, 0, 0) else WATCHED_MIN_62,
             wait_slots=None if self._waiter is not None else asyncio.Semaphore(max(1, min(32, pool // 4))),
         )
         listeners = {"on_assign": opt.on_assign, "on_revoke": opt.on_revoke, "on_lost": opt.on_lost}
         self._coord = Coordinator(client, opt, self.topics, self.member_id, self.instance_id,
-                                  self._ctx, listeners, on_fatal=self._fatal, on_error=self._surface)
+                                  self._ctx, listeners, on_fatal=self._fatal, on_error=self._surface,
+                                  native_refresh=self._conn.caps.set_ifeq, trim_pool=self._conn.owned)
         self._coord.born_after_join = missing
         try:
             await self._coord.start()

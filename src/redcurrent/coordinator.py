@@ -19,12 +19,13 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from . import scripts
 from .config import ConsumerOptions
+from .connection import trim_idle
 from .errors import (
     FencedError,
     FencedInstanceError,
@@ -35,7 +36,14 @@ from .errors import (
 )
 from .fetcher import RETRY_MAX_S, FetchContext, PartitionFetcher
 from .protocols import Listener
-from .replies import Scalar, StatusReply, parse_claim, parse_drained, parse_heartbeat, parse_refresh
+from .replies import (
+    Scalar,
+    parse_claim,
+    parse_drained,
+    parse_heartbeat,
+    parse_refresh,
+    parse_refresh_set,
+)
 from .structs import TopicPartition
 
 if TYPE_CHECKING:
@@ -49,6 +57,7 @@ _HEARTBEAT = scripts.script("heartbeat")
 _CLAIM = scripts.script("claim")
 _REFRESH = scripts.script("refresh")
 _DRAINED = scripts.script("drained")
+BUSY_RETRY_S = 0.05  # first retry of a busy claim; doubles each round up to a heartbeat
 LEASE_FRACTION = 0.9  # the local lease ends a little before the owner key expires
 
 
@@ -76,6 +85,8 @@ class Coordinator:
         *,
         on_fatal: Callable[[BaseException], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
+        native_refresh: bool = False,
+        trim_pool: bool = False,
     ) -> None:
         self._client = client
         self._opt = options
@@ -93,6 +104,11 @@ class Coordinator:
         self.lease_deadline = 0.0
         self._wake_reconcile = asyncio.Event()
         self._wake_heartbeat = asyncio.Event()
+        self._lane = asyncio.Lock()  # see _execute
+        self._native_refresh = native_refresh  # SET ... IFEQ (Valkey 8.1+) instead of the refresh script
+        self._refresh_commands: dict[str, scripts.Command] = {}
+        self._trim_pool = trim_pool  # our own client: close its idle connections when quiet
+        self._calls_seen = -1
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         # Set when the background loops must end (abort, or a stop past its revoke). They
@@ -101,6 +117,7 @@ class Coordinator:
         # would otherwise run on until cancel_all cancelled it again.
         self._closed = False
         self._retry_at = 0.0
+        self._busy_rounds = 0  # claim rounds in a row that met a busy partition
         self._rejoining = False
         self._last_beat_ok = False
         self.fatal: BaseException | None = None
@@ -166,6 +183,14 @@ class Coordinator:
     def epoch(self, topic: str) -> int:
         return self.state[topic].epoch
 
+    async def _execute(self, calls: Sequence[scripts.Op]) -> list[Any]:
+        """Every coordinator round trip (heartbeat and refresh, claim, release, leave),
+        one at a time: the coordinator holds one connection per node, however many
+        partitions it claims or releases at once, so a fleet's connections are bounded by
+        its members, not its partitions (docs/scaling.md)."""
+        async with self._lane:
+            return await scripts.execute_calls(self._client, calls)
+
     # -- heartbeat --
     async def _heartbeat_loop(self) -> None:
         interval = self._opt.heartbeat_interval
@@ -180,6 +205,7 @@ class Coordinator:
                 log.warning("heartbeat failed after %.3fs: %s", time.monotonic() - started, translate(exc, "heartbeat"))
             if self._closed:
                 return  # a cancellation was swallowed by the call above (see _closed)
+            await self._trim_if_idle()
             delay = max(0.0, interval - (time.monotonic() - started))
             try:
                 async with asyncio.timeout(delay):
@@ -187,6 +213,25 @@ class Coordinator:
             except TimeoutError:
                 pass
             self._wake_heartbeat.clear()
+
+    async def _trim_if_idle(self) -> None:
+        """A burst of fetches leaves up to ``limit`` connections in the client's pool, open
+        for good; once the consume path made no call for a whole heartbeat interval, close
+        the idle ones but one (per node), so an idle consumer holds a few connections
+        however many partitions it owns and however busy it was (docs/scaling.md)."""
+        calls = self._ctx.calls
+        quiet = calls == self._calls_seen
+        self._calls_seen = calls
+        if not quiet or not self._trim_pool or self._stopping:
+            return
+        try:
+            async with self._lane:  # never while our own round trip holds a connection
+                closed = await trim_idle(self._client, keep=1)
+        except Exception as exc:  # best effort: connections stay open, nothing breaks
+            log.debug("closing idle connections failed: %s", exc)
+            return
+        if closed:
+            log.debug("closed %d idle connections", closed)
 
     async def _heartbeat_once(self) -> None:
         """One round trip: the coordinator script per topic, plus the owner-key refresh
@@ -198,24 +243,27 @@ class Coordinator:
         """
         sent = time.monotonic()
         opt = self._opt
-        calls = [
+        calls: list[scripts.Op] = [
             scripts.Call(
                 _HEARTBEAT,
                 self._keys.coordinator(t, opt.group),
                 [opt.group, self.member_id, self.instance_id, opt.session_ms, opt.heartbeat_ms,
-                 self.state[t].op, self._info(), opt.assignor],
+                 self.state[t].op, self._info() if self.state[t].op == "join" else "", opt.assignor],
             )
             for t in self.topics
         ]
         # Never renew the lease of a partition whose fetch task has ended.
         owned = [(tp, f) for tp, f in self.fetchers.items() if f.alive] if self._last_beat_ok else []
-        refresh_args: list[str | int] = [self.token, opt.session_ms]
-        calls += [scripts.Call(_REFRESH, [f.owner], refresh_args) for _, f in owned]
+        if self._native_refresh:  # one plain command per owner key, no script (docs/scaling.md)
+            calls += [self._refresh_command(f.owner) for _, f in owned]
+        else:
+            refresh_args: list[str | int] = [self.token, opt.session_ms]
+            calls += [scripts.Call(_REFRESH, [f.owner], refresh_args) for _, f in owned]
         self._last_beat_ok = False
         # The lease runs from `sent`, so a slow reply costs nothing; this bound only
         # keeps a half-open link from stalling the loop (a reconnect plus one round trip).
         async with asyncio.timeout(opt.session_timeout / 2):
-            replies = await scripts.execute_calls(self._client, calls)
+            replies = await self._execute(calls)
         changed = False
         self._rejoining = False
         late = time.monotonic() - self._last_beat_at if self._last_beat_at else 0.0
@@ -230,6 +278,18 @@ class Coordinator:
             self.lease_deadline = sent + opt.session_timeout * LEASE_FRACTION
         if changed or time.monotonic() >= self._retry_at > 0:
             self._wake_reconcile.set()
+
+    def _refresh_command(self, owner: str) -> scripts.Command:
+        """``SET owner token IFEQ token PX session GET``, encoded once per owner key: an
+        idle partition's only steady client cost is this command each heartbeat."""
+        cmd = self._refresh_commands.get(owner)
+        if cmd is None:
+            token = self.token.encode()
+            cmd = self._refresh_commands[owner] = scripts.Command(
+                [owner], [b"SET", owner.encode(), token, b"IFEQ", token, b"PX", str(self._opt.session_ms).encode(), b"GET"])
+            if len(self._refresh_commands) > 4 * len(self.fetchers) + 64:  # forget released partitions'
+                self._refresh_commands = {owner: cmd}
+        return cmd
 
     def _apply(self, topic: str, reply: Sequence[Scalar], late: float = 0.0) -> bool:
         st = self.state[topic]
@@ -280,7 +340,7 @@ class Coordinator:
             log.warning("coordinator gap on %s: Redis was away (restart, pause or failover); "
                         "deadlines re-armed", topic)
 
-    async def _refreshed(self, owned: list[tuple[TopicPartition, PartitionFetcher]], replies: list[StatusReply | Exception]) -> bool:
+    async def _refreshed(self, owned: list[tuple[TopicPartition, PartitionFetcher]], replies: list[Any]) -> bool:
         """Act on the refresh replies; False if any owner key could not be extended."""
         ok = True
         for (tp, f), reply in zip(owned, replies, strict=True):
@@ -289,7 +349,10 @@ class Coordinator:
             if self.fetchers.get(tp) is not f or f.stopping or self._stopping:
                 continue  # being revoked or released: its key may be gone on purpose
             try:
-                parse_refresh(reply, tp)
+                if self._native_refresh:
+                    parse_refresh_set(reply, self.token, tp)
+                else:
+                    parse_refresh(reply, tp)
             except LeaseExpiredError:
                 if tp.partition in self.state[tp.topic].target:
                     # Our key expired while Redis was away (restart, pause): nobody else
@@ -301,7 +364,9 @@ class Coordinator:
         return ok
 
     async def _reclaim(self, tp: TopicPartition, f: PartitionFetcher) -> bool:
-        reply = await scripts.run(self._client, _CLAIM, self._claim_keys(tp), self._claim_args(tp))
+        [reply] = await self._execute([scripts.Call(_CLAIM, self._claim_keys(tp), self._claim_args(tp))])
+        if isinstance(reply, Exception):
+            raise reply
         try:
             parse_claim(reply, tp)
         except PartitionBusyError:
@@ -384,7 +449,7 @@ class Coordinator:
     async def _claim(self, gained: list[TopicPartition]) -> None:
         k, g = self._keys, self._opt.group
         calls = [scripts.Call(_CLAIM, self._claim_keys(tp), self._claim_args(tp)) for tp in gained]
-        replies = await scripts.execute_calls(self._client, calls)
+        replies = await self._execute(calls)
         claimed: list[TopicPartition] = []
         busy_ms: list[int] = []
         for tp, reply in zip(gained, replies, strict=True):
@@ -408,9 +473,18 @@ class Coordinator:
             claimed.append(tp)
         self._retry_at = time.monotonic() + min(busy_ms) / 1000 if busy_ms else 0.0
         if busy_ms:
+            # The previous owner is handing the partition over (its in-flight messages
+            # finish, then it releases; an idle one releases within milliseconds): ask
+            # again soon, backing off to one heartbeat, or to when its key expires if
+            # that is sooner. Waiting a whole heartbeat would leave the partition idle
+            # that long at every handoff, and a fleet's rebalance is many handoffs.
+            self._busy_rounds += 1
+            soon = BUSY_RETRY_S * 2 ** min(self._busy_rounds - 1, 8)
             asyncio.get_running_loop().call_later(
-                min(min(busy_ms) / 1000, self._opt.heartbeat_interval) + 0.01, self._wake_reconcile.set
+                min(min(busy_ms) / 1000, self._opt.heartbeat_interval, soon) + 0.01, self._wake_reconcile.set
             )
+        else:
+            self._busy_rounds = 0
         if claimed:
             log.info("claimed %s", [f"{tp.topic}[{tp.partition}]" for tp in claimed])
             await self._notify("on_assign", claimed)
@@ -441,7 +515,7 @@ class Coordinator:
             calls = [f.release_call() for f in todo]
             try:
                 async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
-                    replies = await scripts.execute_calls(self._client, calls)
+                    replies = await self._execute(calls)
             except Exception as exc:
                 replies = [exc] * len(todo)
             failed: list[PartitionFetcher] = []
@@ -517,7 +591,7 @@ class Coordinator:
             for t in self.topics
         ]
         async with asyncio.timeout(opt.session_timeout / 2):
-            await scripts.execute_calls(self._client, calls)
+            await self._execute(calls)
 
 
 async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:

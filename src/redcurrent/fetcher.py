@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from .deadletter import DeadLetterWriter
     from .lanes import PartitionLanes
     from .stats import ConsumerStats
-    from .waiter import IdleWaiter
+    from .waiter import IdleWaiter, ShardWaiter
 
 __all__ = ["Credits", "Dispatcher", "FetchContext", "LeaseLost", "PartitionFetcher"]
 
@@ -82,6 +82,7 @@ _WATCH_TRIES = 3  # a watched fetch whose key keeps changing falls back to the s
 WATCHED_MIN = 250
 WATCHED_MIN_62 = 100
 RETRY_MAX_S = 1.0  # the longest wait before retrying a consume-path Redis call
+IDLE_BACKSTOP_S = 30.0  # an idle partition re-registers with the IdleWaiter at least this often
 POLL_S = 0.1  # idle poll period on a cluster when every blocking-wait slot is taken
 BARRIER_POLL_S = 0.02  # how soon a partition stopped at a growth's barrier looks again
 _FETCH = scripts.script("fetch")
@@ -145,7 +146,10 @@ class FetchContext:
     # Bounds concurrent commands of the consume path below the client's pool size, so
     # heartbeats and claims always find a connection (a pool of 100 is redis-py's default).
     limit: asyncio.Semaphore
-    waiter: IdleWaiter | None = None  # one blocking read for all idle partitions (single server)
+    # one blocking read for all idle partitions (single server), or one shard subscription
+    # per node (cluster, Redis 7+)
+    waiter: IdleWaiter | ShardWaiter | None = None
+    calls: int = 0  # consume-path calls so far: none between two heartbeats = idle (pool trim)
     transactions: bool = False  # WATCH/MULTI fetches (single server; a cluster keeps the script)
     watched_min: int = WATCHED_MIN  # reads at least this large take the watched path
     wait_slots: asyncio.Semaphore | None = None  # per-partition blocking reads (cluster)
@@ -298,6 +302,8 @@ class PartitionFetcher:
         try:
             await self._stop_task(timeout)
         finally:
+            if self.ctx.waiter is not None:
+                self.ctx.waiter.forget(self.stream)
             if self.lanes is not None:  # concurrent handlers: the same bound, then cancelled
                 await self.lanes.stop(deadline - time.monotonic())
 
@@ -337,6 +343,8 @@ class PartitionFetcher:
         self._stopping = True
         self.stop_event.set()
         self.acks.clear()
+        if self.ctx.waiter is not None:
+            self.ctx.waiter.forget(self.stream)
         if self._task is not None:
             self._task.cancel()
         if self.lanes is not None:
@@ -462,6 +470,7 @@ class PartitionFetcher:
                 # the heartbeat to renew (or reclaim) the lease instead.
                 raise LeaseLost(what)
             try:
+                c.calls += 1
                 async with c.limit:
                     async with asyncio.timeout(c.fetch_timeout):
                         return await fn()
@@ -760,7 +769,11 @@ class PartitionFetcher:
             if c.waiter is not None:
                 fut = c.waiter.wait(self.stream, last_id)
                 try:
-                    return await asyncio.wait_for(asyncio.shield(fut), c.block_ms / 1000)
+                    # The waiter wakes us when the stream grows (or when its read failed);
+                    # pause, stop and the lease are checked on waking. This timeout is
+                    # only a backstop, long: each wake of an idle partition costs client
+                    # CPU, and a fleet's consumers own thousands (docs/scaling.md).
+                    return await asyncio.wait_for(asyncio.shield(fut), IDLE_BACKSTOP_S)
                 except TimeoutError:
                     return False
                 finally:

@@ -66,6 +66,7 @@ __all__ = [
     "parse_nack",
     "parse_produce",
     "parse_refresh",
+    "parse_refresh_set",
     "parse_release",
     "parse_requeue",
     "parse_seek",
@@ -213,6 +214,21 @@ def parse_refresh(reply: StatusReply, tp: TopicPartition) -> None:
         raise FencedError(f"partition {_where(tp)} is no longer owned")
     if status == b"ABSENT":
         raise LeaseExpiredError(f"the owner key of {_where(tp)} expired")
+    raise _unexpected("refresh", reply)
+
+
+def parse_refresh_set(reply: object, token: str, tp: TopicPartition) -> None:
+    """The reply of ``SET owner token IFEQ token PX session GET`` (the native refresh,
+    same outcomes as the ``refresh`` script): the key's previous value. Ours: extended;
+    nil: the key expired (LeaseExpiredError, nothing was created); another token:
+    FencedError (nothing was changed)."""
+    if reply is None:
+        raise LeaseExpiredError(f"the owner key of {_where(tp)} expired")
+    if isinstance(reply, bytes | str):
+        value = reply.decode() if isinstance(reply, bytes) else reply
+        if value == token:
+            return
+        raise FencedError(f"partition {_where(tp)} is no longer owned")
     raise _unexpected("refresh", reply)
 
 

@@ -44,7 +44,7 @@ from .connection import CONNECTION_ERRORS, refresh_slots
 if TYPE_CHECKING:
     from .connection import Client, Pipeline
 
-__all__ = ["Call", "Executed", "Script", "execute", "execute_calls", "queue", "run", "script"]
+__all__ = ["Call", "Command", "Executed", "Script", "execute", "execute_calls", "queue", "run", "script"]
 
 Arg = str | bytes | int | float
 _REDIRECTS = 5  # MOVED/ASK/NOSCRIPT rounds one call may take within one execute
@@ -81,6 +81,30 @@ class Call:
     args: Sequence[Arg]
 
 
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One plain command (``args`` starts with its name) that may ride in the same
+    pipelines as script calls, routed by ``keys[0]`` on a cluster. Its reply is returned
+    raw (``raw=True`` tells redis-py's response callback to leave it alone where it
+    has one, as for ``SET ... GET``)."""
+
+    keys: Sequence[str]
+    args: Sequence[Arg]
+
+
+Op = Call | Command
+
+
+def _command(op: Op) -> tuple[Arg, ...]:
+    if isinstance(op, Command):
+        return tuple(op.args)
+    return ("EVALSHA", op.script.sha, len(op.keys), *op.keys, *op.args)
+
+
+def _options(op: Op) -> dict[str, bool]:
+    return {"get": True} if isinstance(op, Command) else {}
+
+
 async def _load(client: Client, s: Script) -> None:
     # On a cluster client, SCRIPT LOAD goes to every primary.
     await client.script_load(s.source)
@@ -100,9 +124,13 @@ async def run(client: Client, s: Script, keys: Sequence[str], args: Sequence[Arg
         return await client.execute_command("EVALSHA", s.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
 
 
-def queue(pipe: Pipeline, call: Call) -> None:
-    """Queue ``call`` on ``pipe`` as a raw EVALSHA (routed by key on a cluster)."""
-    pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+def queue(pipe: Pipeline, call: Op) -> None:
+    """Queue ``call`` on ``pipe`` as a raw EVALSHA, or a :class:`Command` as it is
+    (routed by key on a cluster)."""
+    if isinstance(call, Command):
+        pipe.execute_command(*call.args, get=True)
+    else:
+        pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
 
 
 @dataclass(slots=True)
@@ -115,7 +143,7 @@ class Executed:
     confirmed: list[int]
 
 
-async def execute_calls(client: Client, calls: Sequence[Call]) -> list[Any]:
+async def execute_calls(client: Client, calls: Sequence[Op]) -> list[Any]:
     """Run ``calls`` pipelined; results (or exceptions) in order.
 
     Commands that hit NOSCRIPT are rerun after loading their scripts; any other error
@@ -124,7 +152,7 @@ async def execute_calls(client: Client, calls: Sequence[Call]) -> list[Any]:
     return (await execute(client, calls)).results
 
 
-async def execute(client: Client, calls: Sequence[Call], *, wait_replicas: int = 0, wait_ms: int = 0) -> Executed:
+async def execute(client: Client, calls: Sequence[Op], *, wait_replicas: int = 0, wait_ms: int = 0) -> Executed:
     """:func:`execute_calls`, and with ``wait_replicas`` each pipeline ends with
     ``WAIT wait_replicas wait_ms`` on its own connection: on a cluster, the connection
     of the node that ran the calls (docs/architecture.md §9)."""
@@ -133,7 +161,7 @@ async def execute(client: Client, calls: Sequence[Call], *, wait_replicas: int =
     results = await _pipeline(client, calls, wait_replicas, wait_ms)
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if missing:
-        for s in {calls[i].script for i in missing}:
+        for s in {c.script for i in missing if isinstance(c := calls[i], Call)}:
             await _load(client, s)
         retried = await _pipeline(client, [calls[i] for i in missing], wait_replicas, wait_ms)
         if wait_replicas:
@@ -147,11 +175,10 @@ async def execute(client: Client, calls: Sequence[Call], *, wait_replicas: int =
     return Executed(results, [-1 if isinstance(r, BaseException) else confirmed for r in results])
 
 
-async def _pipeline(client: Client, calls: Sequence[Call], wait_replicas: int = 0, wait_ms: int = 0) -> list[Any]:
+async def _pipeline(client: Client, calls: Sequence[Op], wait_replicas: int = 0, wait_ms: int = 0) -> list[Any]:
     if len(calls) == 1 and not wait_replicas:  # no pipeline object for the common case
-        c = calls[0]
         try:
-            return [await client.execute_command("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args)]
+            return [await client.execute_command(*_command(calls[0]), **_options(calls[0]))]
         except ResponseError as exc:  # NOSCRIPT included: same contract as the pipeline
             return [exc]
     pipe = client.pipeline(transaction=False)
@@ -165,7 +192,7 @@ async def _pipeline(client: Client, calls: Sequence[Call], wait_replicas: int = 
 # --------------------------------------------------------------------------- cluster
 
 
-async def _cluster_calls(client: RedisCluster, calls: Sequence[Call], wait_replicas: int,
+async def _cluster_calls(client: RedisCluster, calls: Sequence[Op], wait_replicas: int,
                          wait_ms: int) -> Executed:
     """One pipeline per node; redirections and NOSCRIPT rerun the calls they hit (up to
     ``_REDIRECTS`` rounds), everything else is returned in the call's slot."""
@@ -216,7 +243,7 @@ async def _cluster_calls(client: RedisCluster, calls: Sequence[Call], wait_repli
     return Executed(results, confirmed)
 
 
-async def _node_pipeline(node: ClusterNode, calls: Sequence[Call], items: list[tuple[int, bool]],
+async def _node_pipeline(node: ClusterNode, calls: Sequence[Op], items: list[tuple[int, bool]],
                          wait_replicas: int, wait_ms: int) -> tuple[list[Any], int]:
     """The calls ``items`` on one connection of ``node`` (ASKING right before a call that
     was asked to come here), then WAIT: each call's reply, and the WAIT count."""
@@ -225,9 +252,8 @@ async def _node_pipeline(node: ClusterNode, calls: Sequence[Call], items: list[t
     for i, asking in items:
         if asking:
             commands.append(PipelineCommand(len(commands), "ASKING"))
-        c = calls[i]
         positions.append(len(commands))
-        commands.append(PipelineCommand(len(commands), "EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args))
+        commands.append(PipelineCommand(len(commands), *_command(calls[i]), **_options(calls[i])))
     if wait_replicas:
         commands.append(PipelineCommand(len(commands), "WAIT", wait_replicas, wait_ms))
     await node.execute_pipeline(commands)
@@ -235,7 +261,7 @@ async def _node_pipeline(node: ClusterNode, calls: Sequence[Call], items: list[t
     return [commands[p].result for p in positions], waited if isinstance(waited, int) else 0
 
 
-async def _redirect(client: RedisCluster, node: ClusterNode, call: Call, reply: object,
+async def _redirect(client: RedisCluster, node: ClusterNode, call: Op, reply: object,
                     asking: bool) -> tuple[ClusterNode, bool] | None:
     """Where to run ``call`` again after ``reply``, or None if its reply stands."""
     manager = client.nodes_manager
@@ -248,7 +274,7 @@ async def _redirect(client: RedisCluster, node: ClusterNode, call: Call, reply: 
             refresh_slots(client, background=True)
             return None
         return target, True
-    if isinstance(reply, NoScriptError):  # a new or failed-over primary: load it there
+    if isinstance(reply, NoScriptError) and isinstance(call, Call):  # a new or failed-over primary
         await node.execute_command("SCRIPT", "LOAD", call.script.source)
         return node, asking
     return None

@@ -13,25 +13,32 @@ read at once so the next read includes the newcomer. Nothing is missed meanwhile
 each stream is read from the last id its partition saw, not from ``$``.
 
 On a cluster a multi-stream XREAD fails with CROSSSLOT (every partition has its own
-slot), so each idle partition blocks on its own, bounded by :class:`WaitSlots`;
-partitions that find no free slot poll instead (docs/architecture.md §8 "Idle wait").
+slot). On Redis 7+ a :class:`ShardWaiter` listens instead to the announcements the produce
+script publishes on each partition's shard channel, one SSUBSCRIBE connection per node;
+on Redis 6.2 each idle partition blocks on its own, bounded by the fetch context's
+``wait_slots``, and partitions that find no free slot poll (docs/architecture.md §8).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .connection import refresh_slots
+
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from redis.asyncio import Redis, RedisCluster
+    from redis.asyncio.cluster import ClusterNode
     from redis.asyncio.connection import AbstractConnection
 
-__all__ = ["IdleWaiter"]
+__all__ = ["IdleWaiter", "ShardWaiter"]
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +49,10 @@ DOORBELL_TTL_MS = 60_000
 class IdleWaiter:
     """One blocking XREAD over all idle partitions of a consumer (single server only)."""
 
-    def __init__(self, client: Redis, doorbell: str, block_ms: int) -> None:
+    def __init__(self, client: Redis, doorbell: str, block_ms: int,
+                 limit: asyncio.Semaphore | None = None) -> None:
         self._client = client
+        self._limit = limit  # the consume path's bound on pooled connections in use
         self._bell = doorbell
         self._bell_id: bytes | str = "$"
         self._block_ms = block_ms
@@ -100,6 +109,12 @@ class IdleWaiter:
         if known is not None and known[1] is fut:
             del self._idle[stream]
 
+    def forget(self, stream: str) -> None:
+        """The partition is no longer ours (nothing to unsubscribe here)."""
+        known = self._idle.pop(stream, None)
+        if known is not None and not known[1].done():
+            known[1].set_result(True)
+
     def _ring(self) -> None:
         if self._rang_for == self._read_seq:
             return  # one ring ends this read; the next read includes every newcomer
@@ -110,10 +125,12 @@ class IdleWaiter:
 
     async def _ring_once(self) -> None:
         try:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.xadd(self._bell, {"r": "1"}, maxlen=1, approximate=False)
-            pipe.pexpire(self._bell, DOORBELL_TTL_MS)
-            await pipe.execute()
+            # Within the consume path's connection bound: a ring is one more pooled call.
+            async with self._limit if self._limit is not None else contextlib.nullcontext():
+                pipe = self._client.pipeline(transaction=False)
+                pipe.xadd(self._bell, {"r": "1"}, maxlen=1, approximate=False)
+                pipe.pexpire(self._bell, DOORBELL_TTL_MS)
+                await pipe.execute()
         except _ERRORS as exc:  # the read ends by its own timeout instead
             log.debug("idle-wait doorbell failed: %s", exc)
 
@@ -162,8 +179,17 @@ class IdleWaiter:
         if conn is None:
             conn = self._conn = await self._client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
             if self._bell_id == "$":
-                # "$" would miss a ring sent before the first read: start from the tail now.
-                last = await self._client.xrevrange(self._bell, count=1)
+                # "$" would miss a ring sent before the first read: start from the tail now
+                # (on this connection: the waiter holds one connection, never two).
+                try:
+                    await conn.send_command("XREVRANGE", self._bell, "+", "-", "COUNT", 1)
+                    async with asyncio.timeout(5.0):
+                        last = await conn.read_response()
+                except BaseException:
+                    self._conn = None
+                    await conn.disconnect()
+                    await self._client.connection_pool.release(conn)
+                    raise
                 self._bell_id = last[0][0] if last and last[0][0] else "0-0"
         args: list[Any] = ["XREAD", "COUNT", 1, "BLOCK", self._block_ms, "STREAMS", self._bell, *streams,
                            self._bell_id, *streams.values()]
@@ -177,3 +203,239 @@ class IdleWaiter:
             await conn.disconnect()
             await self._client.connection_pool.release(conn)
             raise
+
+
+PING_S = 5.0  # a shard subscription's link is checked this often when no message arrives
+LINK_RETRY_S = 0.1  # after a shard subscription's link failed, its partitions wake this much later
+
+
+class ShardWaiter:
+    """Cluster, Redis 7+: one ``SSUBSCRIBE`` connection per node wakes every idle
+    partition of that node, however many (docs/architecture.md §8).
+
+    The produce script announces each batch it writes with ``SPUBLISH`` on a shard
+    channel named like the partition's stream (so in the stream's slot, on its node).
+    A partition subscribes the first time it goes idle and stays subscribed while it is
+    owned (:meth:`forget` on release); each announcement wakes it if it waits, or makes
+    its next wait return at once if it was busy fetching. A new subscription, a lost
+    link and a moved slot all wake the partitions concerned: they fetch to find out, so
+    nothing written before the subscription took effect is missed.
+    """
+
+    def __init__(self, client: RedisCluster) -> None:
+        self._client = client
+        self._shards: dict[str, _Shard] = {}  # node name -> its subscription connection
+        self._on: dict[str, _Shard] = {}  # stream -> the shard it is subscribed on
+        self._seq: dict[str, int] = {}  # announcements received per stream
+        self._seen: dict[str, int] = {}  # ... as of the stream's last wake
+        self._waiting: dict[str, asyncio.Future[bool]] = {}
+
+    def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        shards, self._shards = list(self._shards.values()), {}
+        await asyncio.gather(*(s.close() for s in shards), return_exceptions=True)
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_result(True)
+        self._waiting.clear()
+        self._on.clear()
+
+    def wait(self, stream: str, last_id: bytes | str) -> asyncio.Future[bool]:
+        """A future that resolves True once ``stream`` may have an entry after ``last_id``."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        old = self._waiting.pop(stream, None)
+        if old is not None and not old.done():
+            old.set_result(True)
+        shard = self._on.get(stream)
+        if shard is None:
+            self._subscribe(stream)  # its confirmation wakes us: fetch once more then
+        elif stream in shard.confirmed and self._seq.get(stream, 0) != self._seen.get(stream, 0):
+            self._seen[stream] = self._seq.get(stream, 0)  # announced while we fetched
+            fut.set_result(True)
+            return fut
+        self._waiting[stream] = fut
+        return fut
+
+    def discard(self, stream: str, fut: asyncio.Future[bool]) -> None:
+        if self._waiting.get(stream) is fut:
+            del self._waiting[stream]
+
+    def forget(self, stream: str) -> None:
+        """The partition is no longer ours: stop listening to it."""
+        self._wake(stream)
+        shard = self._on.pop(stream, None)
+        self._seq.pop(stream, None)
+        self._seen.pop(stream, None)
+        if shard is not None:
+            shard.unsubscribe(stream)
+
+    def _subscribe(self, stream: str) -> None:
+        try:
+            node = self._client.nodes_manager.get_node_from_slot(self._client.keyslot(stream))
+        except Exception as exc:  # an uncovered slot: the fetch finds out, then waits again
+            log.debug("shard wait: no node for %s: %s", stream, exc)
+            asyncio.get_running_loop().call_later(0.1, self._wake, stream)
+            return
+        shard = self._shards.get(node.name)
+        if shard is None or shard.dead:
+            shard = self._shards[node.name] = _Shard(self, node)
+        self._on[stream] = shard
+        shard.subscribe(stream)
+
+    def _wake(self, stream: str) -> None:
+        self._seen[stream] = self._seq.get(stream, 0)
+        fut = self._waiting.pop(stream, None)
+        if fut is not None and not fut.done():
+            fut.set_result(True)
+
+    # called by _Shard
+    def _confirmed(self, stream: str) -> None:
+        self._wake(stream)
+
+    def _announced(self, stream: str) -> None:
+        self._seq[stream] = self._seq.get(stream, 0) + 1
+        if stream in self._waiting:
+            self._wake(stream)
+
+    def _dropped(self, shard: _Shard, streams: list[str]) -> None:
+        """The link failed, or the server dropped subscriptions (their slot moved): wake
+        them; each one's next wait subscribes again on the node the slot map names."""
+        if any(self._on.get(s) is shard for s in streams):
+            refresh_slots(self._client, background=True)
+        for s in streams:
+            if self._on.get(s) is shard:
+                del self._on[s]
+            self._wake(s)
+
+
+class _Shard:
+    """One node's subscription connection: a reader task, and a writer that sends
+    (un)subscriptions as they are asked for."""
+
+    def __init__(self, owner: ShardWaiter, node: ClusterNode) -> None:
+        self._owner = owner
+        self._node = node
+        self.wanted: set[str] = set()
+        self.confirmed: set[str] = set()
+        self._inflight: deque[tuple[str, str]] = deque()  # (command, channel) awaiting a reply
+        self._outbox: list[tuple[str, str]] = []
+        self._kick = asyncio.Event()
+        self._conn: AbstractConnection | None = None
+        self.dead = False
+        self._closing = False
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="redcurrent-shard-wait")
+
+    def subscribe(self, stream: str) -> None:
+        self.wanted.add(stream)
+        self._outbox.append(("SSUBSCRIBE", stream))
+        self._kick.set()
+
+    def unsubscribe(self, stream: str) -> None:
+        self.wanted.discard(stream)
+        self.confirmed.discard(stream)
+        self._outbox.append(("SUNSUBSCRIBE", stream))
+        self._kick.set()
+
+    async def close(self) -> None:
+        self.dead = True
+        self._closing = True
+        await _cancel(self._task)
+
+    async def _run(self) -> None:
+        conn = self._node.acquire_connection()
+        self._conn = conn
+        writer: asyncio.Task[None] | None = None
+        try:
+            await conn.connect()  # type: ignore[no-untyped-call]
+            writer = asyncio.get_running_loop().create_task(self._write(conn))
+            await self._read(conn)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.debug("shard wait on %s failed (%s); waking its partitions", self._node.name, exc)
+        finally:
+            self.dead = True
+            if writer is not None:
+                await _cancel(writer)
+            # A subscribed connection is never reused for commands.
+            await conn.disconnect()
+            self._node.release(conn)
+            if not self._closing:
+                # The link failed (the node may be gone): wake its partitions a little
+                # later, so a dead node is not asked again in a tight loop.
+                wanted = list(self.wanted)
+                asyncio.get_running_loop().call_later(LINK_RETRY_S, self._owner._dropped, self, wanted)
+
+    async def _write(self, conn: AbstractConnection) -> None:
+        while not self.dead:
+            await self._kick.wait()
+            self._kick.clear()
+            batch, self._outbox = self._outbox, []
+            for command, channel in batch:
+                if command == "SUNSUBSCRIBE" and channel in self.wanted:
+                    continue  # wanted again meanwhile
+                if command == "SSUBSCRIBE" and channel not in self.wanted:
+                    continue
+                self._inflight.append((command, channel))
+                await conn.send_command(command, channel)
+
+    async def _read(self, conn: AbstractConnection) -> None:
+        pinged = False
+        while not self.dead:
+            try:
+                msg = await conn.read_response(timeout=PING_S)
+            except ResponseError as exc:  # a refused (un)subscription: MOVED, ...
+                command, channel = self._inflight.popleft() if self._inflight else ("", "")
+                log.debug("shard wait: %s %s refused: %s", command, channel, exc)
+                if channel in self.wanted:
+                    self.wanted.discard(channel)
+                    self._owner._dropped(self, [channel])
+                continue
+            if msg is None:
+                if pinged:
+                    raise RedisTimeoutError(f"no reply from {self._node.name} within {2 * PING_S}s")
+                pinged = True
+                self._inflight.append(("PING", ""))
+                await conn.send_command("PING")
+                continue
+            pinged = False
+            kind, channel = _push(msg)
+            if kind == "smessage":
+                self._owner._announced(channel)
+            elif kind == "ssubscribe":
+                if self._inflight:
+                    self._inflight.popleft()
+                if channel in self.wanted:
+                    self.confirmed.add(channel)
+                    self._owner._confirmed(channel)
+            elif kind == "sunsubscribe":
+                if self._inflight and self._inflight[0] == ("SUNSUBSCRIBE", channel):
+                    self._inflight.popleft()
+                elif channel in self.wanted:  # the server dropped it: its slot moved
+                    self.wanted.discard(channel)
+                    self.confirmed.discard(channel)
+                    self._owner._dropped(self, [channel])
+            elif kind == "pong" and self._inflight:
+                self._inflight.popleft()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait until it ends, cancelling again if needed: on Python 3.11
+    redis-py's own timeouts can swallow a cancellation that lands inside a command."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("shard wait task ended with %r", task.exception())
+
+
+def _push(msg: Any) -> tuple[str, str]:
+    """(kind, channel) of a subscription push message; ("pong", "") for a PING's reply."""
+    if isinstance(msg, list | tuple) and len(msg) >= 2:
+        kind, channel = msg[0], msg[1]
+        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+        channel = channel.decode() if isinstance(channel, bytes) else str(channel)
+        return kind.lower(), channel
+    return "pong", ""

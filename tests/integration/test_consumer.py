@@ -768,10 +768,12 @@ async def test_an_idle_consumer_sends_only_blocking_reads_and_heartbeats(
         "pexpire",
         "sismember",
     }
-    assert set(delta) <= {"evalsha", "xread"} | script_internals, delta
+    # On Valkey 8.1+ an owner key is refreshed by a plain SET ... IFEQ, not refresh.lua
+    assert set(delta) <= {"evalsha", "xread", "set"} | script_internals, delta
     assert "xreadgroup" not in delta and "xrevrange" not in delta, delta
     beats = window / HB
-    assert delta.get("evalsha", 0) <= (beats + 2) * (1 + 2), delta  # heartbeat + 2 refreshes a beat
+    sent = delta.get("evalsha", 0) + delta.get("set", 0)
+    assert sent <= (beats + 2) * (1 + 2), delta  # heartbeat + 2 refreshes a beat
     assert 1 <= delta.get("xread", 0) <= 2 * (1 + window / 2) + 2, delta
 
 
@@ -788,5 +790,66 @@ async def test_epoch_and_stats_are_reported(
         sent = await produce(producer, TOPIC, KEYS20, 2)
         await eventually(lambda: c.stats().get("processed", 0) == len(sent), 5)
         assert c.stats()["rebalances"] >= 1
+    finally:
+        await stop_all((c, task))
+
+
+async def test_a_refresh_never_recreates_an_expired_owner_key_nor_overwrites_another_owner(
+    redis_url: str, namespace: str, r: redis.asyncio.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The owner-key refresh (refresh.lua, or SET ... IFEQ on Valkey 8.1+) extends only a
+    key holding our token: an expired key is claimed back (the coordinator still assigns
+    the partition to us), another owner's key is left alone and the partition dropped."""
+    await create_topic(redis_url, namespace, TOPIC, 2)
+    owners = [Keys(namespace).owner(TOPIC, p, "g") for p in range(2)]
+    c = make_consumer(redis_url, namespace, TOPIC)
+    task = start_processing(c, Seen().handler("c"))
+    try:
+        await eventually(lambda: len(c.assignment()) == 2, 5)
+        token = await r.get(owners[0])
+        assert token is not None
+        await r.delete(owners[0])  # expired while Redis was away
+        await r.set(owners[1], b"intruder|x", px=int(20 * SESSION * 1000))  # someone else's
+        await eventually(lambda: c.stats().get("partitions_lost", 0) >= 1, 5)
+        await eventually(lambda: r.get(owners[0]), 5)
+        assert await r.get(owners[0]) == token  # claimed back by its owner, same token
+        assert any("reclaimed" in rec.getMessage() for rec in caplog.records)  # by claim, not refresh
+        assert TopicPartition(TOPIC, 1) not in c.assignment()
+        assert await r.get(owners[1]) == b"intruder|x"  # never overwritten
+        assert await r.pttl(owners[1]) > 10 * SESSION * 1000  # nor extended
+    finally:
+        await stop_all((c, task))
+
+
+async def test_an_idle_consumer_closes_the_connections_a_burst_opened(
+    redis_url: str, namespace: str, r: redis.asyncio.Redis, producer: Producer
+) -> None:
+    """Fetching 8 busy partitions at once takes up to 8 pooled connections; once nothing
+    was fetched for a heartbeat interval, the consumer keeps 2-3 (the idle wait's, one for
+    its heartbeats, maybe a doorbell's): docs/architecture.md §8 "Connections"."""
+    await create_topic(redis_url, namespace, TOPIC, 8)
+    await produce(producer, TOPIC, KEYS20 * 10, 20)
+    base = int((await r.info("clients"))["connected_clients"])
+    c = make_consumer(redis_url, namespace, TOPIC, start="earliest", batch_size=10)
+    seen = Seen()
+    task = start_processing(c, seen.handler("c", work=0.001))
+    try:
+        peak = 0
+
+        async def drained() -> bool:
+            nonlocal peak
+            peak = max(peak, int((await r.info("clients"))["connected_clients"]) - base)
+            return len(seen.handled()) == 20 * 200
+
+        await eventually(drained, 60, interval=0.02)
+        held = None
+
+        async def few() -> bool:
+            nonlocal held
+            held = int((await r.info("clients"))["connected_clients"]) - base
+            return held <= 3
+
+        await eventually(few, 5 + 5 * HB, message="an idle consumer kept the burst's connections")
+        assert peak > 3, f"the burst never used more than {peak} connections: nothing to close"
     finally:
         await stop_all((c, task))

@@ -265,6 +265,11 @@ class CoordinatorMachine(RuleBasedStateMachine):
         if assignment:
             sizes = [len(ps) for ps in assignment.values()]
             assert max(sizes) - min(sizes) <= 1
+        # A beat that changes nothing answers from its member's own list ("m:<id>"):
+        # every member's list is its share of the assignment, and departed members have none.
+        fields = self.run(self.client.hgetall(self.state))
+        lists = {k.decode()[2:]: v.decode() for k, v in fields.items() if k.startswith(b"m:")}
+        assert lists == {m: ",".join(map(str, ps)) for m, ps in assignment.items()}
 
     def teardown(self) -> None:
         self.run(self.client.delete(*self.keys))

@@ -42,6 +42,7 @@ from redcurrent.replies import (
     parse_nack,
     parse_produce,
     parse_refresh,
+    parse_refresh_set,
     parse_release,
     parse_requeue,
     parse_seek,
@@ -138,6 +139,17 @@ def test_refresh() -> None:
     with pytest.raises(FencedError) as fenced:
         parse_refresh([b"FENCED"], TP)
     assert type(fenced.value) is FencedError
+
+
+def test_native_refresh_reads_the_previous_value() -> None:
+    parse_refresh_set(b"m|i", "m|i", TP)  # mine: extended
+    with pytest.raises(LeaseExpiredError):
+        parse_refresh_set(None, "m|i", TP)  # expired: nothing created
+    with pytest.raises(FencedError) as fenced:
+        parse_refresh_set(b"m|other", "m|i", TP)  # another owner: nothing changed
+    assert type(fenced.value) is FencedError
+    with pytest.raises(RedcurrentError):
+        parse_refresh_set(1, "m|i", TP)
 
 
 @pytest.mark.parametrize("parse", [parse_release, parse_nack])

@@ -30,7 +30,10 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('SADD', groups, group)
 
-local st = redis.call('HMGET', state, 'epoch', 'last_tick', 'partitions', 'assignment', 'created_partitions')
+-- A beat that changes nothing reads only its own member's partitions ("m:<member>", a
+-- comma list written with the assignment), never the whole assignment: its cost does not
+-- grow with the group's partitions or members (docs/scaling.md).
+local st = redis.call('HMGET', state, 'epoch', 'last_tick', 'partitions', 'm:' .. mid, 'created_partitions')
 local epoch = tonumber(st[1]) or 0
 local last_tick = tonumber(st[2])
 local changed = false
@@ -75,17 +78,21 @@ if not created then
   created = nparts
   redis.call('HSET', state, 'created_partitions', created)
 end
-if tonumber(st[3]) ~= nparts or not st[4] then changed = true end
+-- No "m:<member>" (a group assigned before that field existed, or a member the last
+-- assignment did not know yet): recompute.
+if tonumber(st[3]) ~= nparts or (not st[4] and op ~= 'leave') then changed = true end
 
 local assignment
+local prev_raw
+if changed then prev_raw = redis.call('HGET', state, 'assignment') end
 if changed then
   local ids = redis.call('HKEYS', members)
   table.sort(ids)
   assignment = {}
   for _, m in ipairs(ids) do assignment[m] = {} end
   if #ids > 0 then
-    if assignor == 'sticky' and st[4] then
-      local prev = cjson.decode(st[4])
+    if assignor == 'sticky' and prev_raw then
+      local prev = cjson.decode(prev_raw)
       local base, extra = math.floor(nparts / #ids), nparts % #ids
       local held = {}
       for _, m in ipairs(ids) do
@@ -129,12 +136,27 @@ if changed then
   local encoded = cjson.encode(assignment)
   if #ids == 0 then encoded = '{}' end
   redis.call('HSET', state, 'epoch', epoch, 'partitions', nparts, 'assignment', encoded)
-else
-  assignment = cjson.decode(st[4])
+  local fields = {}
+  for j, m in ipairs(ids) do
+    local out = {}
+    for i, p in ipairs(assignment[m]) do out[i] = tostring(p) end
+    fields[#fields + 1] = 'm:' .. m
+    fields[#fields + 1] = table.concat(out, ',')
+    if #fields >= 2000 or j == #ids then  -- unpack() has a stack limit: HSET in chunks
+      redis.call('HSET', state, unpack(fields))
+      fields = {}
+    end
+  end
+  if prev_raw then  -- forget the departed members' lists
+    for m, _ in pairs(cjson.decode(prev_raw)) do
+      if not assignment[m] then redis.call('HDEL', state, 'm:' .. m) end
+    end
+  end
+  if op == 'leave' then return {'OK', epoch, nparts, created, '', rearmed} end
+  local out = {}
+  for i, p in ipairs(assignment[mid] or {}) do out[i] = tostring(p) end
+  return {'OK', epoch, nparts, created, table.concat(out, ','), rearmed}
 end
 
 if op == 'leave' then return {'OK', epoch, nparts, created, '', rearmed} end
-local mineparts = assignment[mid] or {}
-local out = {}
-for i, p in ipairs(mineparts) do out[i] = tostring(p) end
-return {'OK', epoch, nparts, created, table.concat(out, ','), rearmed}
+return {'OK', epoch, nparts, created, st[4], rearmed}

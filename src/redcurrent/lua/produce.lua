@@ -31,6 +31,9 @@
 --                                          nothing written; refresh, re-route, resend
 --         version: the topic metadata version the marker holds; a producer that sees a
 --         newer one than it knows refreshes its metadata at once (growth notification).
+--         optional last ARGV (after the batches): "w" = announce each written batch with
+--         SPUBLISH on the shard channel named like its stream (same slot), an empty
+--         message; idle consumers on a cluster subscribe there (docs/architecture.md §8)
 -- A batch is checked and written on its own: one batch's NOTOPIC, STALE or STALE_ROUTE does
 -- not stop the others, and each keeps its own producer sequence. The route check is one
 -- HGET per batch, never per record; it comes after the replay, so a resent batch that was
@@ -93,6 +96,7 @@ local function remember(seq_key, first, ids, n, joined)
   redis.call('SET', seq_key, (first + n - 1) .. ' ' .. first .. ' ' .. ids_state, 'PX', window)
 end
 
+local announce = #ARGV == 2 + 5 * (#KEYS / 4) + 1 and ARGV[#ARGV] == 'w'
 local replies = {}
 for j = 0, #KEYS / 4 - 1 do
   local stream, seq_key, marker = KEYS[4 * j + 1], KEYS[4 * j + 2], KEYS[4 * j + 3]
@@ -120,6 +124,7 @@ for j = 0, #KEYS / 4 - 1 do
     if minid ~= '' then redis.call('XTRIM', stream, 'MINID', '~', minid) end
     local joined = table.concat(ids, ',')
     if pid ~= '' and n > 0 then remember(seq_key, first, ids, n, joined) end
+    if announce and n > 0 then redis.call('SPUBLISH', stream, '') end
     reply = {'OK', joined, version}
   end
   replies[j + 1] = reply
