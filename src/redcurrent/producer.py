@@ -434,7 +434,7 @@ class Producer(Lifecycle):
         fast = encoded is None and self._serializer is None and not (meta and meta.config.ttl_ms)
         dumps, pack, murmur, max_bytes = orjson.dumps, RECORD_HEADER.pack, _murmur, self._opt.max_message_bytes
         encode, choose = self._encode, self._choose
-        inline = deduped = False
+        inline = False
         for i, rec in enumerate(records):
             if isinstance(rec, Record):
                 value, key, headers, partition, ttl, dedup_key = rec
@@ -442,10 +442,19 @@ class Producer(Lifecycle):
                 value, key, headers, partition, ttl, dedup_key = rec, None, None, None, None, None
             framed = None
             if dedup_key is not None:  # routed by its key, else by its dedup key
-                dk = dedup_bytes(dedup_key)
-                framed, nbytes = encode(topic, value, key, headers, ttl, dk) if encoded is None else encoded[i]
-                p = choose(topic, n, key if key is not None else dk, partition, framed[1] if key is not None else dk)
-                deduped = True
+                framed, nbytes, p, fresh = self._frame_dedup(topic, n, value, key, headers, partition, ttl, dedup_key,
+                                                             fast, None if encoded is None else encoded[i])
+                inline |= fresh
+                group = groups.get(p)
+                if group is None:
+                    group = groups[p] = Group([], [], [])
+                group.dedup = True
+                if partition is not None:
+                    group.pinned.append(len(group.sizes))
+                group.parts += framed
+                group.sizes.append(nbytes)
+                order.append(p)
+                continue
             elif fast and type(key) is str and type(value) is dict and headers is None and ttl is None \
                     and partition is None:
                 try:
@@ -464,8 +473,6 @@ class Producer(Lifecycle):
             group = groups.get(p)
             if group is None:
                 group = groups[p] = Group([], [], [])
-            if deduped:
-                group.dedup, deduped = True, False
             if partition is not None:
                 group.pinned.append(len(group.sizes))
             group.parts += framed
@@ -474,6 +481,28 @@ class Producer(Lifecycle):
         if inline:
             self._check_finite(groups, order, records)
         return groups, order
+
+    def _frame_dedup(
+        self, topic: str, n: int, value: Any, key: Any, headers: Any, partition: int | None, ttl: float | None,
+        dedup_key: str, fast: bool, encoded: tuple[Framed, int] | None,
+    ) -> tuple[Framed, int, int, bool]:
+        """_frame_all for a record with a dedup key: framed, its size, its partition (by its
+        key, else by its dedup key), and whether it was framed inline (see _check_finite)."""
+        dk = dedup_bytes(dedup_key)
+        if fast and type(key) is str and type(value) is dict and headers is None and ttl is None and partition is None:
+            try:  # the common keyed record, framed inline
+                data, kb = orjson.dumps(value), key.encode()
+            except (TypeError, ValueError):  # the careful path below says what is wrong
+                pass
+            else:
+                nbytes = len(data) + len(kb)
+                if nbytes <= self._opt.max_message_bytes:
+                    header = RECORD_HEADER.pack(1 | DEDUP_FLAG, 0, len(kb), len(data), 0, 0)
+                    framed = (header, kb, data + _DEDUP_LEN.pack(len(dk)) + dk)
+                    return framed, nbytes + len(dk), int(_murmur(kb, 0, False)) % n, True
+        framed, nbytes = self._encode(topic, value, key, headers, ttl, dk) if encoded is None else encoded
+        route = key if key is not None else dk
+        return framed, nbytes, self._choose(topic, n, route, partition, framed[1] if key is not None else dk), False
 
     @staticmethod
     def _check_finite(groups: dict[int, Group], order: list[int], records: list[Any]) -> None:

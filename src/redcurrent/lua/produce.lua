@@ -132,6 +132,10 @@ local function append_dedup(stream, blob, prefix, dwin)
     local seen = dkey and redis.call('GET', dkey)
     if seen then
       ids[n] = seen
+    elseif hlen == 0 and xlen == 0 and kt ~= 0 then
+      ids[n] = redis.call('XADD', stream, '*', 'f', FMT[codec * 3 + kt],
+        'v', string.sub(blob, vs, hs - 1), 'k', string.sub(blob, p, vs - 1))
+      if dkey then redis.call('SET', dkey, ids[n], 'PX', dwin) end
     else
       local f = {'f', FMT[codec * 3 + kt], 'v', string.sub(blob, vs, hs - 1)}
       if kt ~= 0 then f[5] = 'k'; f[6] = string.sub(blob, p, vs - 1) end
