@@ -218,7 +218,8 @@ class Producer(Lifecycle):
         try:
             reply = await scripts.run(client, _EPOCH, [keys.producer_epoch(tid), keys.producer_partitions(tid)], ["init"])
             epoch, parts = parse_producer_init(reply)
-            calls = [scripts.Call(_FENCE, [keys.producer_fence(t, p, pid)], [epoch]) for t, p in parts]
+            calls = [scripts.Call(_FENCE, [keys.producer_fence(t, p, pid), keys.topic_version(t, p)], [epoch])
+                     for t, p in parts]
             for result in await scripts.execute_calls(client, calls) if calls else []:
                 if isinstance(result, BaseException):
                     raise result

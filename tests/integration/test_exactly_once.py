@@ -433,3 +433,32 @@ async def test_a_commit_to_a_deleted_topic_writes_nothing_anywhere(
             await tx.send("gone", "b", partition=1)
             await admin.delete_topic("gone")
     assert await total(target_client, namespace, "keep", 2) == 0
+
+
+@pytest.mark.single_node
+async def test_a_commit_whose_reply_was_lost_is_retried_and_stored_once(
+    proxy: FaultProxy, redis_url: str, r: redis.asyncio.Redis, namespace: str
+) -> None:
+    async with Admin(redis_url, namespace=namespace) as admin:
+        await admin.create_topic("txr", partitions=3)
+    async with Producer(proxy.url, namespace=namespace, metadata_max_age=60, request_timeout=0.5,
+                        delivery_timeout=1.5) as producer:
+        async with producer.transaction() as tx:  # metadata read, script loaded
+            await tx.send("txr", "warm-up", partition=0)
+        proxy.drop_next_reply(b"EVALSHA")
+        async with producer.transaction() as tx:
+            futs = await tx.send_batch("txr", [Record(i, partition=i % 3) for i in range(9)])
+        assert proxy.dropped_replies == 1  # the first commit's reply really was lost
+        metas = [f.result() for f in futs]
+        proxy.drop_every_reply(b"EVALSHA")
+        with pytest.raises(AmbiguousWriteError, match="all of it or none"):
+            async with producer.transaction() as tx:
+                lost = await tx.send("txr", "maybe", partition=1)
+        assert isinstance(lost.exception(), AmbiguousWriteError)
+        proxy.heal()
+    keys = Keys(namespace)
+    assert await total(r, namespace, "txr", 3) == 11  # warm-up, 9 once, and the ambiguous one (stored)
+    for p in range(3):
+        ids = [eid.decode() for eid, _ in await r.xrange(keys.stream("txr", p))]
+        mine = [m.id for m in metas if m.partition == p]
+        assert set(mine) <= set(ids) and len(ids) == len(mine) + (p in (0, 1))  # + warm-up / ambiguous one
