@@ -248,9 +248,14 @@ class RedcurrentConnectionError(RedcurrentError, ConnectionError):
 
 
 class AmbiguousWriteError(RedcurrentConnectionError):
-    """The connection failed after a non-idempotent write was sent: it may be stored.
+    """A write was sent and its reply lost (and the producer gave up retrying it, or
+    idempotence is off): it may or may not be stored.
 
-    Turn on the idempotent producer (the default) to make such sends safe to retry.
+    ``retriable`` says exactly whether sending the records again is safe: True only when
+    every record of the batch has a ``dedup_key`` (a resend with the same keys within the
+    topic's ``dedup_window`` returns the stored record); otherwise a plain resend, through
+    this producer or any other, may store them twice (docs/exactly-once.md). For a
+    transaction it means all of it or none of it was stored.
     """
 
     retriable = False

@@ -94,6 +94,14 @@ class Producer(Lifecycle):
     framed records (batch.size), whichever comes first; a record larger than
     ``batch_bytes`` (up to ``max_message_bytes``) goes in a batch of its own.
 
+    Exactly once (docs/exactly-once.md): ``dedup_key`` on :meth:`send` (and on
+    :class:`Record`) stores a record once within the topic's ``dedup_window``, whoever sends
+    it; ``transactional_id`` gives the producer a durable identity: starting an instance
+    fences older ones with the same id (their sends and commits raise :class:`FencedError`
+    and write nothing), and a batch a crashed instance may have stored, sent again as the
+    new instance's first batch to that partition, is stored once; :meth:`transaction`
+    writes records of several partitions and topics all or nothing.
+
     Topics: a topic this producer has never seen is created on first use when
     ``auto_create_topics`` is on, with ``default_partitions`` partitions (1 unless
     given). A topic it knew that disappears (deleted, or the server restarted without its

@@ -462,3 +462,18 @@ async def test_a_commit_whose_reply_was_lost_is_retried_and_stored_once(
         ids = [eid.decode() for eid, _ in await r.xrange(keys.stream("txr", p))]
         mine = [m.id for m in metas if m.partition == p]
         assert set(mine) <= set(ids) and len(ids) == len(mine) + (p in (0, 1))  # + warm-up / ambiguous one
+
+
+@pytest.mark.single_node
+def test_the_blocking_producer_takes_dedup_keys(redis_url: str, namespace: str) -> None:
+    from redcurrent.sync import Producer as SyncProducer
+
+    with SyncProducer(redis_url, namespace=namespace, transactional_id="sync-1") as producer:
+        first = producer.send("sync", {"n": 1}, dedup_key="once")
+        assert producer.send("sync", {"n": 2}, dedup_key="once") == first
+        assert producer.send_batch("sync", [Record(3, dedup_key="once")]) == [first]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.xlen(Keys(namespace).stream("sync", first.partition)) == 1
+    finally:
+        client.close()
