@@ -266,7 +266,11 @@ class Accumulator:
             return
         new = [k for k in dict.fromkeys(keys) if k not in self._registered]
         if new:
-            await self.register(new)
+            try:
+                await self.register(new)
+            except FencedError as exc:
+                self.fenced = exc
+                raise
             self._registered.update(new)
 
     def start(self) -> None:
@@ -423,7 +427,6 @@ class Accumulator:
                 try:
                     await self.registered(keys)
                 except FencedError as exc:
-                    self.fenced = exc
                     self._fail(batches, exc)
                     return
             await self._send(batches)
