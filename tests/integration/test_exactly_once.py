@@ -477,3 +477,24 @@ def test_the_blocking_producer_takes_dedup_keys(redis_url: str, namespace: str) 
         assert client.xlen(Keys(namespace).stream("sync", first.partition)) == 1
     finally:
         client.close()
+
+
+@pytest.mark.single_node
+def test_the_blocking_producer_commits_and_aborts_transactions(redis_url: str, namespace: str) -> None:
+    from redcurrent.sync import Producer as SyncProducer
+
+    with SyncProducer(redis_url, namespace=namespace) as producer:
+        with producer.transaction() as tx:
+            one = tx.send("stx", {"n": 1}, partition=0)
+            many = tx.send_batch("stx", [Record(i, partition=0) for i in range(3)])
+            assert not one.done()
+        assert one.result(5).partition == 0 and len({f.result(5).id for f in many}) == 3
+        with pytest.raises(RuntimeError, match="abort"), producer.transaction() as tx:
+            dropped = tx.send("stx", "never", partition=0)
+            raise RuntimeError("abort")
+        assert dropped.cancelled()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.xlen(Keys(namespace).stream("stx", 0)) == 4
+    finally:
+        client.close()
