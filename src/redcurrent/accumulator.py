@@ -259,6 +259,12 @@ class Accumulator:
         """A transactional producer: its durable id and this instance's epoch."""
         self._producer_id, self.epoch = producer_id, str(epoch)
 
+    def unregister(self, topic: str) -> None:
+        """``topic`` was deleted or recreated (its partitions' fences went with it): a
+        transactional producer registers its partitions again before writing there, so a
+        newer instance's epoch still refuses it."""
+        self._registered = {k for k in self._registered if k[0] != topic}
+
     async def registered(self, keys: list[tuple[str, int]]) -> None:
         """Record partitions in a transactional producer's registry before the first
         write there (raises FencedError once a newer instance started)."""

@@ -779,9 +779,14 @@ class Producer(Lifecycle):
         if self._partitions.pop(topic, None) is not None:
             log.error("%s", self._gone(topic))
         self._meta.pop(topic, None)
+        if self._acc is not None:  # a recreated topic has no fences: register its partitions again
+            self._acc.unregister(topic)
 
     def _remember(self, meta: topics.TopicMeta) -> None:
         self._known.add(meta.name)
+        known = self._meta.get(meta.name)
+        if known is not None and known.created_at != meta.created_at and self._acc is not None:
+            self._acc.unregister(meta.name)  # recreated: no fences there; register it again
         old = self._partitions.get(meta.name)
         if old is not None and old != meta.partitions:
             log.info("topic %s now has %d partitions (was %d)", meta.name, meta.partitions, old)

@@ -498,3 +498,21 @@ def test_the_blocking_producer_commits_and_aborts_transactions(redis_url: str, n
         assert client.xlen(Keys(namespace).stream("stx", 0)) == 4
     finally:
         client.close()
+
+
+@pytest.mark.single_node
+async def test_a_fenced_instance_stays_fenced_on_a_recreated_topic(
+    make_producer: Factory, admin: Admin, target_client: AsyncClient, namespace: str
+) -> None:
+    """delete_topic removes the partitions' fences; the old instance registers a recreated
+    topic's partitions again before writing, and that is refused."""
+    await admin.create_topic("again", partitions=2)
+    old = make_producer(transactional_id="app-6", metadata_max_age=0.05)
+    await old.send("again", "x", partition=0)
+    await make_producer(transactional_id="app-6").start()
+    await admin.delete_topic("again")
+    await admin.create_topic("again", partitions=2)
+    await asyncio.sleep(0.3)  # the old instance's metadata refresh sees the new topic
+    with pytest.raises(FencedError):
+        await old.send("again", "zombie", partition=0)
+    assert await total(target_client, namespace, "again", 2) == 0
