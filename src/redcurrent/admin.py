@@ -136,8 +136,11 @@ class Admin(Lifecycle):
         retention_ms: int | _Unset | None = UNSET,
         ttl: float | _Unset | None = UNSET,
         dead_letter_expired: bool | _Unset = UNSET,
+        dedup_window: float | _Unset | None = UNSET,
     ) -> TopicInfo:
-        """Change a topic's settings; a setting not passed stays as it is, ``None`` removes it.
+        """Change a topic's settings; a setting not passed stays as it is, ``None`` removes it
+        (for ``dedup_window``: back to the default, 600 s; dedup keys already stored keep
+        the expiry they were written with).
 
         ``alter_topic_config("orders", maxlen=1_000_000, ttl=None)`` caps each partition
         and stops giving new messages a default TTL. Producers use the new settings from
@@ -153,6 +156,8 @@ class Admin(Lifecycle):
             changes["ttl_ms"] = "" if ttl is None else str(_ttl_ms(ttl))
         if not isinstance(dead_letter_expired, _Unset):
             changes["dead_letter_expired"] = "1" if check_bool(dead_letter_expired, "dead_letter_expired") else "0"
+        if not isinstance(dedup_window, _Unset):
+            changes["dedup_window_ms"] = "" if dedup_window is None else str(_dedup_window_ms(dedup_window))
         if not changes:
             raise ConfigError("alter_topic_config needs at least one setting to change")
         client = await self._client()

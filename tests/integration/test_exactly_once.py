@@ -516,3 +516,57 @@ async def test_a_fenced_instance_stays_fenced_on_a_recreated_topic(
     with pytest.raises(FencedError):
         await old.send("again", "zombie", partition=0)
     assert await total(target_client, namespace, "again", 2) == 0
+
+
+@pytest.mark.single_node
+async def test_a_commit_routed_before_a_key_order_growth_writes_nothing(
+    make_producer: Factory, admin: Admin, target_client: AsyncClient, namespace: str
+) -> None:
+    """The route check is part of the commit: records routed with the partition count
+    before a growth with preserve_key_order are refused, all of them, and the next
+    transaction routes with the new count."""
+    from redcurrent.errors import StaleRouteError
+
+    await admin.create_topic("grow", partitions=2)
+    await admin.create_topic("side", partitions=1)
+    producer = make_producer()
+    with pytest.raises(StaleRouteError, match="nothing of the transaction was written") as err:
+        async with producer.transaction() as tx:
+            await tx.send("side", "with it", partition=0)
+            await tx.send_batch("grow", [Record(i, key=f"k{i}") for i in range(10)])
+            await admin.alter_partitions("grow", 4, preserve_key_order=True)
+    assert err.value.retriable
+    assert await total(target_client, namespace, "grow", 4) == 0
+    assert await total(target_client, namespace, "side", 1) == 0
+
+    async def committed() -> bool:
+        async with producer.transaction() as tx:
+            await tx.send_batch("grow", [Record(i, key=f"k{i}") for i in range(10)])
+        return True
+
+    await eventually(committed, timeout=10)
+    assert await total(target_client, namespace, "grow", 4) == 10
+
+
+@pytest.mark.single_node
+async def test_altering_the_dedup_window_reaches_producers(
+    make_producer: Factory, admin: Admin, target_client: AsyncClient, namespace: str
+) -> None:
+    await admin.create_topic("win", dedup_window=60.0)
+    producer = make_producer(metadata_max_age=0.05)
+    first = await producer.send("win", 1, dedup_key="a")
+    info = await admin.alter_topic_config("win", dedup_window=5.0)
+    assert info.config.dedup_window_ms == 5_000
+    keys = Keys(namespace)
+
+    probes = iter(range(1_000_000))
+
+    async def short_window() -> bool:
+        probe = f"probe-{next(probes)}"  # a new key each time: written with the window in use
+        await producer.send("win", 2, dedup_key=probe)
+        return 0 < await target_client.pttl(keys.dedup("win", 0, probe)) <= 5_000
+
+    await eventually(short_window, timeout=10)  # the producer uses the new window
+    assert 5_000 < await target_client.pttl(keys.dedup("win", 0, "a")) <= 60_000  # stored keys keep theirs
+    assert await producer.send("win", 3, dedup_key="a") == first
+    assert (await admin.alter_topic_config("win", dedup_window=None)).config.dedup_window_ms == 600_000
