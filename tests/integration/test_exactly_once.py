@@ -164,6 +164,36 @@ async def test_a_dedup_key_holds_across_processes_and_restarts(
     assert await total(target_client, namespace, "proc", 4) == 1
 
 
+def _race_in_a_process(url: str, namespace: str, tag: str) -> subprocess.Popen[str]:
+    code = textwrap.dedent(f"""
+        import asyncio
+        from redcurrent import Producer
+
+        async def main():
+            async with Producer({url!r}, namespace={namespace!r}) as p:
+                metas = await asyncio.gather(*(p.send("racep", {{"from": {tag!r}}}, dedup_key=f"k{{i}}")
+                                               for i in range(100)))
+                print(" ".join(f"{{m.partition}}/{{m.id}}" for m in metas))
+
+        asyncio.run(main())
+    """)
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+async def test_two_processes_racing_on_the_same_dedup_keys_store_each_once(
+    admin: Admin, target: Target, target_client: AsyncClient, namespace: str
+) -> None:
+    await admin.create_topic("racep", partitions=4)
+    procs = [_race_in_a_process(target.url, namespace, tag) for tag in ("a", "b")]
+    outs = []
+    for proc in procs:
+        out, err = await asyncio.to_thread(proc.communicate, timeout=60)
+        assert proc.returncode == 0, err
+        outs.append(out.split())
+    assert outs[0] == outs[1] and len(outs[0]) == 100
+    assert await total(target_client, namespace, "racep", 4) == 100
+
+
 @pytest.mark.single_node
 async def test_a_dedup_key_is_forgotten_after_the_window(
     make_producer: Factory, admin: Admin, target_client: AsyncClient, namespace: str
