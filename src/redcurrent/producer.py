@@ -537,8 +537,10 @@ class Producer(Lifecycle):
         :class:`RecordMetadata` then. An exception inside the block aborts: nothing is
         written, the futures are cancelled, the exception propagates. A failed commit
         raises (nothing written, or, after lost replies, :class:`AmbiguousWriteError`) and
-        sets the futures to its error. With a ``transactional_id``, a commit of a fenced
-        producer raises :class:`FencedError` and writes nothing.
+        sets the futures to its error; a task cancelled during the commit cancels the
+        futures, and (as after a lost reply) the transaction may or may not be stored. With
+        a ``transactional_id``, a commit of a fenced producer raises :class:`FencedError`
+        and writes nothing.
 
         On Redis Cluster every record must land in one hash slot (co-located topics, one
         partition number); otherwise the commit raises :class:`TransactionError` and

@@ -150,8 +150,11 @@ class Transaction:
         try:
             async with self._producer._tx_lock:  # one commit at a time: sequences in order
                 await self._commit_locked()
-        except BaseException as exc:
-            self._fail(exc if isinstance(exc, Exception) else ProducerClosedError("the commit was cancelled"))
+        except Exception as exc:
+            self._fail(exc)
+            raise
+        except BaseException:  # cancelled while committing: it may or may not be stored
+            self._abort()
             raise
         self._state = "committed"
 
