@@ -304,9 +304,10 @@ async def test_a_batch_retried_by_a_new_instance_after_a_crash_is_stored_once(
     retried = await restarted.send_batch("crash", records)
     assert retried == stored
     assert await total(target_client, namespace, "crash", 3) == 30
-    # new records of the new instance are written as usual
+    # its next batches are new ones, written as usual (the same records again included)
     await restarted.send_batch("crash", [Record({"n": 99}, key="k0")])
-    assert await total(target_client, namespace, "crash", 3) == 31
+    await restarted.send_batch("crash", records)
+    assert await total(target_client, namespace, "crash", 3) == 61
 
 
 @pytest.mark.single_node
@@ -600,3 +601,23 @@ async def test_altering_the_dedup_window_reaches_producers(
     assert 5_000 < await target_client.pttl(keys.dedup("win", 0, "a")) <= 60_000  # stored keys keep theirs
     assert await producer.send("win", 3, dedup_key="a") == first
     assert (await admin.alter_topic_config("win", dedup_window=None)).config.dedup_window_ms == 600_000
+
+
+async def test_a_transaction_run_again_by_a_new_instance_is_stored_once(
+    make_producer: Factory, admin: Admin, target_client: AsyncClient, namespace: str
+) -> None:
+    """A crashed instance's last commit, run again (same records) as the new instance's
+    first transaction on those partitions: answered with the stored ids."""
+    await admin.create_topic("txagain", partitions=2)
+    records = [Record({"n": i}, partition=1) for i in range(7)]
+    crashed = make_producer(transactional_id="app-7")
+    async with crashed.transaction() as tx:
+        first = await tx.send_batch("txagain", records)
+    restarted = make_producer(transactional_id="app-7")
+    async with restarted.transaction() as tx:
+        again = await tx.send_batch("txagain", records)
+    assert [f.result() for f in again] == [f.result() for f in first]
+    assert await total(target_client, namespace, "txagain", 2) == 7
+    async with restarted.transaction() as tx:  # and then it commits new ones as usual
+        await tx.send_batch("txagain", records)
+    assert await total(target_client, namespace, "txagain", 2) == 14

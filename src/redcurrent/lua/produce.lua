@@ -188,7 +188,12 @@ local function check(j)
           return reply, prefix
         end
       elseif d == digest then
-        return {'DUP', stored_ids(rest), version}, prefix
+        -- the older epoch's last batch, sent again by this one: its ids, and the state is
+        -- now this epoch's (as if this batch had written them), so its next batch follows
+        local ids = stored_ids(rest)
+        local _, commas = string.gsub(ids, ',', '')
+        redis.call('SET', KEYS[k + 2], prefix .. (first + commas) .. ' ' .. first .. ' L ' .. ids, 'PX', window)
+        return {'DUP', ids, version}, prefix
       end
     end
   elseif pid ~= '' then
