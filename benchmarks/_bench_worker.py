@@ -10,6 +10,7 @@ Roles (kwargs besides url and ns):
   produce-batch                         count, idempotent send_batch of 500 Records
                                         (+ acks, partitions: cluster.py)
   produce-send                          count, tasks      ``tasks`` concurrent send() loops
+  eo-batch, eo-send, eo-txn             count, size/tasks, dedup, transactional  exactly_once.py
   fill-raw, fill-rc                     count             untimed fill for a drain
   drain-raw, drain-batch, drain-each    count             drain the fill
   lat-raw-producer, lat-rc-producer     rate, total, ready  paced single sends
@@ -133,6 +134,76 @@ async def produce_send(url: str, ns: str, count: int, tasks: int = 1000) -> Resu
         await asyncio.gather(*(loop(data[i::tasks]) for i in range(tasks)))
         await producer.flush()
         return timed(count, t0)
+
+
+# -- exactly-once (exactly_once.py) -----------------------------------------------------
+
+async def eo_batch(url: str, ns: str, count: int, size: int = BATCH, dedup: bool = False,
+                   transactional: bool = False) -> Result:
+    """send_batch of ``size`` Records a call, each with a unique dedup key if ``dedup``;
+    with a transactional_id if ``transactional``. Latency: per send_batch call."""
+    data = payloads(count)
+    await create_topic(url, ns)
+    tid = f"bench-{ns}" if transactional else None
+    async with Producer(url, namespace=ns, transactional_id=tid) as producer:
+        await producer.send(TOPIC, make_payload(0, warm=1), key="warm")
+        lat = []
+        t0 = time.perf_counter()
+        for i in range(0, count, size):
+            chunk = data[i : i + size]
+            t1 = time.perf_counter()
+            if dedup:
+                await producer.send_batch(TOPIC, [Record(p, key=p["key"], dedup_key=f"d{i + j}")
+                                                  for j, p in enumerate(chunk)])
+            else:
+                await producer.send_batch(TOPIC, [Record(p, key=p["key"]) for p in chunk])
+            lat.append(time.perf_counter() - t1)
+        await producer.flush()
+        res = timed(count, t0)
+    return res | {"lat_ms": 1000 * percentile(lat, 50), "p99_ms": 1000 * percentile(lat, 99)}
+
+
+async def eo_send(url: str, ns: str, count: int, tasks: int = 1000, dedup: bool = False) -> Result:
+    """``tasks`` concurrent send() loops (one key each), with unique dedup keys if ``dedup``.
+    Latency: per send."""
+    data = payloads(count)
+    await create_topic(url, ns)
+    lat: list[float] = []
+    async with Producer(url, namespace=ns) as producer:
+        await producer.send(TOPIC, make_payload(0, warm=1), key="warm")
+
+        async def loop(k: int) -> None:
+            for i in range(k, count, tasks):
+                p = data[i]
+                t1 = time.perf_counter()
+                await producer.send(TOPIC, p, key=p["key"], dedup_key=f"d{i}" if dedup else None)
+                lat.append(time.perf_counter() - t1)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(loop(k) for k in range(tasks)))
+        await producer.flush()
+        res = timed(count, t0)
+    return res | {"lat_ms": 1000 * percentile(lat, 50), "p99_ms": 1000 * percentile(lat, 99)}
+
+
+async def eo_txn(url: str, ns: str, count: int, size: int, transactional: bool = False) -> Result:
+    """One transaction after another, ``size`` keyed records each (spread over the
+    partitions). Latency: per commit (the ``async with`` block)."""
+    data = payloads(count)
+    await create_topic(url, ns)
+    tid = f"bench-{ns}" if transactional else None
+    lat = []
+    async with Producer(url, namespace=ns, transactional_id=tid) as producer:
+        async with producer.transaction() as tx:  # warm-up: connection, metadata, script
+            await tx.send(TOPIC, make_payload(0, warm=1), key="warm")
+        t0 = time.perf_counter()
+        for i in range(0, count, size):
+            t1 = time.perf_counter()
+            async with producer.transaction() as tx:
+                await tx.send_batch(TOPIC, [Record(p, key=p["key"]) for p in data[i : i + size]])
+            lat.append(time.perf_counter() - t1)
+        res = timed(count, t0)
+    return res | {"lat_ms": 1000 * percentile(lat, 50), "p99_ms": 1000 * percentile(lat, 99)}
 
 
 # -- consume ----------------------------------------------------------------------------
@@ -417,6 +488,9 @@ ROLES: dict[str, Callable[..., Coroutine[Any, Any, Result]]] = {
     "produce-raw-pipe": produce_raw_pipe,
     "produce-batch": produce_batch,
     "produce-send": produce_send,
+    "eo-batch": eo_batch,
+    "eo-send": eo_send,
+    "eo-txn": eo_txn,
     "fill-raw": fill_raw,
     "fill-rc": fill_rc,
     "drain-raw": drain_raw,

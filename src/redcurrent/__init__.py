@@ -30,6 +30,7 @@ from .errors import (
     SerializationError,
     TopicError,
     TopicExistsError,
+    TransactionError,
     UnknownGroupError,
     UnknownTopicError,
 )
@@ -55,6 +56,7 @@ from .structs import (
     TopicInfo,
     TopicPartition,
 )
+from .transaction import Transaction
 
 __version__ = "0.1.0"
 
@@ -107,6 +109,8 @@ __all__ = (
     "TopicConfig",
     "TopicError",
     "TopicExistsError",
+    "Transaction",
+    "TransactionError",
     "TopicInfo",
     "TopicPartition",
     "UnknownGroupError",

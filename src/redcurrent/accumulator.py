@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import struct
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -41,6 +42,7 @@ from .config import IDEMPOTENCE_WINDOW_MS, ProducerOptions, seconds_to_ms
 from .connection import Connection, cluster_transient, refresh_slots, transient
 from .errors import (
     AmbiguousWriteError,
+    FencedError,
     InvalidPartitionsError,
     NotEnoughReplicasError,
     PartitionMissingError,
@@ -68,7 +70,7 @@ _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutE
 _NOT_RUN = (BusyLoadingError, ReadOnlyError, TryAgainError, ClusterDownError, MaxConnectionsError)
 _FATAL = (AuthenticationError, AuthorizationError)
 _PRODUCE = scripts.script("produce")
-_WAKE = "w"  # produce's optional last argument: SPUBLISH each written batch (cluster, Redis 7+)
+WAKE = "w"  # produce's optional last argument: SPUBLISH each written batch (cluster, Redis 7+)
 _MIN_ATTEMPT_S = 0.05
 _MAX_MISSING = 3  # NOTOPIC replies a batch may get for a partition the metadata names
 # One script call carries at most this many records / bytes (several partitions' batches
@@ -90,6 +92,7 @@ class Group:
     parts: list[bytes]  # three per record (see Framed), back to back
     sizes: list[int]  # each record's size in bytes (key + value + headers)
     pinned: list[int]  # positions of records whose partition the caller chose
+    dedup: bool = False  # a record has a dedup key (the produce script's slower loop)
 
 
 @dataclass(slots=True)
@@ -119,23 +122,41 @@ class _Batch:
     done: bool = False
     version: int = 0  # the topic metadata version its records were routed with
     floor: int = 0  # STALE_ROUTE: the oldest routing version its partition accepts
+    dedup: bool = False  # a record has a dedup key
+
+
+DEDUP_FLAG = 0x80  # in a framed record's key-type byte: a dedup key follows (lua/produce.lua)
+_DEDUP_LEN = struct.Struct(">H")
 
 
 def split_records(blob: bytes) -> list[tuple[bytes, bytes, bytes, bytes, bytes]]:
     """The framed records of a batch (see lua/produce.lua), as (header, key, value,
-    headers, expiry) parts."""
+    headers, tail) parts: the tail is the expiry, then the dedup key's frame if any."""
     out = []
     pos, size, end = 0, RECORD_HEADER.size, len(blob)
     while pos < end:
         header = blob[pos : pos + size]
-        _kt, _codec, klen, vlen, hlen, xlen = RECORD_HEADER.unpack(header)
+        kt, _codec, klen, vlen, hlen, xlen = RECORD_HEADER.unpack(header)
         k = pos + size
         v = k + klen
         h = v + vlen
         x = h + hlen
         pos = x + xlen
+        if kt & DEDUP_FLAG:
+            pos += 2 + _DEDUP_LEN.unpack_from(blob, pos)[0]
         out.append((header, blob[k:v], blob[v:h], blob[h:x], blob[x:pos]))
     return out
+
+
+def route_bytes(header: bytes, kb: bytes, tail: bytes) -> bytes | None:
+    """What a split record is routed by: its key, else its dedup key, else nothing."""
+    kt = header[0]
+    if kt & ~DEDUP_FLAG:
+        return kb
+    if kt & DEDUP_FLAG:
+        xlen = header[-1]
+        return tail[xlen + 2 :]
+    return None
 
 
 def _never_sent(exc: BaseException) -> bool:
@@ -188,11 +209,11 @@ class Accumulator:
         self,
         conn: Connection,
         options: ProducerOptions,
-        topic_config: Callable[[str], tuple[int | None, int | None]],
+        topic_config: Callable[[str], tuple[int | None, int | None, int]],
     ) -> None:
         self._conn = conn
         self._opt = options
-        self._topic_config = topic_config  # topic -> (maxlen, retention_ms)
+        self._topic_config = topic_config  # topic -> (maxlen, retention_ms, dedup_window_ms)
         self._open: dict[tuple[str, int], _Batch] = {}
         self._ready: list[_Batch] = []
         self._inflight: list[_Batch] = []  # batches of the requests outstanding
@@ -200,6 +221,14 @@ class Accumulator:
         self._requests: set[asyncio.Task[None]] = set()
         self._seq: dict[tuple[str, int], int] = {}
         self._producer_id = uuid.uuid4().hex if options.idempotent else ""
+        self.epoch = ""  # a transactional producer's epoch (see Producer.start)
+        # Set once a newer instance of this transactional_id fenced this producer: every
+        # later send fails with it, writing nothing.
+        self.fenced: FencedError | None = None
+        # A transactional producer records each partition in its registry before its first
+        # write there (so a newer instance fences it); raises FencedError if one started.
+        self.register: Callable[[list[tuple[str, int]]], Awaitable[None]] | None = None
+        self._registered: set[tuple[str, int]] = set()
         self._wakeup = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
@@ -227,24 +256,53 @@ class Accumulator:
     def producer_id(self) -> str:
         return self._producer_id
 
+    def set_identity(self, producer_id: str, epoch: int) -> None:
+        """A transactional producer: its durable id and this instance's epoch."""
+        self._producer_id, self.epoch = producer_id, str(epoch)
+
+    def unregister(self, topic: str) -> None:
+        """``topic`` was deleted or recreated (its partitions' fences went with it): a
+        transactional producer registers its partitions again before writing there, so a
+        newer instance's epoch still refuses it."""
+        self._registered = {k for k in self._registered if k[0] != topic}
+
+    async def registered(self, keys: list[tuple[str, int]]) -> None:
+        """Record partitions in a transactional producer's registry before the first
+        write there (raises FencedError once a newer instance started)."""
+        if self.register is None:
+            return
+        new = [k for k in dict.fromkeys(keys) if k not in self._registered]
+        if new:
+            try:
+                await self.register(new)
+            except FencedError as exc:
+                self.fenced = exc
+                raise
+            self._registered.update(new)
+
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="redcurrent-producer-sender")
 
     def append(
-        self, topic: str, partition: int, record: Framed, nbytes: int, pinned: bool = False
+        self, topic: str, partition: int, record: Framed, nbytes: int, pinned: bool = False, dedup: bool = False
     ) -> asyncio.Future[RecordMetadata]:
         """Queue one framed record; the future resolves to its metadata.
 
-        ``pinned``: the caller chose the partition (it is never moved to another one)."""
+        ``pinned``: the caller chose the partition (it is never moved to another one).
+        ``dedup``: the record carries a dedup key."""
         if self._closed:
             raise ProducerClosedError("the producer is closed")
+        if self.fenced is not None:
+            raise self.fenced
         batch = self._open.get((topic, partition))
         if batch is None or batch.size + nbytes > self._opt.batch_bytes:
             batch = self._batch_for(topic, partition, nbytes)
         fut: asyncio.Future[RecordMetadata] = self._loop.create_future()
         if pinned:
             batch.pinned.append(len(batch.futures))
+        if dedup:
+            batch.dedup = True
         batch.futures.append(fut)
         batch.args += record
         batch.size += nbytes
@@ -264,6 +322,8 @@ class Accumulator:
         they land in."""
         if self._closed:
             raise ProducerClosedError("the producer is closed")
+        if self.fenced is not None:
+            raise self.fenced
         futures: list[asyncio.Future[list[RecordMetadata]]] = []
         key = (topic, partition)
         max_count, max_bytes = self._opt.batch_size, self._opt.batch_bytes
@@ -291,6 +351,8 @@ class Accumulator:
                     i += 1
                 batch.args += parts[3 * start : 3 * i]
             batch.size = size
+            if group.dedup:
+                batch.dedup = True
             waiter = Waiter(self._loop.create_future(), base, i - start)
             batch.waiters.append(waiter)
             futures.append(waiter.future)
@@ -365,6 +427,15 @@ class Accumulator:
         self._busy.update(keys)
         self._inflight += batches  # close() fails what a cancelled send leaves here
         try:
+            if self.fenced is not None:
+                self._fail(batches, self.fenced)
+                return
+            if self.register is not None:
+                try:
+                    await self.registered(keys)
+                except FencedError as exc:
+                    self._fail(batches, exc)
+                    return
             await self._send(batches)
         except Exception as exc:  # never leave a caller waiting on a dead sender
             log.exception("producer sender failed")
@@ -420,7 +491,6 @@ class Accumulator:
         On a single server one call carries several partitions' batches (up to
         ``_CALL_RECORDS`` records or ``_CALL_BYTES``, so one script never holds the
         server long); on a cluster each call stays within one partition's slot."""
-        keys = self._opt.keys
         now_ms = int(time.time() * 1000)
         pid = self._producer_id
         one_slot = self._conn.caps.is_cluster
@@ -434,21 +504,9 @@ class Accumulator:
                 calls.append((scripts.Call(_PRODUCE, call_keys, call_args), group))
                 group, call_keys, call_args, records, size = [], [], [], 0, 0
             if not group:
-                call_args = [pid, IDEMPOTENCE_WINDOW_MS]
-            maxlen, retention_ms = self._topic_config(b.topic)
-            call_keys += (
-                keys.stream(b.topic, b.partition),
-                keys.producer_seq(b.topic, b.partition, pid or "-"),
-                keys.topic_version(b.topic, b.partition),  # the partition's marker
-                keys.barrier(b.topic, b.partition),  # the oldest routing version it accepts
-            )
-            call_args += (
-                str(maxlen) if maxlen else "",
-                f"{now_ms - retention_ms}-0" if retention_ms else "",
-                b.seq,
-                b.version,
-                b"".join(b.args),
-            )
+                call_args = [pid, IDEMPOTENCE_WINDOW_MS, self.epoch, ""]
+            self.add_batch(call_keys, call_args, b.topic, b.partition, pid, b.seq, b.version, b.dedup,
+                           b"".join(b.args), now_ms)
             group.append(b)
             records += len(b.futures)
             size += b.size
@@ -457,8 +515,30 @@ class Accumulator:
         if one_slot and self._conn.caps.version >= (7, 0, 0):
             # Announce each write on the partition's shard channel: idle consumers of the
             # partition listen there, one connection per node (docs/architecture.md §8).
-            calls = [(scripts.Call(c.script, c.keys, [*c.args, _WAKE]), g) for c, g in calls]
+            calls = [(scripts.Call(c.script, c.keys, [*c.args, WAKE]), g) for c, g in calls]
         return calls
+
+    def add_batch(self, call_keys: list[str], call_args: list[bytes | str | int], topic: str, partition: int,
+                  pid: str, seq: int, version: int, dedup: bool, blob: bytes, now_ms: int) -> None:
+        """Add one batch's six keys and six arguments to a produce call (lua/produce.lua)."""
+        keys = self._opt.keys
+        maxlen, retention_ms, dedup_window_ms = self._topic_config(topic)
+        call_keys += (
+            keys.stream(topic, partition),
+            keys.producer_seq(topic, partition, pid or "-"),
+            keys.topic_version(topic, partition),  # the partition's marker
+            keys.barrier(topic, partition),  # the oldest routing version it accepts
+            keys.producer_fence(topic, partition, pid or "-"),  # transactional producers' fence
+            keys.dedup_prefix(topic, partition),
+        )
+        call_args += (
+            str(maxlen) if maxlen else "",
+            f"{now_ms - retention_ms}-0" if retention_ms else "",
+            seq,
+            version,
+            dedup_window_ms if dedup else "",
+            blob,
+        )
 
     async def _send(self, batches: list[_Batch]) -> None:
         missing = await self._deliver(batches)
@@ -489,6 +569,9 @@ class Accumulator:
                     missing.append(b)
                 elif isinstance(result, StaleSequenceError):
                     self._fail([b], StaleSequenceError(f"produce to {self._where(b)}: {result}"))
+                elif isinstance(result, FencedError):
+                    self.fenced = FencedError(f"produce to {self._where(b)}: {result}")
+                    self._fail([b], self.fenced)
                 elif isinstance(result, BaseException):
                     if self._transient(b, result):
                         retry.append(b)
@@ -585,11 +668,21 @@ class Accumulator:
                 f"{why}).{none} A plain resend would store them twice."
             )
         if b.maybe_sent:
-            return AmbiguousWriteError(
+            # Safe to send again only if every record has a dedup key: a resend within the
+            # topic's dedup_window then returns the stored record instead of a second one.
+            safe = b.dedup and all(r[0][0] & DEDUP_FLAG for r in split_records(b"".join(b.args)))
+            err = AmbiguousWriteError(
                 f"produce to {self._where(b)}: gave up ({why}; last: {b.cause}); the {n} record(s) "
-                "may or may not be stored: an attempt was sent and its reply was lost. A plain "
-                "resend may store them twice."
+                "may or may not be stored: an attempt was sent and its reply was lost. " + (
+                    "Every record has a dedup_key: sending them again with the same dedup keys within "
+                    "the topic's dedup_window is safe (retriable=True): a stored one is returned, not "
+                    "written twice." if safe else
+                    "A plain resend may store them twice, through this producer or any other "
+                    "(retriable=False); give records a dedup_key to make resending safe."
+                )
             )
+            err.retriable = safe
+            return err
         return RedcurrentConnectionError(
             f"produce to {self._where(b)}: gave up ({why}): Redis unreachable ({b.cause}); no "
             "attempt reached Redis, so nothing was stored; retry later"
@@ -686,10 +779,13 @@ class Accumulator:
         out: dict[int, _Batch] = {}
         moved: list[asyncio.Future[RecordMetadata]] = []
         for i, (header, kb, data, hb, expiry) in enumerate(split_records(b"".join(b.args))):
-            q = self.repartition(b.topic, n, kb) if header[0] and i not in pinned else b.partition
+            rb = route_bytes(header, kb, expiry)
+            q = self.repartition(b.topic, n, rb) if rb is not None and i not in pinned else b.partition
             nb = out.get(q)
             if nb is None:
                 nb = out[q] = _Batch(b.topic, q, version=version, created=b.created)
+            if header[0] & DEDUP_FLAG:
+                nb.dedup = True
             fut: asyncio.Future[RecordMetadata] = self._loop.create_future()
             if i in pinned:
                 nb.pinned.append(len(nb.futures))
@@ -727,8 +823,9 @@ class Accumulator:
             if i in drop:
                 moved.append(None)
                 continue
-            q = self.repartition(b.topic, n, kb if header[0] else None)
-            moved.append(self.append(b.topic, q, (header, kb, data + hb + expiry), len(kb) + len(data) + len(hb)))
+            q = self.repartition(b.topic, n, route_bytes(header, kb, expiry))
+            moved.append(self.append(b.topic, q, (header, kb, data + hb + expiry), len(kb) + len(data) + len(hb),
+                                     dedup=bool(header[0] & DEDUP_FLAG)))
         log.info("moved %d record(s) of %s: the topic now has %d partitions", len(b.futures), self._where(b), n)
         for fut, new in zip(b.futures, moved, strict=True):
             if fut is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -101,21 +102,27 @@ class Admin(Lifecycle):
         ttl: float | None = None,
         dead_letter_expired: bool = False,
         exist_ok: bool = False,
+        dedup_window: float = 600.0,
     ) -> TopicInfo:
         """Create a topic with ``partitions`` partitions.
 
         ``maxlen`` caps each partition (approximate trimming by producers),
         ``retention_ms`` drops entries older than that, ``ttl`` is the default
-        message TTL in seconds. Raises TopicExistsError unless ``exist_ok``.
+        message TTL in seconds. ``dedup_window`` (seconds, default 600) is how long a
+        record's ``dedup_key`` is remembered: a second send with that key within it
+        writes nothing and returns the first one's metadata (docs/exactly-once.md).
+        Raises TopicExistsError unless ``exist_ok``.
         """
         check_bool(exist_ok, "exist_ok")
         check_bool(dead_letter_expired, "dead_letter_expired")
+        window_ms = _dedup_window_ms(dedup_window)
         client = await self._client()
         ttl_ms = None if ttl is None else _ttl_ms(ttl)
         await self._call(
             topics.create_topic(
                 client, self._keys, name, partitions, maxlen=maxlen, retention_ms=retention_ms,
                 ttl_ms=ttl_ms, dead_letter_expired=dead_letter_expired, exist_ok=exist_ok,
+                dedup_window_ms=window_ms,
             ),
             f"creating topic {name!r}",
         )
@@ -129,8 +136,11 @@ class Admin(Lifecycle):
         retention_ms: int | _Unset | None = UNSET,
         ttl: float | _Unset | None = UNSET,
         dead_letter_expired: bool | _Unset = UNSET,
+        dedup_window: float | _Unset | None = UNSET,
     ) -> TopicInfo:
-        """Change a topic's settings; a setting not passed stays as it is, ``None`` removes it.
+        """Change a topic's settings; a setting not passed stays as it is, ``None`` removes it
+        (for ``dedup_window``: back to the default, 600 s; dedup keys already stored keep
+        the expiry they were written with).
 
         ``alter_topic_config("orders", maxlen=1_000_000, ttl=None)`` caps each partition
         and stops giving new messages a default TTL. Producers use the new settings from
@@ -146,6 +156,8 @@ class Admin(Lifecycle):
             changes["ttl_ms"] = "" if ttl is None else str(_ttl_ms(ttl))
         if not isinstance(dead_letter_expired, _Unset):
             changes["dead_letter_expired"] = "1" if check_bool(dead_letter_expired, "dead_letter_expired") else "0"
+        if not isinstance(dedup_window, _Unset):
+            changes["dedup_window_ms"] = "" if dedup_window is None else str(_dedup_window_ms(dedup_window))
         if not changes:
             raise ConfigError("alter_topic_config needs at least one setting to change")
         client = await self._client()
@@ -558,3 +570,13 @@ def _id_list(ids: object) -> list[str]:
 
 def _ttl_ms(ttl: float) -> int:
     return check_ttl_ms(ttl)
+
+
+def _dedup_window_ms(window: object) -> int:
+    """``dedup_window`` in ms: a finite number of seconds from 1 ms to 30 days."""
+    if isinstance(window, bool) or not isinstance(window, int | float) or not math.isfinite(window):
+        raise ConfigError(f"dedup_window must be a number of seconds, got {window!r}")
+    ms = round(window * 1000)
+    if not 1 <= ms <= 30 * 86_400_000:
+        raise ConfigError(f"dedup_window must be 0.001 to {30 * 86_400} seconds, got {window!r}")
+    return ms

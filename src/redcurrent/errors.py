@@ -16,7 +16,8 @@ redis-py exceptions are translated into it in exactly one place
      ├── GroupError
      │    ├── UnknownGroupError
      │    └── GroupMissingError                the Redis group of a partition vanished: recreate it
-     ├── FencedError                           this consumer no longer owns the partition
+     ├── FencedError                           this consumer no longer owns the partition, or a
+     │    │                                    newer producer instance took its transactional_id
      │    ├── FencedInstanceError              stop for good: member id taken over, or group deleted
      │    ├── PartitionBusyError               another member still holds it: claim again later
      │    └── LeaseExpiredError                its owner key expired: nobody holds it, claim it back
@@ -26,6 +27,7 @@ redis-py exceptions are translated into it in exactly one place
      ├── ProducerClosedError                   the producer was closed
      ├── StaleSequenceError                    a batch older than the partition's last: not written
      ├── StaleRouteError                       routed with the partition count before a growth: re-route
+     ├── TransactionError                      a transaction that cannot run as one script: nothing written
      ├── RequeueError                          some dead letters could not be requeued (.moved, .failed)
      ├── NotEnoughReplicasError (retriable)    the primary stored it; too few replicas confirmed
      └── RedcurrentConnectionError (retriable) Redis is unreachable or timed out
@@ -37,7 +39,7 @@ convention). Messages never contain credentials: :func:`redact` scrubs URLs.
 
 The subclasses a script's status maps to (``FencedInstanceError``, ``PartitionBusyError``,
 ``LeaseExpiredError``, ``GroupMissingError``, ``PartitionMissingError``,
-``StaleSequenceError``, ``StaleRouteError``; see :mod:`redcurrent.replies`) are how the library acts on a
+``StaleSequenceError``, ``StaleRouteError``, ``TransactionAbortedError``; see :mod:`redcurrent.replies`) are how the library acts on a
 reply; they are not exported: user code meets them, if at all, as their exported bases.
 """
 
@@ -58,6 +60,8 @@ __all__ = [
     "PartitionBusyError",
     "PartitionMissingError",
     "StaleRouteError",
+    "TransactionAbortedError",
+    "TransactionError",
     "StaleSequenceError",
     "GroupError",
     "IllegalStateError",
@@ -141,6 +145,10 @@ class FencedError(RedcurrentError):
     The partition moved to another member after a rebalance or after this consumer
     lost its lease. Drop local state for it; the message will be redelivered to the
     new owner if it was not acked.
+
+    A producer with a ``transactional_id`` raises it when a newer instance with the same
+    id started (Kafka's ProducerFencedException): nothing of the refused send or commit
+    was written, and every later send of this producer raises it too. Close it.
     """
 
 
@@ -196,6 +204,17 @@ class StaleRouteError(RedcurrentError):
         self.floor = floor  # the oldest routing version the partition accepts
 
 
+class TransactionError(RedcurrentError):
+    """A transaction that cannot be committed as one script: on Redis Cluster its records'
+    keys span several hash slots (the message names them; use co-located topics), or it
+    was used after it ended. Nothing of it was written (docs/exactly-once.md)."""
+
+
+class TransactionAbortedError(RedcurrentError):
+    """A batch of a transaction was not written because another batch of the same
+    commit was refused (private: the commit raises the refusal itself)."""
+
+
 class ConsumerStoppedError(RedcurrentError):
     """The consumer has been stopped."""
 
@@ -229,9 +248,14 @@ class RedcurrentConnectionError(RedcurrentError, ConnectionError):
 
 
 class AmbiguousWriteError(RedcurrentConnectionError):
-    """The connection failed after a non-idempotent write was sent: it may be stored.
+    """A write was sent and its reply lost (and the producer gave up retrying it, or
+    idempotence is off): it may or may not be stored.
 
-    Turn on the idempotent producer (the default) to make such sends safe to retry.
+    ``retriable`` says exactly whether sending the records again is safe: True only when
+    every record of the batch has a ``dedup_key`` (a resend with the same keys within the
+    topic's ``dedup_window`` returns the stored record); otherwise a plain resend, through
+    this producer or any other, may store them twice (docs/exactly-once.md). For a
+    transaction it means all of it or none of it was stored.
     """
 
     retriable = False

@@ -14,6 +14,13 @@ Key map (``ns`` is the namespace, default ``rc``; ``{…}`` is a Redis Cluster h
     ns:{T:P}:owner:G                  string owner token of partition P for group G (fence)
     ns:{T:P}:pseq:PID                 string idempotent-producer sequence for producer PID
     ns:{T:P}:requeued:G               set    dead-letter ids of G already requeued here
+    ns:{T:P}:dedup:D                  string entry id of the record sent with dedup key D to
+                                             partition P (PX: the topic's dedup_window)
+    ns:{T:P}:pepoch:PID               string the highest epoch of transactional producer PID
+                                             seen by partition P (its fence; no expiry)
+    ns:producer:{X}:epoch             string transactional_id X's epoch, bumped by each start
+    ns:producer:{X}:partitions        set    "T:P" of every partition X ever wrote to (fenced
+                                             at each start)
     ns:doorbell:I                     stream wake-up of consumer instance I's idle wait (no tag)
     share:G (a Redis group name)      the Redis consumer group of share group G on every
                                       partition stream; ':' is not allowed in a group name,
@@ -156,6 +163,25 @@ class Keys:
 
     def producer_seq(self, topic: str, partition: int, producer_id: str) -> str:
         return f"{self.namespace}:{{{topic}:{partition}}}:pseq:{producer_id}"
+
+    def dedup_prefix(self, topic: str, partition: int) -> str:
+        """The produce script appends a record's dedup key to this (in the partition's
+        slot): ``dedup_prefix(T, P) + D == dedup(T, P, D)``."""
+        return f"{self.namespace}:{{{topic}:{partition}}}:dedup:"
+
+    def dedup(self, topic: str, partition: int, dedup_key: str) -> str:
+        return f"{self.namespace}:{{{topic}:{partition}}}:dedup:{dedup_key}"
+
+    def producer_fence(self, topic: str, partition: int, producer_id: str) -> str:
+        """The highest epoch of a transactional producer that partition P has seen."""
+        return f"{self.namespace}:{{{topic}:{partition}}}:pepoch:{producer_id}"
+
+    # -- transactional producer slot {X} (X a transactional_id) --
+    def producer_epoch(self, transactional_id: str) -> str:
+        return f"{self.namespace}:producer:{{{transactional_id}}}:epoch"
+
+    def producer_partitions(self, transactional_id: str) -> str:
+        return f"{self.namespace}:producer:{{{transactional_id}}}:partitions"
 
     def topic_version(self, topic: str, partition: int) -> str:
         return f"{self.namespace}:{{{topic}:{partition}}}:version"

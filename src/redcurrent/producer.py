@@ -6,26 +6,29 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 import mmh3
 import orjson
 
-from . import topics, tracing
-from .accumulator import Accumulator, Framed, Group
+from . import scripts, topics, tracing
+from .accumulator import _DEDUP_LEN, DEDUP_FLAG, Accumulator, Framed, Group
 from .config import DEFAULT_NAMESPACE, MiB, ProducerOptions, check_ttl_ms
 from .connection import Client, Connection, connect
 from .errors import (
+    ConfigError,
     InvalidPartitionsError,
     MessageTooLargeError,
     ProducerClosedError,
+    RedcurrentError,
     UnknownTopicError,
     translate,
 )
 from .keys import Keys, validate_name
 from .lifecycle import Lifecycle
 from .partitioner import StickyPartitioner, partition_for_key
+from .replies import parse_producer_init, parse_producer_register
 from .serde import (
     CODEC_CODES,
     KEY_TYPE_CODES,
@@ -36,10 +39,27 @@ from .serde import (
     encode_value,
 )
 from .structs import Record, RecordMetadata
+from .transaction import Transaction
 
 __all__ = ["Producer"]
 
 _murmur = mmh3.hash  # murmur3_32, bound once: this runs per record
+_EPOCH = scripts.script("producer_epoch")
+_FENCE = scripts.script("fence_producer")
+MAX_DEDUP_KEY_BYTES = 1024
+
+
+def dedup_bytes(dedup_key: object) -> bytes:
+    """A dedup key's bytes: a str of 1 to 1024 bytes in UTF-8 (TypeError, ConfigError)."""
+    if type(dedup_key) is not str:
+        raise TypeError(f"dedup_key must be a str, not {type(dedup_key).__name__}")
+    try:
+        raw = dedup_key.encode()
+    except UnicodeEncodeError:
+        raise ConfigError(f"dedup_key {dedup_key!r} is not valid UTF-8 text") from None
+    if not 1 <= len(raw) <= MAX_DEDUP_KEY_BYTES:
+        raise ConfigError(f"dedup_key must be 1 to {MAX_DEDUP_KEY_BYTES} bytes in UTF-8, got {len(raw)}")
+    return raw
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +94,14 @@ class Producer(Lifecycle):
     framed records (batch.size), whichever comes first; a record larger than
     ``batch_bytes`` (up to ``max_message_bytes``) goes in a batch of its own.
 
+    Exactly once (docs/exactly-once.md): ``dedup_key`` on :meth:`send` (and on
+    :class:`Record`) stores a record once within the topic's ``dedup_window``, whoever sends
+    it; ``transactional_id`` gives the producer a durable identity: starting an instance
+    fences older ones with the same id (their sends and commits raise :class:`FencedError`
+    and write nothing), and a batch a crashed instance may have stored, sent again as the
+    new instance's first batch to that partition, is stored once; :meth:`transaction`
+    writes records of several partitions and topics all or nothing.
+
     Topics: a topic this producer has never seen is created on first use when
     ``auto_create_topics`` is on, with ``default_partitions`` partitions (1 unless
     given). A topic it knew that disappears (deleted, or the server restarted without its
@@ -101,7 +129,15 @@ class Producer(Lifecycle):
         retry_backoff: float = 0.05,
         metadata_max_age: float = 0.5,
         acks: Literal["leader", "replica"] = "leader",
+        transactional_id: str | None = None,
     ) -> None:
+        if transactional_id is not None:
+            validate_name(transactional_id, "transactional_id")
+            if not idempotent:
+                raise ConfigError("a transactional_id needs idempotent=True")
+        self._tid = transactional_id
+        self._tx_lock = asyncio.Lock()
+        self._tx_seq: dict[tuple[str, int], int] = {}
         self._url = url
         self._given = redis
         self._opt = ProducerOptions(
@@ -153,8 +189,15 @@ class Producer(Lifecycle):
             if self._closed:  # close() ran while we connected: start nothing
                 await conn.close()
                 raise ProducerClosedError("the producer was closed while it was starting")
+            acc = Accumulator(conn, self._opt, self._topic_config)
+            if self._tid is not None:
+                try:
+                    await self._init_transactional(conn, acc, self._tid)
+                except BaseException:
+                    await conn.close()
+                    raise
             self._conn = conn
-            self._acc = Accumulator(self._conn, self._opt, self._topic_config)
+            self._acc = acc
             self._acc.on_version = self._version_seen
             self._acc.on_missing = self._topic_missing
             self._acc.repartition = self._repartition
@@ -167,6 +210,56 @@ class Producer(Lifecycle):
     def producer_id(self) -> str:
         """This producer's idempotence id ("" when idempotence is off)."""
         return self._acc.producer_id if self._acc else ""
+
+    @property
+    def transactional_id(self) -> str | None:
+        """The durable identity given at construction (None: none)."""
+        return self._tid
+
+    async def _init_transactional(self, conn: Connection, acc: Accumulator, tid: str) -> None:
+        """A new instance of ``tid``: bump its epoch, then raise every partition it ever
+        wrote to to the new epoch, so an older instance still running (a zombie) can no
+        longer write anywhere (docs/exactly-once.md). Its partitions registered later are
+        refused at registration (the epoch moved), so none escapes."""
+        keys, client = self._opt.keys, conn.client
+        pid = f"t:{tid}"
+        try:
+            reply = await scripts.run(client, _EPOCH, [keys.producer_epoch(tid), keys.producer_partitions(tid)], ["init"])
+            epoch, parts = parse_producer_init(reply)
+            calls = [scripts.Call(_FENCE, [keys.producer_fence(t, p, pid), keys.topic_version(t, p)], [epoch])
+                     for t, p in parts]
+            for result in await scripts.execute_calls(client, calls) if calls else []:
+                if isinstance(result, BaseException):
+                    raise result
+        except RedcurrentError:
+            raise
+        except Exception as exc:
+            raise translate(exc, f"starting the producer of transactional_id {tid!r}") from None
+        acc.set_identity(pid, epoch)
+
+        async def register(new: list[tuple[str, int]]) -> None:
+            """Retried on connection errors for up to delivery_timeout (adding to a set
+            twice is harmless); nothing is written to a partition before it succeeds."""
+            members = [f"{t}:{p}" for t, p in new]
+            deadline, delay = time.monotonic() + self._opt.delivery_timeout, self._opt.retry_backoff
+            while True:
+                try:
+                    async with asyncio.timeout(self._opt.request_timeout):
+                        reply = await scripts.run(client, _EPOCH, [keys.producer_epoch(tid),
+                                                                   keys.producer_partitions(tid)],
+                                                  ["register", epoch, *members])
+                    break
+                except Exception as exc:
+                    err = translate(exc, f"registering partitions of transactional_id {tid!r}")
+                    if not err.retriable or time.monotonic() + delay >= deadline or self._closed:
+                        raise RedcurrentError(f"{err}; nothing was written") from None
+                    await asyncio.sleep(delay)
+                    delay = min(1.0, delay * 2)
+            parse_producer_register(reply, tid)
+
+        acc.register = register
+        log.info("producer with transactional_id %s started at epoch %d (fenced %d partition(s))", tid, epoch,
+                 len(parts))
 
     @staticmethod
     def _check_partition(partition: object) -> None:
@@ -184,8 +277,16 @@ class Producer(Lifecycle):
         headers: Mapping[str, str] | None = None,
         partition: int | None = None,
         ttl: float | None = None,
+        dedup_key: str | None = None,
     ) -> RecordMetadata:
         """Send one message; returns where it was stored once Redis has it.
+
+        ``dedup_key``: within the topic's ``dedup_window`` (``Admin.create_topic``,
+        default 600 s), a second send with the same dedup key to the same partition
+        writes nothing and returns the first one's metadata (same partition and id), from
+        any producer, process or restart; the check is atomic with the write. Without a
+        ``key`` the record is routed by its dedup key, so its copies meet in one
+        partition (docs/exactly-once.md).
 
         Cancelling the task awaiting ``send`` does not withdraw the record once it is
         queued (as in Kafka): it is still stored, exactly once, and :meth:`flush` waits
@@ -201,13 +302,13 @@ class Producer(Lifecycle):
                 encode_headers(headers)  # bad headers fail as they would untraced
             span = tracing.publish_span(topic, headers, partition)
             try:
-                meta = await self._send(topic, value, key, span.headers, partition, ttl)
+                meta = await self._send(topic, value, key, span.headers, partition, ttl, dedup_key)
             except BaseException as exc:
                 span.failed(exc)
                 raise
             span.sent(meta)
             return meta
-        return await self._send(topic, value, key, headers, partition, ttl)
+        return await self._send(topic, value, key, headers, partition, ttl, dedup_key)
 
     async def _send(
         self,
@@ -217,23 +318,30 @@ class Producer(Lifecycle):
         headers: Mapping[str, str] | None,
         partition: int | None,
         ttl: float | None,
+        dedup_key: str | None = None,
     ) -> RecordMetadata:
         acc = self._acc
         n = self._partitions.get(topic)
-        record, nbytes = self._encode(topic, value, key, headers, ttl)  # bad input fails first
+        dk = None if dedup_key is None else dedup_bytes(dedup_key)
+        record, nbytes = self._encode(topic, value, key, headers, ttl, dk)  # bad input fails first
         if acc is None or self._closed or n is None:  # starting, or the topic's first send
             self._check_partition(partition)
             with self._entering():  # flush() waits for this send to be queued
                 acc, n = await self._ready_for(topic)
                 if ttl is None:
                     record = self._with_topic_ttl(topic, record)
-                stored = self._append(acc, topic, n, key, partition, record, nbytes)
+                stored = self._append(acc, topic, n, key, partition, record, nbytes, dk)
             return await stored
-        return await self._append(acc, topic, n, key, partition, record, nbytes)
+        return await self._append(acc, topic, n, key, partition, record, nbytes, dk)
 
     def _append(
-        self, acc: Accumulator, topic: str, n: int, key: object, partition: int | None, record: Framed, nbytes: int
+        self, acc: Accumulator, topic: str, n: int, key: object, partition: int | None, record: Framed, nbytes: int,
+        dk: bytes | None = None,
     ) -> asyncio.Future[RecordMetadata]:
+        if dk is not None:  # routed by its key, else by its dedup key
+            route = record[1] if key is not None else dk
+            return acc.append(topic, self._choose(topic, n, route, partition, route), record, nbytes,
+                              partition is not None, True)
         if partition is None:
             return acc.append(topic, self._choose(topic, n, key, None, record[1]), record, nbytes)
         return acc.append(topic, self._choose(topic, n, key, partition), record, nbytes, True)
@@ -302,7 +410,8 @@ class Producer(Lifecycle):
             encoded = []
             for rec in records:
                 self._check_partition(rec.partition)
-                encoded.append(self._encode(topic, rec.value, rec.key, rec.headers, rec.ttl))
+                dk = None if rec.dedup_key is None else dedup_bytes(rec.dedup_key)
+                encoded.append(self._encode(topic, rec.value, rec.key, rec.headers, rec.ttl, dk))
             with self._entering():  # flush() waits for these sends to be queued
                 acc, n = await self._ready_for(topic)
                 encoded = [e if r.ttl is not None else (self._with_topic_ttl(topic, e[0]), e[1])
@@ -337,11 +446,26 @@ class Producer(Lifecycle):
         inline = False
         for i, rec in enumerate(records):
             if isinstance(rec, Record):
-                value, key, headers, partition, ttl = rec
+                value, key, headers, partition, ttl, dedup_key = rec
             else:
-                value, key, headers, partition, ttl = rec, None, None, None, None
+                value, key, headers, partition, ttl, dedup_key = rec, None, None, None, None, None
             framed = None
-            if fast and type(key) is str and type(value) is dict and headers is None and ttl is None and partition is None:
+            if dedup_key is not None:  # routed by its key, else by its dedup key
+                framed, nbytes, p, fresh = self._frame_dedup(topic, n, value, key, headers, partition, ttl, dedup_key,
+                                                             fast, None if encoded is None else encoded[i])
+                inline |= fresh
+                group = groups.get(p)
+                if group is None:
+                    group = groups[p] = Group([], [], [])
+                group.dedup = True
+                if partition is not None:
+                    group.pinned.append(len(group.sizes))
+                group.parts += framed
+                group.sizes.append(nbytes)
+                order.append(p)
+                continue
+            elif fast and type(key) is str and type(value) is dict and headers is None and ttl is None \
+                    and partition is None:
                 try:
                     data, kb = dumps(value), key.encode()
                 except (TypeError, ValueError):  # the careful path below says what is wrong
@@ -367,6 +491,28 @@ class Producer(Lifecycle):
             self._check_finite(groups, order, records)
         return groups, order
 
+    def _frame_dedup(
+        self, topic: str, n: int, value: Any, key: Any, headers: Any, partition: int | None, ttl: float | None,
+        dedup_key: str, fast: bool, encoded: tuple[Framed, int] | None,
+    ) -> tuple[Framed, int, int, bool]:
+        """_frame_all for a record with a dedup key: framed, its size, its partition (by its
+        key, else by its dedup key), and whether it was framed inline (see _check_finite)."""
+        dk = dedup_bytes(dedup_key)
+        if fast and type(key) is str and type(value) is dict and headers is None and ttl is None and partition is None:
+            try:  # the common keyed record, framed inline
+                data, kb = orjson.dumps(value), key.encode()
+            except (TypeError, ValueError):  # the careful path below says what is wrong
+                pass
+            else:
+                nbytes = len(data) + len(kb)
+                if nbytes <= self._opt.max_message_bytes:
+                    header = RECORD_HEADER.pack(1 | DEDUP_FLAG, 0, len(kb), len(data), 0, 0)
+                    framed = (header, kb, data + _DEDUP_LEN.pack(len(dk)) + dk)
+                    return framed, nbytes + len(dk), int(_murmur(kb, 0, False)) % n, True
+        framed, nbytes = self._encode(topic, value, key, headers, ttl, dk) if encoded is None else encoded
+        route = key if key is not None else dk
+        return framed, nbytes, self._choose(topic, n, route, partition, framed[1] if key is not None else dk), False
+
     @staticmethod
     def _check_finite(groups: dict[int, Group], order: list[int], records: list[Any]) -> None:
         """orjson writes NaN and infinities as null: refuse a record framed inline whose
@@ -380,6 +526,35 @@ class Producer(Lifecycle):
                 if b"null" in data:
                     value = records[i].value if isinstance(records[i], Record) else records[i]
                     encode_value(value, None)  # SerializationError for NaN or infinity
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """Write records atomically: ``async with producer.transaction() as tx:``, then
+        ``fut = await tx.send(topic, value, key=...)`` or ``await tx.send_batch(...)``.
+
+        When the block ends, one script call writes every record, across partitions and
+        topics, all or nothing: no consumer sees a part. The futures resolve to
+        :class:`RecordMetadata` then. An exception inside the block aborts: nothing is
+        written, the futures are cancelled, the exception propagates. A failed commit
+        raises (nothing written, or, after lost replies, :class:`AmbiguousWriteError`) and
+        sets the futures to its error; a task cancelled during the commit cancels the
+        futures, and (as after a lost reply) the transaction may or may not be stored. With
+        a ``transactional_id``, a commit of a fenced producer raises :class:`FencedError`
+        and writes nothing.
+
+        On Redis Cluster every record must land in one hash slot (co-located topics, one
+        partition number); otherwise the commit raises :class:`TransactionError` and
+        writes nothing. Commits of one producer run one at a time; a transaction and
+        plain sends of the same producer are not ordered with each other
+        (docs/exactly-once.md).
+        """
+        tx = Transaction(self)
+        try:
+            yield tx
+        except BaseException:
+            tx._abort()
+            raise
+        await tx._commit()
 
     async def flush(self) -> None:
         """Wait until every message sent so far is stored (or has failed), including
@@ -425,10 +600,12 @@ class Producer(Lifecycle):
 
     # -- internals --
     def _encode(
-        self, topic: str, value: Any, key: object, headers: Mapping[str, str] | None, ttl: float | None
+        self, topic: str, value: Any, key: object, headers: Mapping[str, str] | None, ttl: float | None,
+        dk: bytes | None = None,
     ) -> tuple[Framed, int]:
         """Validate and frame one record for the produce script (hot path: keep it lean):
-        its three parts (header, key, value + headers + expiry) and its size."""
+        its three parts (header, key, value + headers + expiry [+ dedup key]) and its
+        size. ``dk``: the dedup key's bytes (see :func:`dedup_bytes`)."""
         if type(value) is bytes:
             codec, data = 1, value
         else:
@@ -459,6 +636,9 @@ class Producer(Lifecycle):
             meta = self._meta.get(topic)
             if meta is not None and meta.config.ttl_ms:
                 expiry = b"%d" % (int(time.time() * 1000) + meta.config.ttl_ms)
+        if dk is not None:
+            header = RECORD_HEADER.pack(kt | DEDUP_FLAG, codec, len(kb), len(data), len(hb), len(expiry))
+            return (header, kb, data + hb + expiry + _DEDUP_LEN.pack(len(dk)) + dk), nbytes + len(dk)
         header = RECORD_HEADER.pack(kt, codec, len(kb), len(data), len(hb), len(expiry))
         return (header, kb, data + hb + expiry if hb or expiry else data), nbytes
 
@@ -468,10 +648,10 @@ class Producer(Lifecycle):
         if meta is None or not meta.config.ttl_ms:
             return record
         header, kb, rest = record
-        kt, codec, _klen, vlen, hlen, _xlen = RECORD_HEADER.unpack(header)
+        kt, codec, _klen, vlen, hlen, xlen = RECORD_HEADER.unpack(header)
         expiry = b"%d" % (int(time.time() * 1000) + meta.config.ttl_ms)
         header = RECORD_HEADER.pack(kt, codec, len(kb), vlen, hlen, len(expiry))
-        return header, kb, rest[: vlen + hlen] + expiry
+        return header, kb, rest[: vlen + hlen] + expiry + rest[vlen + hlen + xlen :]  # the dedup key's frame stays
 
     def _repartition(self, topic: str, n: int, kb: bytes | None) -> int:
         """A partition for a record moved off one its recreated topic lacks."""
@@ -601,18 +781,25 @@ class Producer(Lifecycle):
         if self._partitions.pop(topic, None) is not None:
             log.error("%s", self._gone(topic))
         self._meta.pop(topic, None)
+        if self._acc is not None:  # a recreated topic has no fences: register its partitions again
+            self._acc.unregister(topic)
 
     def _remember(self, meta: topics.TopicMeta) -> None:
         self._known.add(meta.name)
+        known = self._meta.get(meta.name)
+        if known is not None and known.created_at != meta.created_at and self._acc is not None:
+            self._acc.unregister(meta.name)  # recreated: no fences there; register it again
         old = self._partitions.get(meta.name)
         if old is not None and old != meta.partitions:
             log.info("topic %s now has %d partitions (was %d)", meta.name, meta.partitions, old)
         self._meta[meta.name] = meta
         self._partitions[meta.name] = meta.partitions
 
-    def _topic_config(self, topic: str) -> tuple[int | None, int | None]:
+    def _topic_config(self, topic: str) -> tuple[int | None, int | None, int]:
         meta = self._meta.get(topic)
-        return (meta.config.maxlen, meta.config.retention_ms) if meta else (None, None)
+        if meta is None:
+            return None, None, topics.DEFAULT_DEDUP_WINDOW_MS
+        return meta.config.maxlen, meta.config.retention_ms, meta.config.dedup_window_ms
 
     async def _refresh_loop(self) -> None:
         """Periodic metadata refresh: growth and config changes reach us within max age."""

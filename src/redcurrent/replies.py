@@ -42,6 +42,7 @@ from .errors import (
     RedcurrentError,
     StaleRouteError,
     StaleSequenceError,
+    TransactionAbortedError,
     UnknownTopicError,
 )
 from .structs import TopicPartition
@@ -65,6 +66,8 @@ __all__ = [
     "parse_heartbeat",
     "parse_nack",
     "parse_produce",
+    "parse_producer_init",
+    "parse_producer_register",
     "parse_refresh",
     "parse_refresh_set",
     "parse_release",
@@ -117,7 +120,9 @@ def parse_produce(reply: Sequence[Sequence[Scalar]], batches: int) -> list[Produ
     """One result per batch of a ``produce`` call, in order: the batch's
     :class:`Produced`, or the error that refused it (one batch's refusal does not stop
     the others, so the errors are returned, not raised). ``NOTOPIC`` is
-    :class:`PartitionMissingError`, ``STALE`` :class:`StaleSequenceError`. Raises
+    :class:`PartitionMissingError`, ``STALE`` :class:`StaleSequenceError`, ``FENCED``
+    :class:`FencedError` (a newer instance of the transactional_id), ``ABORTED``
+    (a transaction another batch of which was refused) ``TransactionAbortedError``. Raises
     RedcurrentError when the reply does not have ``batches`` batch replies."""
     if not isinstance(reply, list) or len(reply) != batches:
         raise _unexpected("produce", reply)
@@ -131,6 +136,13 @@ def parse_produce(reply: Sequence[Sequence[Scalar]], batches: int) -> list[Produ
         elif status == b"STALE":
             out.append(StaleSequenceError(
                 f"stale producer sequence (the partition's last is {int(r[1])}); nothing was written"))
+        elif status == b"FENCED":
+            out.append(FencedError(
+                f"a newer instance of this transactional_id started (epoch {int(r[1])}): this "
+                "producer is fenced; nothing was written"))
+        elif status == b"ABORTED":
+            out.append(TransactionAbortedError(
+                "the transaction's other batch was refused: nothing was written"))
         elif status == b"STALE_ROUTE":
             out.append(StaleRouteError(
                 f"routed with a topic version older than {int(r[1])} (the topic grew with "
@@ -424,3 +436,30 @@ def parse_share_leave(reply: Sequence[Scalar]) -> bool:
     if reply[0] == _OK:
         return bool(reply[1])
     raise _unexpected("share_leave", reply)
+
+
+# --------------------------------------------------------------------------- transactional producers
+
+
+def parse_producer_init(reply: Sequence[Scalar]) -> tuple[int, list[tuple[str, int]]]:
+    """The ``producer_epoch`` script's "init" reply: the new epoch and the registered
+    partitions (topic, partition)."""
+    if not isinstance(reply, list) or not reply or not isinstance(reply[0], int):
+        raise _unexpected("producer_epoch", reply)
+    parts = []
+    for raw in reply[1:]:
+        topic, _, p = _text(raw).rpartition(":")
+        parts.append((topic, int(p)))
+    return reply[0], parts
+
+
+def parse_producer_register(reply: StatusReply, transactional_id: str) -> None:
+    """The ``producer_epoch`` script's "register" reply; FENCED: FencedError."""
+    if reply[0] == _OK:
+        return
+    if reply[0] == _FENCED:
+        raise FencedError(
+            f"a newer producer with transactional_id {transactional_id!r} started (epoch "
+            f"{_text(reply[1])}): this one is fenced; nothing was written"
+        )
+    raise _unexpected("producer_epoch", reply)

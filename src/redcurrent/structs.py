@@ -36,6 +36,8 @@ class Record(NamedTuple):
 
     ``Record({"id": 1}, key="user-1", headers={"source": "web"}, ttl=60.0)``
 
+    ``dedup_key``: see :meth:`Producer.send` (docs/exactly-once.md).
+
     Immutable; a named tuple (as :class:`RecordMetadata` and :class:`Message` are)
     because users make one per record on the hot path.
     """
@@ -45,6 +47,7 @@ class Record(NamedTuple):
     headers: Mapping[str, str] | None = None
     partition: int | None = None
     ttl: float | None = None
+    dedup_key: str | None = None
 
 
 class RecordMetadata(NamedTuple):
@@ -94,6 +97,7 @@ class TopicConfig:
     retention_ms: int | None = None
     ttl_ms: int | None = None
     dead_letter_expired: bool = False
+    dedup_window_ms: int = 600_000  # how long a dedup key is remembered (docs/exactly-once.md)
 
 
 @dataclass(frozen=True, slots=True)

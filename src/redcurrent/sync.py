@@ -46,8 +46,9 @@ from .consumer import Consumer as AsyncConsumer
 from .errors import ConsumerStoppedError, IllegalStateError, ProducerClosedError
 from .producer import Producer as AsyncProducer
 from .structs import Message, RecordMetadata
+from .transaction import Transaction as AsyncTransaction
 
-__all__ = ("Admin", "Consumer", "Producer")
+__all__ = ("Admin", "Consumer", "Producer", "Transaction")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -573,10 +574,68 @@ class Producer(_Client[AsyncProducer]):
     partitions_for = _blocking(AsyncProducer.partitions_for)
     stats = _on_loop(AsyncProducer.stats)
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """The blocking :meth:`redcurrent.Producer.transaction`: ``with producer.transaction()
+        as tx:``, then ``tx.send(...)`` / ``tx.send_batch(...)``, which return
+        ``concurrent.futures.Future`` objects resolved at commit. Leaving the block commits
+        (one script call, all or nothing); an exception inside it aborts (nothing written,
+        futures cancelled) and propagates."""
+        tx = Transaction(self._loop, AsyncTransaction(self._aio))
+        try:
+            yield tx
+        except BaseException:
+            self._loop.run(_aborted, tx._aio)
+            raise
+        self._loop.run(tx._aio._commit)
+
     @property
     def producer_id(self) -> str:
         """This producer's idempotence id ("" when idempotence is off or before start)."""
         return self._aio.producer_id
+
+
+class Transaction:
+    """The blocking :class:`redcurrent.Transaction` (made by :meth:`Producer.transaction`)."""
+
+    def __init__(self, loop: _Loop, aio: AsyncTransaction) -> None:
+        self._loop, self._aio = loop, aio
+
+    def send(self, topic: str, value: Any, **kwargs: Any) -> concurrent.futures.Future[RecordMetadata]:
+        """Add one record (parameters as :meth:`redcurrent.Transaction.send`); its future
+        resolves at commit."""
+        [future] = self._loop.run(_collect, self._aio.send(topic, value, **kwargs))
+        return future
+
+    def send_batch(self, topic: str, records: Any) -> list[concurrent.futures.Future[RecordMetadata]]:
+        """Add many records (as :meth:`redcurrent.Transaction.send_batch`); one future each."""
+        return self._loop.run(_collect, self._aio.send_batch(topic, records))
+
+
+async def _collect(
+    added: Awaitable[asyncio.Future[RecordMetadata] | list[asyncio.Future[RecordMetadata]]],
+) -> list[concurrent.futures.Future[RecordMetadata]]:
+    """On the loop: a transaction's futures as thread-safe ones."""
+    got = await added
+    out = []
+    for fut in got if isinstance(got, list) else [got]:
+        twin: concurrent.futures.Future[RecordMetadata] = concurrent.futures.Future()
+
+        def copy(f: asyncio.Future[RecordMetadata], twin: concurrent.futures.Future[RecordMetadata] = twin) -> None:
+            if f.cancelled():
+                twin.cancel()
+            elif f.exception() is not None:
+                twin.set_exception(f.exception())
+            else:
+                twin.set_result(f.result())
+
+        fut.add_done_callback(copy)
+        out.append(twin)
+    return out
+
+
+async def _aborted(tx: AsyncTransaction) -> None:
+    tx._abort()
 
 
 def _after(unsent: set[concurrent.futures.Future[RecordMetadata]], then: Closer) -> Closer:

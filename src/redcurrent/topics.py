@@ -40,6 +40,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_PARTITIONS = 10_000
+DEFAULT_DEDUP_WINDOW_MS = 600_000  # Admin.create_topic(dedup_window=600.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,7 @@ def parse_meta(name: str, raw: Mapping[Any, Any]) -> TopicMeta | None:
         retention_ms=num(b"retention_ms"),
         ttl_ms=num(b"ttl_ms"),
         dead_letter_expired=raw.get(b"dead_letter_expired") == b"1",
+        dedup_window_ms=num(b"dedup_window_ms") or DEFAULT_DEDUP_WINDOW_MS,
     )
     return TopicMeta(name, int(raw[b"partitions"]), int(raw.get(b"version", 0)), config,
                      num(b"created_ms") or 0)
@@ -104,6 +106,7 @@ async def create_topic(
     ttl_ms: int | None = None,
     dead_letter_expired: bool = False,
     exist_ok: bool = False,
+    dedup_window_ms: int = DEFAULT_DEDUP_WINDOW_MS,
 ) -> TopicMeta:
     """Create the topic; TopicExistsError if it exists (unless ``exist_ok``)."""
     validate_name(name)
@@ -114,6 +117,7 @@ async def create_topic(
         opt_int(retention_ms, "retention_ms"),
         opt_int(ttl_ms, "ttl_ms"),
         "1" if dead_letter_expired else "0",
+        str(dedup_window_ms),
     ]
     # The registry has no hash tag, so it is written outside the script; list_topics
     # checks every name against its meta hash, so a crash between the two is harmless.

@@ -120,10 +120,19 @@ async def test_no_command_touches_two_slots_over_a_topic_life_cycle(
             assert {m.partition for m in metas} == set(range(PARTITIONS))
             await producer.send_batch("life", [Record(i, key=f"key-{i}") for i in range(200)])
             await producer.send_batch("life", list(range(50)))  # keyless, sticky
+            # exactly-once tools (docs/exactly-once.md): dedup keys, a transactional_id's
+            # epoch, registry and fences, a transaction within one partition
+            await producer.send_batch("life", [Record(i, dedup_key=f"d{i % 10}") for i in range(20)])
+            async with Producer(cluster.url, namespace=namespace, transactional_id="life-tx") as tx_producer:
+                await tx_producer.send_batch("life", [Record(i, partition=i % PARTITIONS) for i in range(16)])
+                async with tx_producer.transaction() as tx:
+                    await tx.send_batch("life", [Record(i, partition=3) for i in range(5)])
+            async with Producer(cluster.url, namespace=namespace, transactional_id="life-tx") as successor:
+                await successor.send("life", "fenced the first", partition=3)
             await admin.alter_partitions("life", GROWN)
             await admin.create_topic("life", partitions=3, exist_ok=True)
             info = await admin.describe_topic("life")
-            assert info.partitions == GROWN and info.length == 10 * PARTITIONS + 250
+            assert info.partitions == GROWN and info.length == 10 * PARTITIONS + 250 + 10 + 16 + 5 + 1
             await admin.list_topics()
             await admin.delete_topic("life")
         commands = list(log.commands())
@@ -206,18 +215,19 @@ def test_every_key_family_maps_to_the_slot_of_its_tag(cluster: Cluster) -> None:
     """Statically, and as the server computes it (CLUSTER KEYSLOT)."""
     k = Keys("rc")
     topic, partition, group, pid = "orders.v2", 7, "billing", "0123abcd"
-    values = {"topic": topic, "partition": partition, "group": group, "producer_id": pid}
+    values = {"topic": topic, "partition": partition, "group": group, "producer_id": pid,
+              "dedup_key": "order{1}:x", "transactional_id": "billing-writer"}
     topic_keys: list[str] = []
     partition_keys: list[str] = []
+    producer_keys: list[str] = []
     for name, method in inspect.getmembers(Keys, inspect.isfunction):
         params = [p for p in inspect.signature(method).parameters if p != "self"]
         # untagged: the registry and a consumer's doorbell (single server only), no script touches them
         if name.startswith("_") or name in ("partition_keys_pattern", "doorbell") or not params:
             continue
         built = method(k, **{p: values[p] for p in params})
-        (partition_keys if "partition" in params else topic_keys).extend(
-            built if isinstance(built, list) else [built]
-        )
+        (partition_keys if "partition" in params else producer_keys if "transactional_id" in params
+         else topic_keys).extend(built if isinstance(built, list) else [built])
     assert len(topic_keys) >= 6 and len(partition_keys) >= 3
     with cluster.nodes[1].client() as c:
 
@@ -230,6 +240,10 @@ def test_every_key_family_maps_to_the_slot_of_its_tag(cluster: Cluster) -> None:
             assert key_slot(key.encode()) == server_slot(key) == topic_slot, key
         for key in partition_keys:
             assert key_slot(key.encode()) == server_slot(key) == partition_slot, key
+        producer_slot = server_slot("billing-writer")
+        assert len(producer_keys) >= 2
+        for key in producer_keys:  # a transactional_id's epoch and registry: its own tag
+            assert key_slot(key.encode()) == server_slot(key) == producer_slot, key
     # the only keys without a tag are the registry and the doorbell, which no script touches
     assert "{" not in k.topics() and "{" not in k.doorbell("i")
 

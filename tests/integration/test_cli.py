@@ -125,7 +125,7 @@ def test_topics_create_list_describe_alter_delete(rc: Run, rcj: Callable[..., An
     configured = rcj("topics", "alter", "orders", "--config", "maxlen=none", "-c", "ttl=30",
                      "-c", "dead_letter_expired=true")
     assert configured["config"] == {"maxlen": None, "retention_ms": 60000, "ttl_ms": 30000,
-                                    "dead_letter_expired": True}
+                                    "dead_letter_expired": True, "dedup_window_ms": 600000}
     for bad in ("maxlen", "colour=red", "maxlen=lots", "dead_letter_expired=maybe"):
         refused = rc("topics", "alter", "orders", "--config", bad)
         assert refused.returncode == 2 and "--config" in refused.stderr, bad

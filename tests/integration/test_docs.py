@@ -23,7 +23,7 @@ DOCS = ROOT / "docs"
 # library's code shown for comparison (migrating.md), which needs that library's server.
 PAGES = [
     *sorted((DOCS / "guides").glob("*.md")),
-    *(DOCS / name for name in ("failure-handling.md", "index.md", "operations.md")),
+    *(DOCS / name for name in ("exactly-once.md", "failure-handling.md", "index.md", "operations.md")),
     *(DOCS / name for name in ("security.md", "sync.md")),
 ]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)

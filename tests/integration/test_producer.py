@@ -327,14 +327,16 @@ async def test_one_script_call_checks_each_partitions_batch_on_its_own(
     seqs = [keys.producer_seq("a", 0, "p1"), keys.producer_seq("b", 0, "p1"), keys.producer_seq("a", 1, "p1")]
     markers = [keys.topic_version("a", 0), keys.topic_version("b", 0), keys.topic_version("a", 1)]
     barriers = [keys.barrier("a", 0), keys.barrier("b", 0), keys.barrier("a", 1)]
+    extras = [(keys.producer_fence(t, p, "p1"), keys.dedup_prefix(t, p)) for t, p in (("a", 0), ("b", 0), ("a", 1))]
     await r.set(markers[0], 3)
     await r.set(markers[2], 3)  # topic "b" has no marker
     [first] = await scripts.run(
-        r, produce, [streams[0], seqs[0], markers[0], barriers[0]], ["p1", 60_000, "", "", 1, 3, frame([b"x"])]
+        r, produce, [streams[0], seqs[0], markers[0], barriers[0], *extras[0]],
+        ["p1", 60_000, "", "", "", "", 1, 3, "", frame([b"x"])]
     )
-    call_keys = [k for j in range(3) for k in (streams[j], seqs[j], markers[j], barriers[j])]
-    call_args = ["p1", 60_000, "", "", 1, 3, frame([b"x"]), "", "", 1, 3, frame([b"y"]),
-                 "", "", 1, 3, frame([b"z1", b"z2"])]
+    call_keys = [k for j in range(3) for k in (streams[j], seqs[j], markers[j], barriers[j], *extras[j])]
+    call_args = ["p1", 60_000, "", "", "", "", 1, 3, "", frame([b"x"]), "", "", 1, 3, "", frame([b"y"]),
+                 "", "", 1, 3, "", frame([b"z1", b"z2"])]
     dup, notopic, ok = await scripts.run(r, produce, call_keys, call_args)
     assert dup == [b"DUP", first[1], b"3"]
     assert notopic == [b"NOTOPIC"]
@@ -344,7 +346,8 @@ async def test_one_script_call_checks_each_partitions_batch_on_its_own(
     assert await r.exists(streams[1], seqs[1]) == 0
     # the third batch's sequence is its own: its next batch starts at 3
     [nxt] = await scripts.run(
-        r, produce, [streams[2], seqs[2], markers[2], barriers[2]], ["p1", 60_000, "", "", 3, 3, frame([b"z3"])]
+        r, produce, [streams[2], seqs[2], markers[2], barriers[2], *extras[2]],
+        ["p1", 60_000, "", "", "", "", 3, 3, "", frame([b"z3"])]
     )
     assert nxt[0] == b"OK" and await r.xlen(streams[2]) == 3
 
@@ -604,33 +607,34 @@ async def test_produce_script_stores_a_retried_sequence_once(
     keys = Keys(namespace)
     stream, seq_key = keys.stream("idem", 0), keys.producer_seq("idem", 0, "p1")
     marker, barrier = keys.topic_version("idem", 0), keys.barrier("idem", 0)
+    extra = [keys.producer_fence("idem", 0, "-"), keys.dedup_prefix("idem", 0)]
     await target_client.set(marker, 1)
     produce = scripts.script("produce")
 
     def args(pid: str, first_seq: int, values: list[bytes]) -> list[bytes | str | int]:
-        return [pid, 60_000, "", "", first_seq, 1, frame(values)]
+        return [pid, 60_000, "", "", "", "", first_seq, 1, "", frame(values)]
 
     [first] = await scripts.run(
-        target_client, produce, [stream, seq_key, marker, barrier], args("p1", 1, [b"a", b"b"])
+        target_client, produce, [stream, seq_key, marker, barrier, *extra], args("p1", 1, [b"a", b"b"])
     )
     [retry] = await scripts.run(
-        target_client, produce, [stream, seq_key, marker, barrier], args("p1", 1, [b"a", b"b"])
+        target_client, produce, [stream, seq_key, marker, barrier, *extra], args("p1", 1, [b"a", b"b"])
     )
     assert first[0] == b"OK" and retry[0] == b"DUP"
     assert retry[1] == first[1]  # the same ids as the first write
     assert [eid for eid, _ in await target_client.xrange(stream)] == first[1].split(b",")
     # the next sequence is written; an older one is refused without writing
-    [nxt] = await scripts.run(target_client, produce, [stream, seq_key, marker, barrier], args("p1", 3, [b"c"]))
+    [nxt] = await scripts.run(target_client, produce, [stream, seq_key, marker, barrier, *extra], args("p1", 3, [b"c"]))
     assert nxt[0] == b"OK"
     [stale] = await scripts.run(
-        target_client, produce, [stream, seq_key, marker, barrier], args("p1", 1, [b"zzz"])
+        target_client, produce, [stream, seq_key, marker, barrier, *extra], args("p1", 1, [b"zzz"])
     )
     assert stale == [b"STALE", 3]
     assert [f[b"v"] for _, f in await target_client.xrange(stream)] == [b"a", b"b", b"c"]
     # another producer id has its own sequence
     other = keys.producer_seq("idem", 0, "p2")
     assert (
-        await scripts.run(target_client, produce, [stream, other, marker, barrier], args("p2", 1, [b"d"]))
+        await scripts.run(target_client, produce, [stream, other, marker, barrier, *extra], args("p2", 1, [b"d"]))
     )[0][0] == b"OK"
     assert await target_client.xlen(stream) == 4
 
@@ -643,12 +647,13 @@ async def test_produce_script_writes_nothing_into_a_partition_without_its_marker
     keys = Keys(namespace)
     stream, seq_key = keys.stream("nomark", 0), keys.producer_seq("nomark", 0, "p1")
     marker, barrier = keys.topic_version("nomark", 0), keys.barrier("nomark", 0)
+    extra = [keys.producer_fence("nomark", 0, "-"), keys.dedup_prefix("nomark", 0)]
     produce = scripts.script("produce")
-    args = ["p1", 60_000, "", "", 1, 7, frame([b"a"])]
-    assert await scripts.run(target_client, produce, [stream, seq_key, marker, barrier], args) == [[b"NOTOPIC"]]
+    args = ["p1", 60_000, "", "", "", "", 1, 7, "", frame([b"a"])]
+    assert await scripts.run(target_client, produce, [stream, seq_key, marker, barrier, *extra], args) == [[b"NOTOPIC"]]
     assert await target_client.exists(stream, seq_key) == 0
     await target_client.set(marker, 7)
-    [reply] = await scripts.run(target_client, produce, [stream, seq_key, marker, barrier], args)
+    [reply] = await scripts.run(target_client, produce, [stream, seq_key, marker, barrier, *extra], args)
     assert reply[0] == b"OK" and reply[2] == b"7"  # the marker's version rides back
 
 
@@ -658,14 +663,15 @@ async def test_produce_script_without_producer_id_always_writes(
     keys = Keys(namespace)
     stream, seq_key = keys.stream("plain", 0), keys.producer_seq("plain", 0, "-")
     marker, barrier = keys.topic_version("plain", 0), keys.barrier("plain", 0)
+    extra = [keys.producer_fence("plain", 0, "-"), keys.dedup_prefix("plain", 0)]
     await target_client.set(marker, 1)
     produce = scripts.script("produce")
     for _ in range(2):
         reply = await scripts.run(
             target_client,
             produce,
-            [stream, seq_key, marker, barrier],
-            ["", 60_000, "", "", 1, 1, frame([b"a"])],
+            [stream, seq_key, marker, barrier, *extra],
+            ["", 60_000, "", "", "", "", 1, 1, "", frame([b"a"])],
         )
         assert reply[0][0] == b"OK"
     assert await target_client.xlen(stream) == 2

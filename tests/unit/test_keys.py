@@ -34,8 +34,8 @@ def key_families(k: Keys, topic: str, partition: int, group: str, pid: str) -> d
     Found by introspection, so a key family added later is checked without editing here.
     """
     values = {"topic": topic, "partition": partition, "group": group, "producer_id": pid,
-              "instance_id": "0123456789abcdef"}
-    levels: dict[str, list[str]] = {"registry": [], "topic": [], "partition": []}
+              "instance_id": "0123456789abcdef", "dedup_key": "order-1", "transactional_id": "tx-1"}
+    levels: dict[str, list[str]] = {"registry": [], "topic": [], "partition": [], "producer": []}
     for name, method in inspect.getmembers(Keys, inspect.isfunction):
         if name.startswith("_") or name == "partition_keys_pattern":  # a SCAN pattern, not a key
             continue
@@ -45,7 +45,8 @@ def key_families(k: Keys, topic: str, partition: int, group: str, pid: str) -> d
         built = method(k, **{p: values[p] for p in params})
         keys = built if isinstance(built, list) else [built]
         level = (
-            "partition" if "partition" in params else "topic" if "topic" in params else "registry"
+            "partition" if "partition" in params else "topic" if "topic" in params
+            else "producer" if "transactional_id" in params else "registry"
         )
         levels[level].extend(keys)
     return levels
@@ -58,6 +59,20 @@ def topic_level_keys(k: Keys, topic: str, group: str) -> list[str]:
 def partition_level_keys(k: Keys, topic: str, partition: int, group: str) -> list[str]:
     families = key_families(k, topic, partition, group, "0123456789abcdef0123456789abcdef")
     return families["partition"] + [k.producer_seq(topic, partition, "-")]
+
+
+def test_dedup_key_is_its_prefix_and_the_dedup_key() -> None:
+    """The produce script builds a dedup key as prefix .. D: the same string as Keys.dedup."""
+    k = Keys("rc")
+    assert k.dedup_prefix("orders", 3) + "a{b}:c" == k.dedup("orders", 3, "a{b}:c")
+    assert key_slot(b"orders:3") == key_slot(k.dedup("orders", 3, "{x}").encode())
+
+
+def test_transactional_producer_keys_share_their_own_tag() -> None:
+    k = Keys("rc")
+    assert k.producer_epoch("tx-1") == "rc:producer:{tx-1}:epoch"
+    assert {key_slot(k.producer_epoch("tx-1").encode()), key_slot(k.producer_partitions("tx-1").encode())} == {
+        key_slot(b"tx-1")}
 
 
 def test_every_key_family_is_classified() -> None:

@@ -75,6 +75,8 @@ def list_topics(env: Env) -> None:
 @click.option("--maxlen", type=int, help="Cap each partition at about this many entries.")
 @click.option("--retention-ms", type=int, help="Drop entries older than this (MINID trimming).")
 @click.option("--ttl", type=float, help="Default message TTL in seconds.")
+@click.option("--dedup-window", type=float, default=600.0, show_default=True,
+              help="Seconds a record's dedup key is remembered (docs/exactly-once.md).")
 @click.option("--if-not-exists", is_flag=True, help="Succeed if the topic already exists.")
 @json_option
 @pass_env
@@ -85,6 +87,7 @@ def create(
     maxlen: int | None,
     retention_ms: int | None,
     ttl: float | None,
+    dedup_window: float,
     if_not_exists: bool,
 ) -> None:
     """Create topic NAME."""
@@ -98,6 +101,7 @@ def create(
                 retention_ms=retention_ms,
                 ttl=ttl,
                 exist_ok=if_not_exists,
+                dedup_window=dedup_window,
             )
 
     info = env.run(go())
@@ -131,7 +135,7 @@ def describe(env: Env, name: str) -> None:
     )
     c.print(
         f"config: maxlen={cfg.maxlen} retention_ms={cfg.retention_ms} ttl_ms={cfg.ttl_ms} "
-        f"dead_letter_expired={cfg.dead_letter_expired}"
+        f"dead_letter_expired={cfg.dead_letter_expired} dedup_window_ms={cfg.dedup_window_ms}"
     )
     c.print(f"groups: {', '.join(group_names) or '-'}")
     rows = [(p.partition, p.length, p.first_id, p.last_id) for p in info.partition_info]
@@ -143,8 +147,8 @@ def describe(env: Env, name: str) -> None:
 @click.option("--partitions", "-p", type=int, help="New partition count (only grows).")
 @click.option(
     "--config", "-c", "settings", multiple=True, metavar="NAME=VALUE",
-    help="Change a setting: maxlen, retention_ms, ttl (seconds) or dead_letter_expired "
-    "(true/false); VALUE 'none' removes it. Repeatable.",
+    help="Change a setting: maxlen, retention_ms, ttl (seconds), dead_letter_expired "
+    "(true/false) or dedup_window (seconds); VALUE 'none' removes it. Repeatable.",
 )
 @click.option(
     "--preserve-key-order", is_flag=True,
@@ -182,7 +186,7 @@ def alter(env: Env, name: str, partitions: int | None, settings: tuple[str, ...]
     )
 
 
-_SETTINGS = {"maxlen": int, "retention_ms": int, "ttl": float, "dead_letter_expired": bool}
+_SETTINGS = {"maxlen": int, "retention_ms": int, "ttl": float, "dead_letter_expired": bool, "dedup_window": float}
 
 
 def _config_changes(settings: tuple[str, ...]) -> dict[str, Any]:
