@@ -118,6 +118,8 @@ class TopicInfo:
     config: TopicConfig
     partition_info: tuple[PartitionInfo, ...] = field(default_factory=tuple)
     created_at: int = 0
+    colocate_with: str | None = None
+    """The topic whose partition slots this one shares (``Admin.create_topic(colocate_with=...)``)."""
 
     @property
     def length(self) -> int:

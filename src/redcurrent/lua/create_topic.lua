@@ -3,6 +3,7 @@
 -- KEYS:   [1] topic meta hash
 -- ARGV:   [1] partitions  [2] maxlen ("" = none)  [3] retention_ms ("" = none)
 --         [4] ttl_ms ("" = none)  [5] dead_letter_expired ("1"/"0")
+--         [6] colocate_with: the anchor topic ("" or absent = none)
 -- Reply:  {"CREATED", partitions, version} | {"EXISTS", partitions, version}
 redis.replicate_commands()
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -16,4 +17,5 @@ redis.call('HSET', KEYS[1], 'partitions', ARGV[1], 'version', 1, 'created_ms', n
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'maxlen', ARGV[2]) end
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'retention_ms', ARGV[3]) end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'ttl_ms', ARGV[4]) end
+if ARGV[6] and ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'colocate_with', ARGV[6]) end
 return {'CREATED', tonumber(ARGV[1]), 1}
