@@ -11,6 +11,7 @@ __all__ = [
     "InFlightMessage",
     "MemberInfo",
     "Message",
+    "Output",
     "PartitionGroupInfo",
     "PartitionInfo",
     "Record",
@@ -45,6 +46,23 @@ class Record(NamedTuple):
     headers: Mapping[str, str] | None = None
     partition: int | None = None
     ttl: float | None = None
+
+
+class Output(NamedTuple):
+    """A record a transactional handler returns (``Consumer.process(handler,
+    transactional=True)``): written atomically with the ack of its input, exactly once.
+
+    ``return [Output("invoices", {"order": msg.value["id"]}, key=msg.key)]``
+
+    The record lands in the input's partition of ``topic``, which on a cluster must be
+    co-located with the input topic (docs/exactly-once-consume.md); it carries a header
+    ``rc-input`` naming its input (``topic/partition/id``).
+    """
+
+    topic: str
+    value: Any
+    key: str | bytes | None = None
+    headers: Mapping[str, str] | None = None
 
 
 class RecordMetadata(NamedTuple):

@@ -1,0 +1,197 @@
+"""Consume → produce, exactly once: the outputs of transactional processing and their
+fenced commit (docs/exactly-once-consume.md).
+
+With ``Consumer.process(handler, transactional=True)`` the handler returns the records
+to write, an iterable of :class:`~redcurrent.Output`. :class:`Outputs` routes and frames
+them into a :class:`Pending` batch per input partition; :meth:`Outputs.commit` writes a
+batch and acks its inputs in one ``commit_outputs`` script call on the input partition's
+slot, fenced by the owner token exactly as the fetch script is: a consumer that lost the
+partition writes nothing and acks nothing. The script writes an input's outputs only if
+its XACK moved it out of the pending list, so a commit retried after a lost reply never
+writes twice.
+
+Where an output goes: to the input's partition p when the output topic is co-located
+with the input topic (or is the input topic), on one node and on a cluster alike; on a
+cluster any other output topic is refused (ConfigError, before anything is written),
+since one script can only touch one slot; on one node an output to another topic is
+routed by its key (``murmur3(key) % partitions``, keyless: ``p % partitions``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING
+
+import orjson
+
+from . import scripts
+from . import topics as topics_mod
+from .errors import ConfigError, InvalidPartitionsError, UnknownTopicError
+from .keys import Keys, validate_name
+from .partitioner import partition_for_key
+from .replies import CommitRefused, parse_commit_outputs
+from .serde import (
+    CODEC_CODES,
+    INPUT_HEADER,
+    KEY_TYPE_CODES,
+    RECORD_HEADER,
+    encode_headers,
+    encode_key,
+    encode_value,
+)
+from .structs import Message, Output, TopicPartition
+
+if TYPE_CHECKING:
+    from .connection import Client
+    from .fetcher import PartitionFetcher
+    from .topics import TopicMeta
+
+__all__ = ["Outputs", "Pending"]
+
+_COMMIT = scripts.script("commit_outputs")
+MAX_REROUTES = 3  # commits refused as routed before a growth, before giving up
+
+
+@dataclass(slots=True)
+class Pending:
+    """The handled, uncommitted messages of one input partition's batch, in stream
+    order, with the outputs each returned (routed and framed when added)."""
+
+    tp: TopicPartition
+    msgs: list[Message] = field(default_factory=list)
+    results: list[list[Output]] = field(default_factory=list)
+    # output (topic, partition) -> its index in the commit's KEYS
+    index: dict[tuple[str, int], int] = field(default_factory=dict)
+    blobs: list[bytes] = field(default_factory=list)  # per message: its framed outputs ("" none)
+    metas: dict[str, TopicMeta] = field(default_factory=dict)  # output topics as routed
+
+    def clear(self) -> None:
+        self.metas.clear()
+        self.msgs.clear()
+        self.results.clear()
+        self.index.clear()
+        self.blobs.clear()
+
+
+class Outputs:
+    """Routes, frames and commits the outputs of one consumer's transactional handler."""
+
+    def __init__(self, client: Client, keys: Keys, is_cluster: bool, token: str, group: str) -> None:
+        self._client = client
+        self._keys = keys
+        self._cluster = is_cluster
+        self._token = token
+        self._group = group
+        self._metas: dict[str, TopicMeta] = {}
+
+    async def meta(self, topic: str) -> TopicMeta:
+        meta = self._metas.get(topic)
+        if meta is None:
+            validate_name(topic, "output topic")
+            meta = await topics_mod.read_meta(self._client, self._keys, topic)
+            if meta is None:
+                raise UnknownTopicError(f"output topic {topic!r} does not exist: create it first"
+                                        " (co-located with the input topic on a Redis Cluster)")
+            self._metas[topic] = meta
+        return meta
+
+    async def add(self, pending: Pending, msg: Message, result: object) -> None:
+        """Route and frame what the handler returned for ``msg``. TypeError/ValueError for
+        a bad result (a failed attempt, as a handler error is); ConfigError or a TopicError
+        when an output cannot go where it names (nothing is written: process() raises)."""
+        if result is None:
+            outs: list[Output] = []
+        elif isinstance(result, Output) or isinstance(result, str | bytes) or not isinstance(result, Iterable):
+            raise TypeError(f"a transactional handler returns an iterable of Output (or None), not {type(result).__name__}")
+        else:
+            outs = list(result)
+        blob = bytearray()
+        for out in outs:
+            if not isinstance(out, Output):
+                raise TypeError(f"a transactional handler's outputs must be Output, not {type(out).__name__}")
+            meta, partition = await self._route(pending.tp, out)
+            pending.metas[out.topic] = meta
+            j = pending.index.setdefault((out.topic, partition), len(pending.index))
+            blob += j.to_bytes(2, "big")  # the output partition's index (Lua: ">I2")
+            blob += self._frame(meta, out, pending.tp, msg.id)
+        pending.msgs.append(msg)
+        pending.results.append(outs)
+        pending.blobs.append(bytes(blob))
+
+    async def _route(self, tp: TopicPartition, out: Output) -> tuple[TopicMeta, int]:
+        meta = await self.meta(out.topic)
+        source = await self.meta(tp.topic)
+        if (meta.colocate_with or meta.name) == (source.colocate_with or source.name):
+            if tp.partition >= meta.partitions:
+                raise InvalidPartitionsError(f"output topic {out.topic!r} has no partition {tp.partition}")
+            return meta, tp.partition
+        if self._cluster:
+            raise ConfigError(
+                f"output topic {out.topic!r} is not co-located with input topic {tp.topic!r}: on a Redis "
+                "Cluster a transactional output must share its input's slot; create it with "
+                f"Admin.create_topic({out.topic!r}, partitions={source.partitions}, colocate_with={tp.topic!r})"
+            )
+        if out.key is None:
+            return meta, tp.partition % meta.partitions
+        encode_key(out.key)  # TypeError for a key that is neither str nor bytes
+        return meta, partition_for_key(out.key, meta.partitions)
+
+    @staticmethod
+    def _frame(meta: TopicMeta, out: Output, tp: TopicPartition, input_id: str) -> bytes:
+        codec, data = encode_value(out.value, None)
+        key_type, kb = encode_key(out.key)
+        encode_headers(out.headers)  # checks them (str to str, no reserved names)
+        headers = dict(out.headers) if out.headers else {}
+        headers[INPUT_HEADER] = f"{tp.topic}/{tp.partition}/{input_id}"
+        hb = orjson.dumps(headers)
+        ttl_ms = meta.config.ttl_ms
+        expiry = b"%d" % (int(time.time() * 1000) + ttl_ms) if ttl_ms else b""
+        header = RECORD_HEADER.pack(KEY_TYPE_CODES[key_type], CODEC_CODES[codec], len(kb), len(data), len(hb), len(expiry))
+        return header + kb + data + hb + expiry
+
+    async def commit(self, fetcher: PartitionFetcher, pending: Pending, acks: list[str]) -> None:
+        """Write ``pending``'s outputs and ack its inputs (and ``acks``: finished inputs
+        with no outputs) in one fenced script call. FencedError: nothing written or acked."""
+        for _ in range(MAX_REROUTES):
+            keys, args = self._call_args(fetcher, pending, acks)
+            reply = await fetcher.call("commit", partial(scripts.run, self._client, _COMMIT, keys, args))
+            result = parse_commit_outputs(reply, fetcher.tp)
+            topics = list(pending.index)
+            if not isinstance(result, CommitRefused):
+                for (topic, _p), version in zip(topics, result.versions, strict=True):
+                    known = self._metas.get(topic)
+                    if known is not None and version > known.version:
+                        self._metas.pop(topic, None)  # grown or reconfigured: read it again
+                return
+            topic = topics[result.output][0]
+            self._metas.pop(topic, None)
+            if result.status == "NOTOPIC":
+                raise UnknownTopicError(f"output topic {topic!r} was deleted: nothing written, nothing acked")
+            await self._reroute(pending)
+        raise UnknownTopicError(f"the outputs of {fetcher.tp} kept being routed before a growth; giving up")
+
+    async def _reroute(self, pending: Pending) -> None:
+        msgs, results = list(pending.msgs), list(pending.results)
+        pending.clear()
+        for msg, outs in zip(msgs, results, strict=True):
+            await self.add(pending, msg, outs)
+
+    def _call_args(self, fetcher: PartitionFetcher, pending: Pending, acks: list[str]
+                   ) -> tuple[list[str], list[str | int | bytes]]:
+        k = self._keys
+        empty = [m.id for m, b in zip(pending.msgs, pending.blobs, strict=True) if not b]
+        keys = [fetcher.stream, fetcher.owner]
+        args: list[str | int | bytes] = [self._token, self._group, ",".join([*acks, *empty]), len(pending.index)]
+        now_ms = int(time.time() * 1000)
+        for topic, p in pending.index:
+            meta = pending.metas[topic]
+            keys += [k.stream(topic, p), k.topic_version(topic, p), k.barrier(topic, p)]
+            maxlen, retention = meta.config.maxlen, meta.config.retention_ms
+            args += [maxlen or "", f"{now_ms - retention}-0" if retention else "", meta.version]
+        for m, b in zip(pending.msgs, pending.blobs, strict=True):
+            if b:
+                args += [m.id, b]
+        return keys, args

@@ -1,0 +1,229 @@
+"""Consume → produce, exactly once (docs/exactly-once-consume.md):
+``Consumer.process(handler, transactional=True)`` writes each input's outputs with its
+ack in one fenced script call.
+
+Each test runs twice (``target``: single / cluster) in its own namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+
+import pytest
+from support.eventually import eventually
+from support.servers import Target
+
+from redcurrent import (
+    Admin,
+    ConfigError,
+    Consumer,
+    DeadLetter,
+    Message,
+    Output,
+    Producer,
+    Record,
+    UnknownTopicError,
+)
+
+P = 4
+FAST = {"heartbeat_interval": 0.2, "session_timeout": 1.5}
+
+
+async def setup(admin: Admin, target: Target, namespace: str, n: int, *, colocate: bool = True) -> list[str]:
+    """Topics ``in`` and ``out`` (co-located unless told), and ``n`` keyed inputs {"seq": i}."""
+    await admin.create_topic("in", partitions=P)
+    await admin.create_topic("out", partitions=P, colocate_with="in" if colocate else None)
+    async with Producer(target.url, namespace=namespace) as producer:
+        sent = await producer.send_batch("in", [Record({"seq": i}, key=f"k{i % 10}") for i in range(n)])
+    return [m.id for m in sent]
+
+
+async def outputs(admin: Admin, topic: str = "out") -> list[Message]:
+    info = await admin.describe_topic(topic)
+    got: list[Message] = []
+    for p in range(info.partitions):
+        got += await admin.read_partition(topic, p, count=100_000)
+    return got
+
+
+async def run(consumer: Consumer, handler: Callable[[Message], Awaitable[object]],
+              done: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:
+    task = asyncio.create_task(consumer.process(handler, transactional=True))
+    try:
+        await eventually(lambda: task.done() or done(), timeout=timeout, interval=0.05)
+        if task.done():
+            task.result()  # raises what process() raised
+    finally:
+        await consumer.stop()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def consumer(target: Target, namespace: str, **kw: object) -> Consumer:
+    return Consumer("in", group="g", url=target.url, namespace=namespace, start="earliest",
+                    **FAST, **kw)  # type: ignore[arg-type]
+
+
+async def test_each_input_gets_its_outputs_once_in_its_partition(
+        target: Target, admin: Admin, namespace: str) -> None:
+    n = 300
+    await setup(admin, target, namespace, n)
+
+    async def handle(msg: Message) -> Iterable[Output]:
+        return [Output("out", {"seq": msg.value["seq"]}, key=msg.key, headers={"src": "t"})]
+
+    async def all_out() -> bool:
+        return (await admin.describe_topic("out")).length >= n
+
+    async with consumer(target, namespace) as c:
+        await run(c, handle, all_out)
+        assert c.stats()["processed"] == n
+    got = await outputs(admin)
+    assert sorted(m.value["seq"] for m in got) == list(range(n))
+    inputs = {(m.partition, m.id): m for p in range(P) for m in await admin.read_partition("in", p, count=1000)}
+    for m in got:
+        topic, partition, input_id = m.headers["rc-input"].split("/")
+        assert topic == "in"
+        source = inputs[int(partition), input_id]
+        assert source.value == m.value
+        assert m.partition == source.partition and m.key == source.key and m.headers["src"] == "t"
+    for p in range(P):  # per-key order kept
+        seqs: dict[str | bytes | None, list[int]] = {}
+        for m in await admin.read_partition("out", p, count=1000):
+            seqs.setdefault(m.key, []).append(m.value["seq"])
+        assert all(s == sorted(s) for s in seqs.values())
+    assert all(p.pending == 0 and p.lag == 0 for p in (await admin.describe_group("in", "g")).partitions)
+
+
+async def test_a_failing_input_is_dead_lettered_with_no_output(
+        target: Target, admin: Admin, namespace: str) -> None:
+    n = 50
+    await setup(admin, target, namespace, n)
+    calls: Counter[int] = Counter()
+
+    async def handle(msg: Message) -> list[Output]:
+        seq = msg.value["seq"]
+        calls[seq] += 1
+        if seq == 7:
+            raise DeadLetter("no")
+        if seq == 9 and calls[seq] == 1:
+            raise RuntimeError("once")  # retried in place, then written once
+        if seq % 5 == 0:
+            return []  # acked, nothing written
+        return [Output("out", seq, key=msg.key), Output("out", -seq, key=msg.key)]
+
+    expected = [s for s in range(n) if s != 7 and s % 5]
+
+    async def all_out() -> bool:
+        return (await admin.describe_topic("out")).length >= 2 * len(expected)
+
+    async with consumer(target, namespace, backoff=None) as c:
+        await run(c, handle, all_out)
+        await eventually(lambda: c.stats().get("dead_lettered") == 1, timeout=10)
+    got = Counter(m.value for m in await outputs(admin))
+    assert got == Counter([*expected, *(-s for s in expected)])
+    assert [d.value for d in await admin.dead_letters("in", "g")] == [{"seq": 7}]
+    await eventually(_all_acked(admin), timeout=10)
+
+
+def _all_acked(admin: Admin) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return all(p.pending == 0 and p.lag == 0 for p in (await admin.describe_group("in", "g")).partitions)
+    return check
+
+
+async def test_an_output_topic_not_colocated(target: Target, admin: Admin, namespace: str) -> None:
+    """On a cluster it is refused before anything is written; on one node the output is
+    routed by its key."""
+    n = 40
+    await setup(admin, target, namespace, n, colocate=False)
+
+    async def handle(msg: Message) -> list[Output]:
+        return [Output("out", msg.value, key=msg.key)]
+
+    async def all_out() -> bool:
+        return (await admin.describe_topic("out")).length >= n
+
+    async with consumer(target, namespace) as c:
+        if target.is_cluster:
+            with pytest.raises(ConfigError, match="co-located"):
+                await run(c, handle, all_out)
+            assert (await admin.describe_topic("out")).length == 0
+            assert sum(p.lag or 0 for p in (await admin.describe_group("in", "g")).partitions) + sum(
+                p.pending for p in (await admin.describe_group("in", "g")).partitions) == n
+        else:
+            await run(c, handle, all_out)
+            from redcurrent.partitioner import partition_for_key
+            got = await outputs(admin)
+            assert sorted(m.value["seq"] for m in got) == list(range(n))
+            assert all(m.partition == partition_for_key(m.key, P) for m in got)  # type: ignore[arg-type]
+
+
+async def test_a_deleted_output_topic_writes_and_acks_nothing(
+        target: Target, admin: Admin, namespace: str) -> None:
+    await setup(admin, target, namespace, 0)
+    await admin.delete_topic("out")
+    await admin.create_topic("gone", partitions=P, colocate_with="in")
+
+    async def handle(msg: Message) -> list[Output]:
+        return [Output("gone", msg.value, key=msg.key)]
+
+    async with consumer(target, namespace) as c:
+        task = asyncio.create_task(c.process(handle, transactional=True))
+        await eventually(lambda: c.assignment(), timeout=10)
+        await asyncio.sleep(0.3)  # the output topic's metadata is read at the first output
+        async with Producer(target.url, namespace=namespace) as producer:
+            await producer.send("in", {"seq": 0}, key="a")
+            await eventually(lambda: c.stats().get("processed") == 1, timeout=10)
+            await admin.delete_topic("gone")  # deleted while the consumer knows it
+            await producer.send("in", {"seq": 1}, key="a")
+        with pytest.raises(UnknownTopicError, match="deleted"):
+            await asyncio.wait_for(task, 20)
+    group = await admin.describe_group("in", "g")
+    assert sum(p.pending for p in group.partitions) == 1  # the second input: not acked
+
+
+async def test_zombie_whose_lease_expired_writes_nothing(
+        target: Target, admin: Admin, namespace: str) -> None:
+    """A consumer frozen in its handler (a blocked event loop: a GC pause, a stopped VM)
+    past its session wakes up with its lease expired: its commit is refused by the
+    script (nothing written, nothing acked) and the input is handled again by the next
+    owner, so exactly one output exists."""
+    n = 20
+    await setup(admin, target, namespace, n)
+    frozen: list[int] = []
+
+    async def zombie(msg: Message) -> list[Output]:
+        if not frozen:
+            frozen.append(msg.value["seq"])
+            time.sleep(2.5)  # noqa: ASYNC251 -- blocks everything on purpose: no heartbeat, the owner key expires (1.5 s)
+        return [Output("out", {"seq": msg.value["seq"], "by": "zombie"}, key=msg.key)]
+
+    async with consumer(target, namespace, member_id="a", batch_size=5) as a:
+        task = asyncio.create_task(a.process(zombie, transactional=True))
+        await eventually(lambda: a.stats().get("commits_fenced", 0) >= 1, timeout=20)
+        await a.stop()
+        await asyncio.gather(task, return_exceptions=True)
+    zombie_seqs = {m.value["seq"] for m in await outputs(admin) if m.value.get("by") == "zombie"}
+    assert frozen[0] not in zombie_seqs
+
+    async def survivor(msg: Message) -> list[Output]:
+        return [Output("out", {"seq": msg.value["seq"], "by": "b"}, key=msg.key)]
+
+    async def all_out() -> bool:
+        return (await admin.describe_topic("out")).length >= n
+
+    async with consumer(target, namespace, member_id="b") as b:
+        await run(b, survivor, all_out)
+    got = Counter(m.value["seq"] for m in await outputs(admin))
+    assert got == Counter(range(n))  # 0 missing, 0 duplicates
+    await eventually(_all_acked(admin), timeout=10)
+
+
+async def test_transactional_refuses_concurrency(target: Target, admin: Admin, namespace: str) -> None:
+    await setup(admin, target, namespace, 0)
+    async with consumer(target, namespace, concurrency=4) as c:
+        with pytest.raises(ConfigError, match="concurrency"):
+            await c.process(lambda m: asyncio.sleep(0), transactional=True)
