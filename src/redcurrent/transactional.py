@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 __all__ = ["Outputs", "Pending"]
 
 _COMMIT = scripts.script("commit_outputs")
+_INDEX = [j.to_bytes(2, "big") for j in range(256)]
+_pack = RECORD_HEADER.pack
 MAX_REROUTES = 3  # commits refused as routed before a growth, before giving up
 
 
@@ -86,6 +88,8 @@ class Outputs:
         self._token = token
         self._group = group
         self._metas: dict[str, TopicMeta] = {}
+        # (input topic, output topic) -> (output metadata, co-located: same partition)
+        self._routes: dict[tuple[str, str], tuple[TopicMeta, bool]] = {}
 
     async def meta(self, topic: str) -> TopicMeta:
         meta = self._metas.get(topic)
@@ -108,49 +112,70 @@ class Outputs:
             raise TypeError(f"a transactional handler returns an iterable of Output (or None), not {type(result).__name__}")
         else:
             outs = list(result)
-        blob = bytearray()
+        blob = b""
+        tp = pending.tp
         for out in outs:
-            if not isinstance(out, Output):
+            if type(out) is not Output and not isinstance(out, Output):
                 raise TypeError(f"a transactional handler's outputs must be Output, not {type(out).__name__}")
-            meta, partition = await self._route(pending.tp, out)
+            route = self._routes.get((tp.topic, out.topic))
+            if route is None:
+                route = await self._route(tp, out.topic)
+            meta, same_slot = route
+            if same_slot:
+                partition = tp.partition
+            elif out.key is None:
+                partition = tp.partition % meta.partitions
+            else:
+                encode_key(out.key)  # TypeError for a key that is neither str nor bytes
+                partition = partition_for_key(out.key, meta.partitions)
             pending.metas[out.topic] = meta
             j = pending.index.setdefault((out.topic, partition), len(pending.index))
-            blob += j.to_bytes(2, "big")  # the output partition's index (Lua: ">I2")
-            blob += self._frame(meta, out, pending.tp, msg.id)
+            # the output partition's index (Lua: ">I2"), then the framed record
+            blob += _INDEX[j] if j < 256 else j.to_bytes(2, "big")
+            blob += self._frame(meta, out, tp, msg.id)
         pending.msgs.append(msg)
         pending.results.append(outs)
-        pending.blobs.append(bytes(blob))
+        pending.blobs.append(blob)
 
-    async def _route(self, tp: TopicPartition, out: Output) -> tuple[TopicMeta, int]:
-        meta = await self.meta(out.topic)
+    async def _route(self, tp: TopicPartition, topic: str) -> tuple[TopicMeta, bool]:
+        """The metadata of output ``topic`` seen from input ``tp``, and whether it shares the
+        input's slots (co-located: the output goes to partition p). Checked once per pair."""
+        meta = await self.meta(topic)
         source = await self.meta(tp.topic)
-        if (meta.colocate_with or meta.name) == (source.colocate_with or source.name):
-            if tp.partition >= meta.partitions:
-                raise InvalidPartitionsError(f"output topic {out.topic!r} has no partition {tp.partition}")
-            return meta, tp.partition
-        if self._cluster:
+        same_slot = (meta.colocate_with or meta.name) == (source.colocate_with or source.name)
+        if same_slot and meta.partitions != source.partitions:
+            raise InvalidPartitionsError(f"output topic {topic!r} has {meta.partitions} partitions, "
+                                         f"input topic {tp.topic!r} {source.partitions}")
+        if not same_slot and self._cluster:
             raise ConfigError(
-                f"output topic {out.topic!r} is not co-located with input topic {tp.topic!r}: on a Redis "
+                f"output topic {topic!r} is not co-located with input topic {tp.topic!r}: on a Redis "
                 "Cluster a transactional output must share its input's slot; create it with "
-                f"Admin.create_topic({out.topic!r}, partitions={source.partitions}, colocate_with={tp.topic!r})"
+                f"Admin.create_topic({topic!r}, partitions={source.partitions}, colocate_with={tp.topic!r})"
             )
-        if out.key is None:
-            return meta, tp.partition % meta.partitions
-        encode_key(out.key)  # TypeError for a key that is neither str nor bytes
-        return meta, partition_for_key(out.key, meta.partitions)
+        self._routes[tp.topic, topic] = (meta, same_slot)
+        return meta, same_slot
+
+    def forget(self, topic: str) -> None:
+        """Read ``topic``'s metadata again before its next output (grown, deleted, reconfigured)."""
+        self._metas.pop(topic, None)
+        for pair in [pair for pair in self._routes if topic in pair]:
+            del self._routes[pair]
 
     @staticmethod
     def _frame(meta: TopicMeta, out: Output, tp: TopicPartition, input_id: str) -> bytes:
         codec, data = encode_value(out.value, None)
         key_type, kb = encode_key(out.key)
-        encode_headers(out.headers)  # checks them (str to str, no reserved names)
-        headers = dict(out.headers) if out.headers else {}
-        headers[INPUT_HEADER] = f"{tp.topic}/{tp.partition}/{input_id}"
-        hb = orjson.dumps(headers)
+        if out.headers:
+            encode_headers(out.headers)  # checks them (str to str, no reserved names)
+            headers = dict(out.headers)
+            headers[INPUT_HEADER] = f"{tp.topic}/{tp.partition}/{input_id}"
+            hb = orjson.dumps(headers)
+        else:  # topic names and entry ids need no JSON escaping
+            hb = b'{"%s":"%s/%d/%s"}' % (INPUT_HEADER.encode(), tp.topic.encode(), tp.partition, input_id.encode())
         ttl_ms = meta.config.ttl_ms
         expiry = b"%d" % (int(time.time() * 1000) + ttl_ms) if ttl_ms else b""
-        header = RECORD_HEADER.pack(KEY_TYPE_CODES[key_type], CODEC_CODES[codec], len(kb), len(data), len(hb), len(expiry))
-        return header + kb + data + hb + expiry
+        header = _pack(KEY_TYPE_CODES[key_type], CODEC_CODES[codec], len(kb), len(data), len(hb), len(expiry))
+        return b"".join((header, kb, data, hb, expiry))
 
     async def commit(self, fetcher: PartitionFetcher, pending: Pending, acks: list[str]) -> None:
         """Write ``pending``'s outputs and ack its inputs (and ``acks``: finished inputs
@@ -164,10 +189,10 @@ class Outputs:
                 for (topic, _p), version in zip(topics, result.versions, strict=True):
                     known = self._metas.get(topic)
                     if known is not None and version > known.version:
-                        self._metas.pop(topic, None)  # grown or reconfigured: read it again
+                        self.forget(topic)  # grown or reconfigured: read it again
                 return
             topic = topics[result.output][0]
-            self._metas.pop(topic, None)
+            self.forget(topic)
             if result.status == "NOTOPIC":
                 raise UnknownTopicError(f"output topic {topic!r} was deleted: nothing written, nothing acked")
             await self._reroute(pending)

@@ -8,13 +8,13 @@ Each test runs twice (``target``: single / cluster) in its own namespace.
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 
 import pytest
 from support.eventually import eventually
-from support.servers import Target
+from support.servers import AsyncClient, Target
 
 from redcurrent import (
     Admin,
@@ -27,6 +27,7 @@ from redcurrent import (
     Record,
     UnknownTopicError,
 )
+from redcurrent.keys import Keys
 
 P = 4
 FAST = {"heartbeat_interval": 0.2, "session_timeout": 1.5}
@@ -62,8 +63,9 @@ async def run(consumer: Consumer, handler: Callable[[Message], Awaitable[object]
 
 
 def consumer(target: Target, namespace: str, **kw: object) -> Consumer:
+    options: dict[str, object] = {**FAST, **kw}
     return Consumer("in", group="g", url=target.url, namespace=namespace, start="earliest",
-                    **FAST, **kw)  # type: ignore[arg-type]
+                    **options)  # type: ignore[arg-type]
 
 
 async def test_each_input_gets_its_outputs_once_in_its_partition(
@@ -187,38 +189,96 @@ async def test_a_deleted_output_topic_writes_and_acks_nothing(
 
 async def test_zombie_whose_lease_expired_writes_nothing(
         target: Target, admin: Admin, namespace: str) -> None:
-    """A consumer frozen in its handler (a blocked event loop: a GC pause, a stopped VM)
-    past its session wakes up with its lease expired: its commit is refused by the
-    script (nothing written, nothing acked) and the input is handled again by the next
-    owner, so exactly one output exists."""
+    """Consumer A freezes in its handler (a blocked event loop: a GC pause, a stopped
+    VM) past its session. Meanwhile consumer B (its own thread and event loop) takes the
+    partitions over and writes every output, the frozen input's too. A wakes up with its
+    lease expired and commits: the script refuses (nothing written, nothing acked) and
+    no duplicate output appears."""
     n = 20
     await setup(admin, target, namespace, n)
+    handled: list[int] = []
     frozen: list[int] = []
+    b_done = threading.Event()
+    b_errors: list[BaseException] = []
+
+    def run_b() -> None:
+        async def survivor(msg: Message) -> list[Output]:
+            return [Output("out", {"seq": msg.value["seq"], "by": "b"}, key=msg.key)]
+
+        async def main() -> None:
+            async with Admin(target.url, namespace=namespace) as adm:
+                async def all_out() -> bool:
+                    return (await adm.describe_topic("out")).length >= n
+
+                async with consumer(target, namespace, member_id="b") as b:
+                    await run(b, survivor, all_out)
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            b_errors.append(exc)
+        finally:
+            b_done.set()
+
+    thread = threading.Thread(target=run_b, name="consumer-b")
+    holder: list[Consumer] = []
 
     async def zombie(msg: Message) -> list[Output]:
-        if not frozen:
+        handled.append(msg.value["seq"])
+        if not frozen and holder[0].stats().get("processed", 0) > 0:
             frozen.append(msg.value["seq"])
-            time.sleep(2.5)  # noqa: ASYNC251 -- blocks everything on purpose: no heartbeat, the owner key expires (1.5 s)
-        return [Output("out", {"seq": msg.value["seq"], "by": "zombie"}, key=msg.key)]
+            thread.start()
+            b_done.wait(60)  # blocks A's event loop: no heartbeat, its owner keys expire
+        return [Output("out", {"seq": msg.value["seq"], "by": "a"}, key=msg.key)]
 
-    async with consumer(target, namespace, member_id="a", batch_size=5) as a:
-        task = asyncio.create_task(a.process(zombie, transactional=True))
-        await eventually(lambda: a.stats().get("commits_fenced", 0) >= 1, timeout=20)
-        await a.stop()
-        await asyncio.gather(task, return_exceptions=True)
-    zombie_seqs = {m.value["seq"] for m in await outputs(admin) if m.value.get("by") == "zombie"}
-    assert frozen[0] not in zombie_seqs
+    try:
+        async with consumer(target, namespace, member_id="a", batch_size=2) as a:
+            holder.append(a)
+            task = asyncio.create_task(a.process(zombie, transactional=True))
+            # Refused by the script (commits_fenced), or dropped before it was sent, when
+            # A's heartbeat told it first that the partition was lost: nothing written.
+            await eventually(lambda: b_done.is_set() and (a.stats().get("commits_fenced", 0)
+                                                          or a.stats().get("partitions_lost", 0)), timeout=60)
+            await a.stop()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        b_done.wait(60)
+        if thread.is_alive() or thread.ident is not None:
+            thread.join(30)
+    assert not b_errors, b_errors
+    got = await outputs(admin)
+    by = {m.value["seq"]: m.value["by"] for m in got}
+    assert by[frozen[0]] == "b"  # the zombie's output of it was refused
+    assert Counter(m.value["seq"] for m in got) == Counter(range(n))  # 0 missing, 0 duplicates
+    await eventually(_all_acked(admin), timeout=10)
 
-    async def survivor(msg: Message) -> list[Output]:
-        return [Output("out", {"seq": msg.value["seq"], "by": "b"}, key=msg.key)]
+
+async def test_a_commit_after_a_takeover_is_refused_by_the_script(
+        target: Target, admin: Admin, target_client: AsyncClient, namespace: str) -> None:
+    """The script's own fence, without waiting for the coordinator to notice: while a
+    handler runs, another owner's token replaces ours in the owner key (what a takeover's
+    claim does); the commit then writes and acks nothing (FENCED), and the input is
+    handled again once the partition is ours again: one output each."""
+    n = 40
+    await setup(admin, target, namespace, n)
+    keys = Keys(namespace)
+    stolen: list[int] = []
+    holder: list[Consumer] = []
+
+    async def handle(msg: Message) -> list[Output]:
+        if not stolen and holder[0].stats().get("processed", 0) > 0:  # the output's route is known
+            stolen.append(msg.value["seq"])
+            await target_client.set(keys.owner("in", msg.partition, "g"), "thief|x", px=1500)
+        return [Output("out", {"seq": msg.value["seq"]}, key=msg.key)]
 
     async def all_out() -> bool:
         return (await admin.describe_topic("out")).length >= n
 
-    async with consumer(target, namespace, member_id="b") as b:
-        await run(b, survivor, all_out)
-    got = Counter(m.value["seq"] for m in await outputs(admin))
-    assert got == Counter(range(n))  # 0 missing, 0 duplicates
+    # A slow heartbeat: the commit, sent as the handler returns, reaches Redis first.
+    async with consumer(target, namespace, batch_size=5, heartbeat_interval=1.0, session_timeout=4.0) as c:
+        holder.append(c)
+        await run(c, handle, all_out, timeout=60)
+        assert c.stats().get("commits_fenced") == 1
+    assert Counter(m.value["seq"] for m in await outputs(admin)) == Counter(range(n))
     await eventually(_all_acked(admin), timeout=10)
 
 
