@@ -1,12 +1,12 @@
 """Transactional processing (consume → produce, exactly once) beside plain process().
 
-    python benchmarks/transactional.py [--server valkey|redis62|URL] [--count 20000] [--reps 3] [--json]
+    python benchmarks/transactional.py [--server valkey|redis62|URL] [--count 100000] [--reps 3] [--json]
 
 Each row fills a fresh namespace with --count ~210-byte JSON dicts (the shared workload,
 keyed, 8 partitions) in topic ``in`` (topic ``out`` co-located with it), then drains them
-in its own process with default Consumer settings; the rate is messages / (last handled -
-first handled... measured from the start of draining, after joining). The handler's work
-is the same in every row: build one output record from the input.
+in its own process with default Consumer settings; the rate is messages / (last handled
+- start of draining, after joining). The handler's work is the same in every row: build
+one output record from the input.
 
   a plain      process(handler): the handler builds the output and drops it (consume only)
   b send       process(handler): the handler awaits Producer.send of its output (at-least-once)
@@ -137,7 +137,7 @@ def main() -> None:
     probe = [Row(m, "abc"[i], labels[m], run_row(m, 0)) for i, m in enumerate(MODES)]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser, probe)
-    parser.set_defaults(count=20_000)
+    parser.set_defaults(count=100_000)
     args = parser.parse_args()
     rows = select_rows([Row(m, "abc"[i], labels[m], run_row(m, args.count)) for i, m in enumerate(MODES)],
                        args.only)

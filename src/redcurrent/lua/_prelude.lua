@@ -37,6 +37,11 @@ local function append_record(stream, blob, pos)
   local kt, codec, klen, vlen, hlen, xlen, p = struct.unpack('>BBI4I4I4B', blob, pos)
   local vs = p + klen
   local hs = vs + vlen
+  if kt ~= 0 and hlen > 0 and xlen == 0 then
+    -- a key and headers, no TTL (a transactional output's usual shape): no table to build
+    return redis.call('XADD', stream, '*', 'f', RECORD_FMT[codec * 3 + kt], 'v', string.sub(blob, vs, hs - 1),
+      'k', string.sub(blob, p, vs - 1), 'h', string.sub(blob, hs, hs + hlen - 1)), hs + hlen
+  end
   local f = {'f', RECORD_FMT[codec * 3 + kt], 'v', string.sub(blob, vs, hs - 1)}
   if kt ~= 0 then f[5] = 'k'; f[6] = string.sub(blob, p, vs - 1) end
   if hlen > 0 then f[#f + 1] = 'h'; f[#f + 1] = string.sub(blob, hs, hs + hlen - 1) end
