@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from . import tracing
 from .deadletter import reason_for
 from .errors import ConfigError, FencedError, TopicError
-from .fetcher import PartitionFetcher
+from .fetcher import LeaseLost, PartitionFetcher
 from .protocols import BatchHandler, Handler
 from .retry import Backoff, BatchError, DeadLetter, Retry, RetryPolicy
 from .stats import ConsumerStats, Histogram
@@ -341,7 +341,9 @@ class TransactionalDispatcher(_Base):
             await self.outputs.commit(fetcher, pending, acks)
         except BaseException as exc:
             fetcher.acks = acks + fetcher.acks
-            if isinstance(exc, FencedError):
+            if isinstance(exc, FencedError) and not isinstance(exc, LeaseLost):
+                # (LeaseLost: Redis unreachable past the lease, the commit is ambiguous;
+                # the batch is read again from our pending list, where a landed one is not)
                 self.stats.commits_fenced += 1
                 log.warning("%s[%d] was lost: the outputs of %d message(s) were not written (fenced)",
                             fetcher.tp.topic, fetcher.tp.partition, len(pending.msgs))

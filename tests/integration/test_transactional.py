@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import pytest
 from support.eventually import eventually
+from support.proxy import FaultProxy
 from support.servers import AsyncClient, Target
 
 from redcurrent import (
@@ -26,9 +27,11 @@ from redcurrent import (
     Producer,
     Record,
     UnknownTopicError,
+    scripts,
 )
 from redcurrent.keys import Keys
 
+_COMMIT_SHA = scripts.script("commit_outputs").sha.encode()
 P = 4
 FAST = {"heartbeat_interval": 0.2, "session_timeout": 1.5}
 
@@ -287,3 +290,28 @@ async def test_transactional_refuses_concurrency(target: Target, admin: Admin, n
     async with consumer(target, namespace, concurrency=4) as c:
         with pytest.raises(ConfigError, match="concurrency"):
             await c.process(lambda m: asyncio.sleep(0), transactional=True)
+
+
+@pytest.mark.single_node
+async def test_a_commit_retried_after_a_lost_reply_writes_nothing_twice(
+        target: Target, admin: Admin, target_client: AsyncClient, namespace: str, proxy: FaultProxy) -> None:
+    """The commit ran, its reply was lost (the connection closed), and the consumer sent
+    it again: the script writes an input's outputs only when its own XACK took the input
+    out of the pending list, so the second run writes nothing."""
+    n = 30
+    await setup(admin, target, namespace, n)
+    await target_client.script_load(scripts.script("commit_outputs").source)  # the drops hit real runs
+    proxy.drop_next_reply(_COMMIT_SHA, times=2)
+
+    async def handle(msg: Message) -> list[Output]:
+        return [Output("out", {"seq": msg.value["seq"]}, key=msg.key)]
+
+    async def all_out() -> bool:
+        return not proxy.armed and (await admin.describe_topic("out")).length >= n
+
+    c = Consumer("in", group="g", url=proxy.url, namespace=namespace, start="earliest", **FAST)  # type: ignore[arg-type]
+    async with c:
+        await run(c, handle, all_out)
+        assert c.stats().get("redis_errors", 0) >= 2  # both lost replies were retried
+    assert Counter(m.value["seq"] for m in await outputs(admin)) == Counter(range(n))
+    await eventually(_all_acked(admin), timeout=10)
