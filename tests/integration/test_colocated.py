@@ -16,9 +16,12 @@ from support.servers import AsyncClient, Target
 from redcurrent import (
     Admin,
     Consumer,
+    DeadLetter,
     InvalidPartitionsError,
     Message,
     Producer,
+    Record,
+    ShareConsumer,
     TopicError,
     UnknownTopicError,
 )
@@ -112,3 +115,53 @@ async def test_produce_and_consume_a_colocated_topic(target: Target, admin: Admi
     assert sorted(m.value["i"] for m in got) == list(range(40))
     for m in got:
         assert (m.partition, m.id) in {(s.partition, s.id) for s in sent}
+
+
+async def test_every_component_uses_the_anchors_slots(
+        target: Target, admin: Admin, target_client: AsyncClient, namespace: str) -> None:
+    """Producer, consumer (dead letters and their requeue), share group, offsets reset,
+    trim, group deletion and delete_topic of a co-located topic, each through fresh
+    clients that learn the anchor from the metadata: no key of the topic's own
+    ``{invoices:P}`` tags is ever written."""
+    await admin.create_topic("orders", partitions=P)
+    await admin.create_topic("invoices", partitions=P, colocate_with="orders")
+    async with Producer(target.url, namespace=namespace) as producer:
+        await producer.send_batch("invoices", [Record({"i": i}, key=f"k{i}") for i in range(20)])
+    handled: list[int] = []
+
+    async def handle(msg: Message) -> None:
+        if msg.value["i"] == 3 and msg.headers.get("rc-requeue-group") is None:
+            raise DeadLetter("to the dead letters")
+        handled.append(msg.value["i"])
+
+    async with Consumer("invoices", group="g", url=target.url, namespace=namespace, start="earliest",
+                        heartbeat_interval=0.2, session_timeout=1.5) as consumer:
+        task = asyncio.create_task(consumer.process(handle))
+        await eventually(lambda: len(handled) == 19, timeout=20)
+        async with Admin(target.url, namespace=namespace) as fresh:
+            assert len(await fresh.dead_letters("invoices", "g")) == 1
+            assert await fresh.requeue_dead_letters("invoices", "g") == 1
+        await eventually(lambda: len(handled) == 20, timeout=20)
+        await consumer.stop()
+        await task
+    shared: list[int] = []
+
+    async def share(msg: Message) -> None:
+        shared.append(msg.value["i"])
+
+    async with ShareConsumer("invoices", group="s", url=target.url, namespace=namespace,
+                             start="earliest") as sc:
+        task = asyncio.create_task(sc.process(share))
+        await eventually(lambda: len(shared) >= 20, timeout=20)  # the requeued entry is for "g" only
+        await sc.stop()
+        await task
+    async with Admin(target.url, namespace=namespace) as fresh:
+        assert sum(p.pending for p in (await fresh.describe_group("invoices", "g")).partitions) == 0
+        await fresh.reset_offsets("invoices", "g", "earliest")
+        assert await fresh.trim("invoices", safe=False, maxlen=0) == 21
+        await fresh.delete_group("invoices", "g")
+        assert [k async for k in target_client.scan_iter(match=f"{namespace}:{{invoices:*")] == []
+        assert [k async for k in target_client.scan_iter(match=f"{namespace}:@invoices:*")] != []
+        await fresh.delete_topic("invoices")
+    assert [k async for k in target_client.scan_iter(match=f"{namespace}:@invoices:*")] == []
+    assert (await admin.describe_topic("orders")).partitions == P
