@@ -54,6 +54,7 @@ __all__ = ["Outputs", "Pending"]
 _COMMIT = scripts.script("commit_outputs")
 _INDEX = [j.to_bytes(2, "big") for j in range(256)]
 _pack = RECORD_HEADER.pack
+_INPUT_HEADER = INPUT_HEADER.encode()
 MAX_REROUTES = 3  # commits refused as routed before a growth, before giving up
 
 
@@ -69,6 +70,12 @@ class Pending:
     index: dict[tuple[str, int], int] = field(default_factory=dict)
     blobs: list[bytes] = field(default_factory=list)  # per message: its framed outputs ("" none)
     metas: dict[str, TopicMeta] = field(default_factory=dict)  # output topics as routed
+
+    origin: str = ""  # "<topic>/<partition>/": the input header's value, less the id
+
+    def set_origin(self) -> str:
+        self.origin = f"{self.tp.topic}/{self.tp.partition}/"
+        return self.origin
 
     def clear(self) -> None:
         self.metas.clear()
@@ -106,14 +113,18 @@ class Outputs:
         """Route and frame what the handler returned for ``msg``. TypeError/ValueError for
         a bad result (a failed attempt, as a handler error is); ConfigError or a TopicError
         when an output cannot go where it names (nothing is written: process() raises)."""
-        if result is None:
-            outs: list[Output] = []
+        outs: list[Output]
+        if type(result) is list:
+            outs = result
+        elif result is None:
+            outs = []
         elif isinstance(result, Output) or isinstance(result, str | bytes) or not isinstance(result, Iterable):
             raise TypeError(f"a transactional handler returns an iterable of Output (or None), not {type(result).__name__}")
         else:
             outs = list(result)
         blob = b""
         tp = pending.tp
+        origin = pending.origin or pending.set_origin()
         for out in outs:
             if type(out) is not Output and not isinstance(out, Output):
                 raise TypeError(f"a transactional handler's outputs must be Output, not {type(out).__name__}")
@@ -132,7 +143,7 @@ class Outputs:
             j = pending.index.setdefault((out.topic, partition), len(pending.index))
             # the output partition's index (Lua: ">I2"), then the framed record
             blob += _INDEX[j] if j < 256 else j.to_bytes(2, "big")
-            blob += self._frame(meta, out, tp, msg.id)
+            blob += _frame(meta, out, origin, msg.id)
         pending.msgs.append(msg)
         pending.results.append(outs)
         pending.blobs.append(blob)
@@ -160,22 +171,6 @@ class Outputs:
         self._metas.pop(topic, None)
         for pair in [pair for pair in self._routes if topic in pair]:
             del self._routes[pair]
-
-    @staticmethod
-    def _frame(meta: TopicMeta, out: Output, tp: TopicPartition, input_id: str) -> bytes:
-        codec, data = encode_value(out.value, None)
-        key_type, kb = encode_key(out.key)
-        if out.headers:
-            encode_headers(out.headers)  # checks them (str to str, no reserved names)
-            headers = dict(out.headers)
-            headers[INPUT_HEADER] = f"{tp.topic}/{tp.partition}/{input_id}"
-            hb = orjson.dumps(headers)
-        else:  # topic names and entry ids need no JSON escaping
-            hb = b'{"%s":"%s/%d/%s"}' % (INPUT_HEADER.encode(), tp.topic.encode(), tp.partition, input_id.encode())
-        ttl_ms = meta.config.ttl_ms
-        expiry = b"%d" % (int(time.time() * 1000) + ttl_ms) if ttl_ms else b""
-        header = _pack(KEY_TYPE_CODES[key_type], CODEC_CODES[codec], len(kb), len(data), len(hb), len(expiry))
-        return b"".join((header, kb, data, hb, expiry))
 
     async def commit(self, fetcher: PartitionFetcher, pending: Pending, acks: list[str]) -> None:
         """Write ``pending``'s outputs and ack its inputs (and ``acks``: finished inputs
@@ -220,3 +215,27 @@ class Outputs:
             if b:
                 args += [m.id, b]
         return keys, args
+
+
+def _frame(meta: TopicMeta, out: Output, origin: str, input_id: str) -> bytes:
+    """One output in the produce framing (the record header, key, value, headers, expiry),
+    with the header naming its input. Per output, so the common case takes no detour."""
+    codec, data = encode_value(out.value, None)
+    key = out.key
+    if type(key) is str and key.isascii():
+        key_type, kb = 1, key.encode()
+    else:
+        name, kb = encode_key(key)  # typed errors for a key that is not str, bytes or None
+        key_type = KEY_TYPE_CODES[name]
+    source = origin + input_id
+    if out.headers:
+        encode_headers(out.headers)  # checks them (str to str, no reserved names)
+        headers = dict(out.headers)
+        headers[INPUT_HEADER] = source
+        hb = orjson.dumps(headers)
+    else:  # topic names and entry ids need no JSON escaping
+        hb = b'{"' + _INPUT_HEADER + b'":"' + source.encode() + b'"}'
+    ttl_ms = meta.config.ttl_ms
+    expiry = b"%d" % (int(time.time() * 1000) + ttl_ms) if ttl_ms else b""
+    header = _pack(key_type, CODEC_CODES[codec], len(kb), len(data), len(hb), len(expiry))
+    return b"".join((header, kb, data, hb, expiry))
