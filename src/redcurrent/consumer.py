@@ -371,7 +371,7 @@ class Consumer(Lifecycle):
         acks nothing, and a crash before the commit leaves the batch to be handled
         again. An output goes to the input's partition of a topic co-located with the
         input topic (required on a Redis Cluster; on one node another topic is routed
-        by the output's key). See docs/exactly-once-consume.md::
+        by the output's key). See docs/exactly-once.md, "Consume → produce"::
 
             async def bill(msg):
                 return [Output("invoices", {"order": msg.value["id"]}, key=msg.key)]

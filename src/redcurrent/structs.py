@@ -54,9 +54,10 @@ class Output(NamedTuple):
 
     ``return [Output("invoices", {"order": msg.value["id"]}, key=msg.key)]``
 
-    The record lands in the input's partition of ``topic``, which on a cluster must be
-    co-located with the input topic (docs/exactly-once-consume.md); it carries a header
-    ``rc-input`` naming its input (``topic/partition/id``).
+    It lands in the input's partition of ``topic`` when ``topic`` is co-located with the
+    input topic (required on a Redis Cluster); on one node another topic is routed by
+    ``key``. It carries a header ``rc-input`` naming its input (``topic/partition/id``).
+    See docs/exactly-once.md, "Consume → produce".
     """
 
     topic: str

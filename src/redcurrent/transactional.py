@@ -1,5 +1,5 @@
 """Consume → produce, exactly once: the outputs of transactional processing and their
-fenced commit (docs/exactly-once-consume.md).
+fenced commit (docs/exactly-once.md, "Consume → produce").
 
 With ``Consumer.process(handler, transactional=True)`` the handler returns the records
 to write, an iterable of :class:`~redcurrent.Output`. :class:`Outputs` routes and frames

@@ -1,4 +1,4 @@
-"""Consume → produce under SIGKILL (docs/exactly-once-consume.md): the kill loop.
+"""Consume → produce under SIGKILL (docs/exactly-once.md, "Consume → produce"): the kill loop.
 
 Three consumer processes (``tests/support/tx_worker.py``) run
 ``process(handler, transactional=True)`` over 20,000 keyed inputs and write one output

@@ -1,4 +1,4 @@
-"""Consume → produce, exactly once (docs/exactly-once-consume.md):
+"""Consume → produce, exactly once (docs/exactly-once.md, "Consume → produce"):
 ``Consumer.process(handler, transactional=True)`` writes each input's outputs with its
 ack in one fenced script call.
 

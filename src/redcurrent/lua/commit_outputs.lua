@@ -1,4 +1,4 @@
--- commit_outputs: the fenced commit of transactional processing (docs/exactly-once-consume.md).
+-- commit_outputs: the fenced commit of transactional processing (docs/exactly-once.md, "Consume → produce").
 -- Atomically: check the owner token of the input partition, ack the inputs handled, and
 -- append each input's output records, but only for an input this call moves out of the
 -- pending list (XACK answers 1): an input already acked (a commit retried after a lost
