@@ -315,3 +315,31 @@ async def test_a_commit_retried_after_a_lost_reply_writes_nothing_twice(
         assert c.stats().get("redis_errors", 0) >= 2  # both lost replies were retried
     assert Counter(m.value["seq"] for m in await outputs(admin)) == Counter(range(n))
     await eventually(_all_acked(admin), timeout=10)
+
+
+@pytest.mark.single_node
+def test_the_blocking_consumer_processes_transactionally(target: Target, namespace: str) -> None:
+    """``redcurrent.sync.Consumer.process(handler, transactional=True)``: a plain
+    function returns the outputs, as an async handler does."""
+    from redcurrent import sync
+
+    n = 30
+    with sync.Admin(target.url, namespace=namespace) as admin:
+        admin.create_topic("in", partitions=P)
+        admin.create_topic("out", partitions=P, colocate_with="in")
+    with sync.Producer(target.url, namespace=namespace) as producer:
+        producer.send_batch("in", [Record({"seq": i}, key=f"k{i % 5}") for i in range(n)])
+    c = sync.Consumer("in", group="g", url=target.url, namespace=namespace, start="earliest",
+                      heartbeat_interval=0.2, session_timeout=1.5)
+    seen: list[int] = []
+
+    def handle(msg: Message) -> list[Output]:
+        seen.append(msg.value["seq"])
+        if len(seen) == n:
+            c.stop()  # from inside a handler: the stop commits what is in hand
+        return [Output("out", {"seq": msg.value["seq"]}, key=msg.key)]
+
+    c.process(handle, transactional=True)
+    with sync.Admin(target.url, namespace=namespace) as admin:
+        got = [m for p in range(P) for m in admin.read_partition("out", p)]
+    assert Counter(m.value["seq"] for m in got) == Counter(range(n))
