@@ -30,7 +30,8 @@ from redcurrent.keys import Keys
 P = 4
 
 
-async def test_partitions_share_their_anchors_slots(admin: Admin, target_client: AsyncClient, namespace: str) -> None:
+async def test_partitions_share_their_anchors_slots(
+        target: Target, admin: Admin, target_client: AsyncClient, namespace: str) -> None:
     await admin.create_topic("orders", partitions=P)
     info = await admin.create_topic("invoices", partitions=P, colocate_with="orders")
     assert info.colocate_with == "orders"
@@ -42,6 +43,8 @@ async def test_partitions_share_their_anchors_slots(admin: Admin, target_client:
         mine, anchor = keys.stream("invoices", p), keys.stream("orders", p)
         assert mine != anchor
         assert key_slot(mine.encode()) == key_slot(anchor.encode())
+        if target.is_cluster:  # as the server computes it
+            assert await target_client.cluster_keyslot(mine) == await target_client.cluster_keyslot(anchor)
         assert key_slot(keys.owner("invoices", p, "g").encode()) == key_slot(anchor.encode())
         assert await target_client.exists(keys.topic_version("invoices", p)) == 1  # its markers are there
         slots.append(key_slot(anchor.encode()))
