@@ -19,6 +19,7 @@ routed by its key (``murmur3(key) % partitions``, keyless: ``p % partitions``).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
     from .topics import TopicMeta
 
 __all__ = ["Outputs", "Pending"]
+
+log = logging.getLogger(__name__)
 
 _COMMIT = scripts.script("commit_outputs")
 _INDEX = [j.to_bytes(2, "big") for j in range(256)]
@@ -181,6 +184,9 @@ class Outputs:
             result = parse_commit_outputs(reply, fetcher.tp)
             topics = list(pending.index)
             if not isinstance(result, CommitRefused):
+                if result.skipped:
+                    log.info("%s: %d input(s) were already acked (a commit retried after a lost reply): "
+                             "their outputs were not written again", fetcher.tp, result.skipped)
                 for (topic, _p), version in zip(topics, result.versions, strict=True):
                     known = self._metas.get(topic)
                     if known is not None and version > known.version:
