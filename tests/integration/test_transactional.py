@@ -343,3 +343,25 @@ def test_the_blocking_consumer_processes_transactionally(target: Target, namespa
     with sync.Admin(target.url, namespace=namespace) as admin:
         got = [m for p in range(P) for m in admin.read_partition("out", p)]
     assert Counter(m.value["seq"] for m in got) == Counter(range(n))
+
+
+async def test_outputs_follow_the_output_topics_trimming(target: Target, admin: Admin, namespace: str) -> None:
+    """The commit trims each output partition it wrote to by the topic's ``maxlen``
+    (approximate, as the produce script does)."""
+    n = 1200
+    await admin.create_topic("in", partitions=P)
+    await admin.create_topic("out", partitions=P, colocate_with="in", maxlen=10)
+    async with Producer(target.url, namespace=namespace) as producer:
+        await producer.send_batch("in", [Record({"seq": i}, key=f"k{i % 10}") for i in range(n)])
+    done: list[int] = []
+
+    async def handle(msg: Message) -> list[Output]:
+        done.append(msg.value["seq"])
+        return [Output("out", {"seq": msg.value["seq"]}, key=msg.key)]
+
+    async def all_handled() -> bool:
+        return len(done) >= n and await _all_acked(admin)()
+
+    async with consumer(target, namespace) as c:
+        await run(c, handle, all_handled)
+    assert (await admin.describe_topic("out")).length < n // 2  # trimmed as written
