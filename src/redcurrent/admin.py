@@ -20,6 +20,7 @@ from .errors import (
     DecodeError,
     GroupError,
     InvalidPartitionsError,
+    TopicError,
     UnknownGroupError,
     UnknownTopicError,
     translate,
@@ -103,6 +104,7 @@ class Admin(Lifecycle):
         dead_letter_expired: bool = False,
         exist_ok: bool = False,
         dedup_window: float = 600.0,
+        colocate_with: str | None = None,
     ) -> TopicInfo:
         """Create a topic with ``partitions`` partitions.
 
@@ -112,6 +114,14 @@ class Admin(Lifecycle):
         record's ``dedup_key`` is remembered: a second send with that key within it
         writes nothing and returns the first one's metadata (docs/exactly-once.md).
         Raises TopicExistsError unless ``exist_ok``.
+
+        ``colocate_with="orders"``: partition p of the new topic lives in the same Redis
+        Cluster hash slot as partition p of ``orders`` (same partition count required,
+        else InvalidPartitionsError), so one script can write both: what transactional
+        processing needs on a cluster. Co-located topics cannot grow, and ``orders``
+        cannot be deleted while they exist (docs/architecture.md "Co-located topics")::
+
+            await admin.create_topic("invoices", partitions=8, colocate_with="orders")
         """
         check_bool(exist_ok, "exist_ok")
         check_bool(dead_letter_expired, "dead_letter_expired")
@@ -123,6 +133,7 @@ class Admin(Lifecycle):
                 client, self._keys, name, partitions, maxlen=maxlen, retention_ms=retention_ms,
                 ttl_ms=ttl_ms, dead_letter_expired=dead_letter_expired, exist_ok=exist_ok,
                 dedup_window_ms=window_ms,
+                colocate_with=colocate_with,
             ),
             f"creating topic {name!r}",
         )
@@ -187,7 +198,8 @@ class Admin(Lifecycle):
                     raise translate(reply, "describe_topic")
             size = int(used) if isinstance(used, int) else None  # a server may refuse MEMORY
             parts.append(PartitionInfo(p, int(length), _first_id(last), _first_id(first), size))
-        return TopicInfo(meta.name, meta.partitions, meta.version, meta.config, tuple(parts), meta.created_at)
+        return TopicInfo(meta.name, meta.partitions, meta.version, meta.config, tuple(parts), meta.created_at,
+                         meta.colocate_with)
 
     async def read_partition(
         self, topic: str, partition: int, start: str | dt.datetime = "earliest", count: int = 100
@@ -270,15 +282,21 @@ class Admin(Lifecycle):
         return await self.describe_topic(name)
 
     async def delete_topic(self, name: str) -> None:
-        """Delete the topic: its metadata, partitions, groups and dead letters."""
+        """Delete the topic: its metadata, partitions, groups and dead letters.
+
+        A topic that others are co-located with is refused (TopicError naming them):
+        delete those first."""
         validate_name(name)
         client = await self._client()
         meta = await self._call(topics.read_meta(client, self._keys, name), "delete_topic")
         if meta is None:
             raise UnknownTopicError(f"unknown topic {name!r}")
+        family = await self._call(topics.colocated_topics(client, self._keys, name), "delete_topic")
+        if family:
+            raise TopicError(f"topic {name!r} has co-located topics ({', '.join(family)}); delete them first")
         k = self._keys
         groups = [g.decode() if isinstance(g, bytes) else g for g in await client.smembers(k.groups(name))]
-        topic_keys = [k.meta(name), k.groups(name), k.share_groups(name)]
+        topic_keys = [k.meta(name), k.groups(name), k.share_groups(name), k.colocated(name)]
         topic_keys += [x for g in groups for x in k.group_keys(name, g)]
         await self._call(client.delete(*topic_keys), "delete_topic")  # one slot: {topic}
         # Metadata first, then each partition's marker, then its stream: once the marker
@@ -295,6 +313,8 @@ class Admin(Lifecycle):
         for key in leftovers:
             await client.delete(key)
         await client.srem(k.topics(), name)
+        if meta.colocate_with is not None:
+            await client.srem(k.colocated(meta.colocate_with), name)
         log.info("deleted topic %s", name)
 
     # -- groups --
@@ -519,6 +539,7 @@ class Admin(Lifecycle):
         ids = _id_list(ids) if ids is not None else None
         self._dlq(topic, group)  # validates the names
         client = await self._client()
+        await self._call(topics.read_meta(client, self._keys, topic), "requeue_dead_letters")  # its keys' anchor
         return int(await self._call(deadletter.requeue(client, self._keys, topic, group, ids),
                                     "requeue_dead_letters"))
 

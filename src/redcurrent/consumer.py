@@ -15,13 +15,20 @@ from typing import Literal
 
 from . import offsets
 from . import topics as topics_mod
-from .config import DEFAULT_NAMESPACE, ConsumerOptions, handler_timeout_of
+from .config import DEFAULT_NAMESPACE, ConsumerOptions, check_bool, handler_timeout_of
 from .connection import Client, Connection, connect
 from .coordinator import Coordinator
 from .deadletter import DeadLetterWriter
 from .errors import ConfigError, ConsumerStoppedError, FencedError, IllegalStateError, translate
 from .fetcher import WATCHED_MIN, WATCHED_MIN_62, Credits, FetchContext, PartitionFetcher
-from .handlers import BatchDispatcher, EachDispatcher, IteratorDispatcher, Policy, Slot
+from .handlers import (
+    BatchDispatcher,
+    EachDispatcher,
+    IteratorDispatcher,
+    Policy,
+    Slot,
+    TransactionalDispatcher,
+)
 from .keys import Keys
 from .lanes import ConcurrentDispatcher
 from .lifecycle import Lifecycle
@@ -29,6 +36,7 @@ from .protocols import BatchHandler, Deserializer, Dispatcher, Handler, Listener
 from .retry import Backoff, RetryPolicy
 from .stats import ConsumerStats, Histogram
 from .structs import Message, TopicPartition
+from .transactional import Outputs
 from .waiter import IdleWaiter, ShardWaiter
 
 __all__ = ["Consumer"]
@@ -359,24 +367,55 @@ class Consumer(Lifecycle):
             if self._dispatcher is dispatcher:
                 self._detach()
 
-    async def process(self, handler: Handler) -> None:
+    async def process(self, handler: Handler, *, transactional: bool = False) -> None:
         """Call ``await handler(msg)`` for every message; ack after it returns.
 
         Runs until :meth:`stop`. Failures retry in place, then go to the dead-letter
         stream. When this call ends (stopped, cancelled, or raising an error that
         consuming met), ``handler`` is never called again and nothing it had in hand
         unfinished is acked; a later ``process`` call goes on with its own handler.
+
+        ``transactional=True``: consume → produce, exactly once. The handler returns
+        the records to write, an iterable of :class:`~redcurrent.Output` (or None);
+        each fetched batch's outputs are written together with the acks of their
+        inputs by one fenced script, so a consumer that lost the partition writes and
+        acks nothing, and a crash before the commit leaves the batch to be handled
+        again. An output goes to the input's partition of a topic co-located with the
+        input topic (required on a Redis Cluster; on one node another topic is routed
+        by the output's key). See docs/exactly-once.md, "Consume → produce"::
+
+            async def bill(msg):
+                return [Output("invoices", {"order": msg.value["id"]}, key=msg.key)]
+
+            await consumer.process(bill, transactional=True)
         """
         if not callable(handler):
             raise TypeError("handler must be an async callable taking a Message")
+        check_bool(transactional, "transactional")
         opt = self._opt
         dispatcher: Dispatcher
-        if opt.concurrency is None:
+        if transactional:
+            dispatcher = await self._transactional(handler)
+        elif opt.concurrency is None:
             dispatcher = EachDispatcher(handler, self._policy, self._stats, self._latency)
         else:
             dispatcher = ConcurrentDispatcher(handler, self._policy, self._stats, self._latency,
                                               opt.concurrency, opt.ordering)
         await self._run_dispatcher("process", dispatcher)
+
+    async def _transactional(self, handler: Handler) -> TransactionalDispatcher:
+        if self._opt.concurrency is not None:
+            raise ConfigError("transactional processing commits each partition's batch in order: "
+                              "leave concurrency unset")
+        if not self._opt.auto_ack:
+            raise ConfigError("transactional processing acks with its commits: leave auto_ack on")
+        if self._state == "new":
+            await self.start()
+        if self._conn is None or self._ctx is None or self._state != "running":
+            raise ConsumerStoppedError("start the consumer first: 'async with Consumer(...)'")
+        outputs = Outputs(self._conn.client, self._opt.keys, self._conn.caps.is_cluster,
+                          self._ctx.token, self._opt.group)
+        return TransactionalDispatcher(handler, outputs, self._policy, self._stats, self._latency)
 
     async def process_batch(self, handler: BatchHandler) -> None:
         """Call ``await handler(msgs)`` with batches of one partition, in order; ack them together."""

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from . import scripts
+from . import topics as topics_mod
 from .config import ConsumerOptions
 from .connection import trim_idle
 from .errors import (
@@ -448,6 +449,10 @@ class Coordinator:
 
     async def _claim(self, gained: list[TopicPartition]) -> None:
         k, g = self._keys, self._opt.group
+        for t in {tp.topic for tp in gained} & self.born_after_join:
+            # Created after we subscribed: learn where its partitions live (co-located
+            # topics' keys carry their anchor's hash tag) before building their keys.
+            await topics_mod.read_meta(self._client, k, t)
         calls = [scripts.Call(_CLAIM, self._claim_keys(tp), self._claim_args(tp)) for tp in gained]
         replies = await self._execute(calls)
         claimed: list[TopicPartition] = []

@@ -3,6 +3,9 @@
 * ``EachDispatcher``  — ``process(handler)``: one message at a time, in order.
 * ``BatchDispatcher`` — ``process_batch(handler)``: the whole batch of one partition.
 * ``IteratorDispatcher`` — ``async for``: one message at a time through a queue.
+* ``TransactionalDispatcher`` — ``process(handler, transactional=True)``: one message
+  at a time, in order; the outputs each returns are committed with the acks of the
+  batch in one fenced script call (:mod:`redcurrent.transactional`).
 
 Failed attempts retry in place (the partition waits, order is kept) with backoff;
 each failure is recorded in the entry's delivery count (fenced), so attempts survive
@@ -26,14 +29,15 @@ from typing import Any, TypeVar
 
 from . import tracing
 from .deadletter import reason_for
-from .errors import FencedError
-from .fetcher import PartitionFetcher
+from .errors import ConfigError, FencedError, TopicError
+from .fetcher import LeaseLost, PartitionFetcher
 from .protocols import BatchHandler, Handler
 from .retry import Backoff, BatchError, DeadLetter, Retry, RetryPolicy
 from .stats import ConsumerStats, Histogram
 from .structs import Message
+from .transactional import Outputs, Pending
 
-__all__ = ["BatchDispatcher", "EachDispatcher", "IteratorDispatcher", "Policy"]
+__all__ = ["BatchDispatcher", "EachDispatcher", "IteratorDispatcher", "Policy", "TransactionalDispatcher"]
 
 log = logging.getLogger(__name__)
 
@@ -64,24 +68,24 @@ def _handing_out(fetcher: PartitionFetcher, dispatcher: _Base) -> bool:
     return not dispatcher.closed and not fetcher.stopping and not fetcher.stale and fetcher.ctx.lease_valid()
 
 
-async def _call(dispatcher: _Base, fn: Callable[[T], Awaitable[object]], arg: T) -> None:
+async def _call(dispatcher: _Base, fn: Callable[[T], Awaitable[object]], arg: T) -> object:
+    """The handler's result (what a transactional handler returns is its outputs)."""
     if tracing.active():
         with tracing.consume_span(arg):  # a "process" span around the handler call
-            await _timed_call(dispatcher, fn, arg)
-    else:
-        await _timed_call(dispatcher, fn, arg)
+            return await _timed_call(dispatcher, fn, arg)
+    return await _timed_call(dispatcher, fn, arg)
 
 
-async def _timed_call(dispatcher: _Base, fn: Callable[[T], Awaitable[object]], arg: T) -> None:
+async def _timed_call(dispatcher: _Base, fn: Callable[[T], Awaitable[object]], arg: T) -> object:
     timeout = dispatcher.handler_timeout
     started = time.perf_counter()
     try:
         if timeout is None:
-            await fn(arg)
+            return await fn(arg)
         else:
             try:
                 async with asyncio.timeout(timeout) as cm:
-                    await fn(arg)
+                    return await fn(arg)
             except TimeoutError as exc:
                 if cm.expired():
                     raise TimeoutError(f"handler exceeded handler_timeout={timeout}s") from exc
@@ -261,6 +265,93 @@ class BatchDispatcher(_Base):
                 if not await _sleep_unless_stopped(fetcher, self, delay):
                     return
                 pending = [m._replace(attempts=m.attempts + 1) for m in pending]
+
+
+class TransactionalDispatcher(_Base):
+    """Calls ``handler(message)`` for each message of a partition, in order, and collects
+    the outputs it returns; the batch's outputs and the acks of its inputs are then
+    committed in one fenced script call. A crash before the commit writes and acks
+    nothing, so the batch is handled again: exactly once either way. On a failure the
+    outputs of the messages before it are committed first, then the retry and
+    dead-letter policy applies (a dead-lettered input is acked with no outputs)."""
+
+    def __init__(self, handler: Handler, outputs: Outputs, policy: Policy, stats: ConsumerStats,
+                 latency: Histogram) -> None:
+        super().__init__(policy, stats, latency)
+        self.handler = handler
+        self.outputs = outputs
+
+    async def __call__(self, fetcher: PartitionFetcher, msgs: list[Message]) -> None:
+        pending = Pending(fetcher.tp)
+        plain = fetcher.plain
+        for msg in msgs:
+            if not _handing_out(fetcher, self) or not await self._one(fetcher, msg, pending, plain):
+                break
+        await self._commit(fetcher, pending)
+
+    async def _one(self, fetcher: PartitionFetcher, msg: Message, pending: Pending, plain: bool) -> bool:
+        """Handle one message until its outputs are pending (or it is finished otherwise);
+        False if it was left unhandled (stop, fenced, a seek)."""
+        policy = self.policy
+        while True:
+            if plain:
+                if fetcher.discarded:
+                    fetcher.discarded.discard(msg.id)
+                fetcher.held[msg.id] = msg.attempts
+            elif not await _ready(self, fetcher, msg, advance=False):  # earlier ones are not committed
+                return True
+            plain = False
+            error: Exception | None = None
+            try:
+                result = await _call(self, self.handler, msg)
+            except Exception as exc:
+                error = exc
+            if error is None:
+                try:
+                    await self.outputs.add(pending, msg, result)
+                    return True
+                except (ConfigError, TopicError):
+                    await self._commit(fetcher, pending)  # an output that cannot be written: stop here
+                    raise
+                except Exception as exc:  # a bad result: a failed attempt, as a handler error is
+                    error = exc
+            self.stats.failed += 1
+            if fetcher.stale:
+                return False  # a seek discarded it meanwhile: no retry, no dead letter
+            await self._commit(fetcher, pending)  # what succeeded before it
+            if _exhausted(policy, fetcher, msg, error):
+                await _dead_letter(policy, fetcher, msg, error)
+                return True
+            try:
+                delay = await _failed(self, fetcher, [msg], error)
+            except FencedError:
+                return False
+            if not await _sleep_unless_stopped(fetcher, self, delay):
+                return False
+            msg = msg._replace(attempts=msg.attempts + 1)
+
+    async def _commit(self, fetcher: PartitionFetcher, pending: Pending) -> None:
+        """Commit what is pending, with the acks of inputs finished meanwhile (expired,
+        dead-lettered): transactional acks ride on commits, not on the next fetch."""
+        if not pending.msgs or fetcher.stale:
+            pending.clear()
+            return
+        acks, fetcher.acks = fetcher.acks, []
+        try:
+            await self.outputs.commit(fetcher, pending, acks)
+        except BaseException as exc:
+            fetcher.acks = acks + fetcher.acks
+            if isinstance(exc, FencedError) and not isinstance(exc, LeaseLost):
+                # (LeaseLost: Redis unreachable past the lease, the commit is ambiguous;
+                # the batch is read again from our pending list, where a landed one is not)
+                self.stats.commits_fenced += 1
+                log.warning("%s[%d] was lost: the outputs of %d message(s) were not written (fenced)",
+                            fetcher.tp.topic, fetcher.tp.partition, len(pending.msgs))
+            raise
+        for m in pending.msgs:
+            fetcher.finish(m.id, ack=False)  # acked by the commit; in order, so each advances
+        self.stats.processed += len(pending.msgs)
+        pending.clear()
 
 
 @dataclass(slots=True)

@@ -35,6 +35,15 @@ Key map (``ns`` is the namespace, default ``rc``; ``{…}`` is a Redis Cluster h
                                              stream's last entry id at that growth)
     ns:{T:P}:gate:G                   string barrier id group G must drain up to before reading
                                              past it; deleted when G lifts it (docs/architecture.md §10)
+    ns:{A}:colocated                  set    topics created co-located with topic A (their anchor)
+
+A topic C created with ``colocate_with=A`` (docs/architecture.md "Co-located topics")
+has its partition-level keys under ``ns:@C:{A:P}`` instead of ``ns:{C:P}`` (the stream
+``ns:@C:{A:P}``, its owner key ``ns:@C:{A:P}:owner:G``, ...): the hash tag is the
+anchor's, so partition P of C lives in the slot of partition P of A. ``@`` is in no
+name, so these keys never meet another topic's; C's topic-level keys keep ``{C}``.
+The anchor comes from the topic's metadata: every reader of metadata tells
+:meth:`Keys.learn`, and the partition-level methods below use what it learned.
 
 Topic-level and coordination keys share the tag ``{T}``; partition-level keys share the
 tag ``{T:P}``. No script and no MULTI touches two tags, so everything runs unchanged
@@ -44,7 +53,7 @@ on Redis Cluster, where different partitions live on different nodes.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
@@ -99,6 +108,8 @@ class Keys:
     """Builds the keys of one namespace. ``Keys("rc").stream("orders", 3)``."""
 
     namespace: str = "rc"
+    # topic -> its anchor, for co-located topics (learned from their metadata)
+    anchors: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.namespace, str) or not _NAMESPACE.match(self.namespace):
@@ -154,15 +165,40 @@ class Keys:
             self.dead_letters(topic, group),
         ]
 
-    # -- partition slot {T:P} --
+    def colocated(self, topic: str) -> str:
+        """The topics created co-located with ``topic`` (a set in the anchor's topic slot)."""
+        return f"{self.namespace}:{{{topic}}}:colocated"
+
+    # -- co-location --
+    def learn(self, topic: str, anchor: str | None) -> None:
+        """Remember the anchor of ``topic`` as its metadata says (None: not co-located).
+        Called by whoever reads the metadata (``topics.read_meta``), before any key of
+        the topic's partitions is built."""
+        if anchor:
+            self.anchors[topic] = anchor
+        else:
+            self.anchors.pop(topic, None)
+
+    def anchor(self, topic: str) -> str | None:
+        """The topic ``topic`` is co-located with, if it is (as learned)."""
+        return self.anchors.get(topic)
+
+    # -- partition slot {T:P} (or {A:P} for a topic co-located with A) --
+    def partition(self, topic: str, partition: int) -> str:
+        """The partition's stream key, which every other partition-level key extends."""
+        anchor = self.anchors.get(topic)
+        if anchor is None:
+            return f"{self.namespace}:{{{topic}:{partition}}}"
+        return f"{self.namespace}:@{topic}:{{{anchor}:{partition}}}"
+
     def stream(self, topic: str, partition: int) -> str:
-        return f"{self.namespace}:{{{topic}:{partition}}}"
+        return self.partition(topic, partition)
 
     def owner(self, topic: str, partition: int, group: str) -> str:
-        return f"{self.namespace}:{{{topic}:{partition}}}:owner:{group}"
+        return f"{self.partition(topic, partition)}:owner:{group}"
 
     def producer_seq(self, topic: str, partition: int, producer_id: str) -> str:
-        return f"{self.namespace}:{{{topic}:{partition}}}:pseq:{producer_id}"
+        return f"{self.partition(topic, partition)}:pseq:{producer_id}"
 
     def dedup_prefix(self, topic: str, partition: int) -> str:
         """The produce script appends a record's dedup key to this (in the partition's
@@ -184,13 +220,13 @@ class Keys:
         return f"{self.namespace}:producer:{{{transactional_id}}}:partitions"
 
     def topic_version(self, topic: str, partition: int) -> str:
-        return f"{self.namespace}:{{{topic}:{partition}}}:version"
+        return f"{self.partition(topic, partition)}:version"
 
     def barrier(self, topic: str, partition: int) -> str:
-        return f"{self.namespace}:{{{topic}:{partition}}}:barrier"
+        return f"{self.partition(topic, partition)}:barrier"
 
     def gate(self, topic: str, partition: int, group: str) -> str:
-        return f"{self.namespace}:{{{topic}:{partition}}}:gate:{group}"
+        return f"{self.partition(topic, partition)}:gate:{group}"
 
     def doorbell(self, instance_id: str) -> str:
         """A consumer instance's private wake-up stream for its idle wait (single server only)."""
@@ -201,9 +237,16 @@ class Keys:
         return f"{self.namespace}:{{{topic}}}:g:{group}:fenced"
 
     def requeued(self, topic: str, partition: int, group: str) -> str:
-        return f"{self.namespace}:{{{topic}:{partition}}}:requeued:{group}"
+        return f"{self.partition(topic, partition)}:requeued:{group}"
 
     def partition_keys_pattern(self, topic: str) -> str:
         """SCAN pattern of every partition-slot key of a topic (for delete_topic)."""
-        escaped = "".join(f"\\{ch}" if ch in "*?[]\\" else ch for ch in topic)
-        return f"{self.namespace}:{{{escaped}:*}}*"
+        escaped = _glob_escape(topic)
+        anchor = self.anchors.get(topic)
+        if anchor is None:
+            return f"{self.namespace}:{{{escaped}:*}}*"
+        return f"{self.namespace}:@{escaped}:{{{_glob_escape(anchor)}:*}}*"
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"\\{ch}" if ch in "*?[]\\" else ch for ch in name)

@@ -835,7 +835,7 @@ class Producer(Lifecycle):
         for name in names:
             pipe.hgetall(self._opt.keys.meta(name))
         for name, raw in zip(names, await pipe.execute(), strict=True):
-            meta = topics.parse_meta(name, raw)
+            meta = topics.learned(self._opt.keys, topics.parse_meta(name, raw))
             known = self._meta.get(name)
             if meta is None:  # gone: the next send looks it up again, and fails
                 self._forget(name)

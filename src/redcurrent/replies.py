@@ -50,6 +50,8 @@ from .structs import TopicPartition
 __all__ = [
     "Assignment",
     "Claimed",
+    "CommitRefused",
+    "Committed",
     "Fetched",
     "Gated",
     "PartitionsAltered",
@@ -59,6 +61,7 @@ __all__ = [
     "parse_alter_partitions",
     "parse_barrier",
     "parse_claim",
+    "parse_commit_outputs",
     "parse_create_topic",
     "parse_drained",
     "parse_fetch",
@@ -194,6 +197,38 @@ def parse_fetch_ack(reply: StatusReply, tp: TopicPartition) -> None:
         raise FencedError(f"partition {_where(tp)} is no longer owned")
     if status != _OK and status != b"NOGROUP":
         raise _unexpected("fetch", reply)
+
+
+# --------------------------------------------------------------------------- transactional processing
+
+
+class Committed(NamedTuple):
+    """A ``commit_outputs`` that ran: records written, inputs skipped (already acked),
+    and each output partition's marker version."""
+
+    written: int
+    skipped: int
+    versions: list[int]
+
+
+class CommitRefused(NamedTuple):
+    """A ``commit_outputs`` that wrote and acked nothing because of output partition
+    ``output``: NOTOPIC (the topic was deleted) or STALE_ROUTE (re-route after a growth)."""
+
+    status: str
+    output: int
+
+
+def parse_commit_outputs(reply: Sequence[object], tp: TopicPartition) -> Committed | CommitRefused:
+    """The ``commit_outputs`` script's reply. FENCED (nothing acked or written): FencedError."""
+    status = reply[0]
+    if status == _OK:
+        return Committed(cast(int, reply[1]), cast(int, reply[2]), [int(v) for v in cast(list[int], reply[3])])
+    if status == _FENCED:
+        raise FencedError(f"partition {_where(tp)} is no longer owned: its outputs were not written")
+    if status in (b"NOTOPIC", b"STALE_ROUTE"):
+        return CommitRefused(_text(status), int(cast(int, reply[1])))
+    raise _unexpected("commit_outputs", reply)
 
 
 # --------------------------------------------------------------------------- ownership

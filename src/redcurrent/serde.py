@@ -48,6 +48,8 @@ __all__ = [
 # reserved header of the entry format, so it is named here; redcurrent.deadletter writes it.
 REQUEUE_HEADER = "rc-requeue-group"
 RESERVED_HEADER_PREFIX = "rc-"  # header names redcurrent itself writes
+# Header of a transactional output: its input, "topic/partition/id" (docs/exactly-once.md, "Consume → produce").
+INPUT_HEADER = "rc-input"
 FORMAT_VERSION = 49  # ord("1"): the first byte of the format field
 TRIMMED = 0  # the fetch script puts integer 0 (no field value can be one) in the format slot of a deleted entry
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Literal, cast, overload
 
 from .consumer import Consumer, start_if_new
+from .errors import ConfigError
 from .protocols import BatchHandler, Handler
 
 __all__ = ["run_consumer"]
@@ -32,6 +33,7 @@ async def run_consumer(
     batch: Literal[False] = False,
     grace_period: float = 30.0,
     signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+    transactional: bool = False,
 ) -> None: ...
 
 
@@ -53,12 +55,18 @@ async def run_consumer(
     batch: bool = False,
     grace_period: float = 30.0,
     signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+    transactional: bool = False,
 ) -> None:
     """Process messages with ``handler`` until a signal, then stop within ``grace_period``.
 
     ``await run_consumer(Consumer("orders", group="billing"), handle, grace_period=20)``
-    — ``batch=True`` calls ``process_batch`` instead of ``process``.
+    — ``batch=True`` calls ``process_batch`` instead of ``process``;
+    ``transactional=True`` calls ``process(handler, transactional=True)`` (consume →
+    produce exactly once: the handler returns its :class:`~redcurrent.Output` records).
+    A graceful stop commits the batch in hand; a forced one leaves it to be redone.
     """
+    if batch and transactional:
+        raise ConfigError("transactional processing is per message: use batch=False")
     loop = asyncio.get_running_loop()
     received: list[int] = []
     stopping: asyncio.Task[None] | None = None
@@ -93,7 +101,10 @@ async def run_consumer(
         if batch:
             await consumer.process_batch(cast(BatchHandler, handler))
         else:
-            await consumer.process(cast(Handler, handler))
+            if transactional:
+                await consumer.process(cast(Handler, handler), transactional=True)
+            else:
+                await consumer.process(cast(Handler, handler))
         if stopping is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await stopping

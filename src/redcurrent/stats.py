@@ -42,6 +42,8 @@ class ConsumerStats:
         "Partition releases that failed (retried; the owner key expires otherwise).")
     groups_recreated: int = _counter("Redis consumer groups recreated after they vanished.")
     requeue_skipped: int = _counter("Requeued dead letters of another group, acked and skipped.")
+    commits_fenced: int = _counter(
+        "Transactional commits refused because the partition was lost: nothing written, nothing acked.")
 
     def as_dict(self) -> dict[str, int]:
         """The counters that counted something: a counter never counted is absent."""

@@ -11,6 +11,7 @@ __all__ = [
     "InFlightMessage",
     "MemberInfo",
     "Message",
+    "Output",
     "PartitionGroupInfo",
     "PartitionInfo",
     "Record",
@@ -48,6 +49,24 @@ class Record(NamedTuple):
     partition: int | None = None
     ttl: float | None = None
     dedup_key: str | None = None
+
+
+class Output(NamedTuple):
+    """A record a transactional handler returns (``Consumer.process(handler,
+    transactional=True)``): written atomically with the ack of its input, exactly once.
+
+    ``return [Output("invoices", {"order": msg.value["id"]}, key=msg.key)]``
+
+    It lands in the input's partition of ``topic`` when ``topic`` is co-located with the
+    input topic (required on a Redis Cluster); on one node another topic is routed by
+    ``key``. It carries a header ``rc-input`` naming its input (``topic/partition/id``).
+    See docs/exactly-once.md, "Consume → produce".
+    """
+
+    topic: str
+    value: Any
+    key: str | bytes | None = None
+    headers: Mapping[str, str] | None = None
 
 
 class RecordMetadata(NamedTuple):
@@ -122,6 +141,8 @@ class TopicInfo:
     config: TopicConfig
     partition_info: tuple[PartitionInfo, ...] = field(default_factory=tuple)
     created_at: int = 0
+    colocate_with: str | None = None
+    """The topic whose partition slots this one shares (``Admin.create_topic(colocate_with=...)``)."""
 
     @property
     def length(self) -> int:

@@ -42,6 +42,7 @@ from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar
 
 from .admin import Admin as AsyncAdmin
+from .config import check_bool
 from .consumer import Consumer as AsyncConsumer
 from .errors import ConsumerStoppedError, IllegalStateError, ProducerClosedError
 from .producer import Producer as AsyncProducer
@@ -739,7 +740,8 @@ class Consumer(_Client[AsyncConsumer]):
     stats = _on_loop(AsyncConsumer.stats)
     handler_latency = _on_loop(AsyncConsumer.handler_latency)
 
-    def process(self, handler: Callable[[Message], object], *, threads: int | None = None) -> None:
+    def process(self, handler: Callable[[Message], object], *, threads: int | None = None,
+                transactional: bool = False) -> None:
         """Call ``handler(msg)`` for every message, in a worker thread; ack after it returns.
 
         Blocks until :meth:`stop` (from another thread, a signal handler, or the handler
@@ -749,8 +751,14 @@ class Consumer(_Client[AsyncConsumer]):
         with the async ``process()``. A thread cannot be interrupted: past
         ``handler_timeout`` the attempt counts as failed once the handler returns, and
         the retry waits for it, so one partition never runs two handlers at once.
+
+        ``transactional=True``: the handler returns its :class:`~redcurrent.Output`
+        records, written with the ack of their input exactly once (as the async
+        ``process(handler, transactional=True)``).
         """
-        self._process(AsyncConsumer.process, handler, "a Message", threads)
+        check_bool(transactional, "transactional")
+        method = functools.partial(AsyncConsumer.process, transactional=True) if transactional else AsyncConsumer.process
+        self._process(method, handler, "a Message", threads)
 
     def process_batch(self, handler: Callable[[list[Message]], object], *, threads: int | None = None) -> None:
         """Call ``handler(msgs)`` with batches of one partition, in order, in a worker

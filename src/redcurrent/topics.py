@@ -52,6 +52,7 @@ class TopicMeta:
     version: int
     config: TopicConfig
     created_at: int = 0
+    colocate_with: str | None = None  # the anchor: partition p shares its slot with the anchor's p
 
 
 def check_partitions(partitions: object) -> int:
@@ -85,14 +86,52 @@ def parse_meta(name: str, raw: Mapping[Any, Any]) -> TopicMeta | None:
         dead_letter_expired=raw.get(b"dead_letter_expired") == b"1",
         dedup_window_ms=num(b"dedup_window_ms") or DEFAULT_DEDUP_WINDOW_MS,
     )
+    anchor = raw.get(b"colocate_with")
     return TopicMeta(name, int(raw[b"partitions"]), int(raw.get(b"version", 0)), config,
-                     num(b"created_ms") or 0)
+                     num(b"created_ms") or 0, anchor.decode() if anchor else None)
+
+
+def learned(keys: Keys, meta: TopicMeta | None) -> TopicMeta | None:
+    """Tell ``keys`` where the topic's partitions live (its anchor, if co-located);
+    every reader of metadata passes it through here before building partition keys."""
+    if meta is not None:
+        keys.learn(meta.name, meta.colocate_with)
+    return meta
 
 
 async def read_meta(client: Client, keys: Keys, topic: str) -> TopicMeta | None:
     """The topic's metadata, or None if the topic does not exist."""
     raw = await client.hgetall(keys.meta(topic))
-    return parse_meta(topic, raw)
+    return learned(keys, parse_meta(topic, raw))
+
+
+async def colocation_anchor(client: Client, keys: Keys, name: str, partitions: int, colocate_with: str) -> str:
+    """The anchor of a topic created with ``colocate_with``: that topic, or its own
+    anchor if it is co-located itself (so every topic of a family shares one slot per
+    partition). The partition counts must match (docs/architecture.md "Co-located topics")."""
+    validate_name(colocate_with, "colocate_with topic")
+    if colocate_with == name:
+        raise ConfigError(f"topic {name!r} cannot be co-located with itself")
+    other = await read_meta(client, keys, colocate_with)
+    if other is None:
+        raise UnknownTopicError(f"cannot co-locate {name!r} with {colocate_with!r}: no such topic")
+    if other.partitions != partitions:
+        raise InvalidPartitionsError(
+            f"a topic co-located with {colocate_with!r} needs its partition count: "
+            f"{colocate_with!r} has {other.partitions}, {name!r} asks for {partitions}"
+        )
+    return other.colocate_with or colocate_with
+
+
+async def colocated_topics(client: Client, keys: Keys, anchor: str) -> list[str]:
+    """The live topics co-located with ``anchor`` (names left by a crash are dropped)."""
+    names = sorted(_text(n) for n in await client.smembers(keys.colocated(anchor)))
+    live = []
+    for n in names:
+        meta = await read_meta(client, keys, n)
+        if meta is not None and meta.colocate_with == anchor:
+            live.append(n)
+    return live
 
 
 async def create_topic(
@@ -107,10 +146,19 @@ async def create_topic(
     dead_letter_expired: bool = False,
     exist_ok: bool = False,
     dedup_window_ms: int = DEFAULT_DEDUP_WINDOW_MS,
+    colocate_with: str | None = None,
 ) -> TopicMeta:
-    """Create the topic; TopicExistsError if it exists (unless ``exist_ok``)."""
+    """Create the topic; TopicExistsError if it exists (unless ``exist_ok``).
+    ``colocate_with``: the topic whose partition slots this one shares."""
     validate_name(name)
     check_partitions(partitions)
+    anchor = None
+    if colocate_with is not None:
+        anchor = await colocation_anchor(client, keys, name, partitions, colocate_with)
+        # Registered before the topic exists: the anchor's growth and deletion look here.
+        await client.sadd(keys.colocated(anchor), name)
+        if not await client.exists(keys.meta(name)):
+            keys.learn(name, anchor)  # its markers go in the anchor's slots
     args = [
         str(partitions),
         opt_int(maxlen, "maxlen"),
@@ -118,6 +166,7 @@ async def create_topic(
         opt_int(ttl_ms, "ttl_ms"),
         "1" if dead_letter_expired else "0",
         str(dedup_window_ms),
+        anchor or "",
     ]
     # The registry has no hash tag, so it is written outside the script; list_topics
     # checks every name against its meta hash, so a crash between the two is harmless.
@@ -141,7 +190,28 @@ async def create_topic(
             raise TopicExistsError(f"topic {name!r} already exists with {meta.partitions} partitions")
     else:
         log.info("created topic %s with %d partitions", name, partitions)
+        if anchor is not None:
+            await _recheck_anchor(client, keys, meta, anchor)
     return meta
+
+
+async def _recheck_anchor(client: Client, keys: Keys, meta: TopicMeta, anchor: str) -> None:
+    """A growth or deletion of the anchor that ran while this topic was being created
+    did not see it yet: if the anchor no longer matches, take the new topic back."""
+    now = await read_meta(client, keys, anchor)
+    if now is not None and now.partitions == meta.partitions:
+        return
+    await _delete_new_topic(client, keys, meta)
+    raise InvalidPartitionsError(
+        f"topic {anchor!r} changed while {meta.name!r} was being co-located with it; nothing was created"
+    )
+
+
+async def _delete_new_topic(client: Client, keys: Keys, meta: TopicMeta) -> None:
+    await client.delete(keys.meta(meta.name))
+    await delete_markers(client, keys, meta.name, range(meta.partitions))
+    if meta.colocate_with:
+        await client.srem(keys.colocated(meta.colocate_with), meta.name)
 
 
 async def set_config(client: Client, keys: Keys, name: str, changes: Mapping[str, str]) -> TopicMeta:
@@ -171,6 +241,7 @@ async def alter_partitions(
     before = await read_meta(client, keys, name)
     if before is None:
         raise UnknownTopicError(f"unknown topic {name!r}")
+    await refuse_colocated_growth(client, keys, before)
     added = range(before.partitions, new_count)
     barrier = preserve_key_order and new_count > before.partitions
     groups = [_text(g) for g in await client.smembers(keys.groups(name))] if barrier else []
@@ -202,6 +273,23 @@ async def alter_partitions(
     if meta is None:
         raise UnknownTopicError(f"unknown topic {name!r}")
     return meta
+
+
+async def refuse_colocated_growth(client: Client, keys: Keys, meta: TopicMeta) -> None:
+    """Co-located topics keep one partition count: growing one of them alone would
+    break the slot sharing, and growing both at once cannot be atomic across two
+    topics on a cluster, so the growth is refused (docs/architecture.md "Co-located topics")."""
+    if meta.colocate_with is not None:
+        raise InvalidPartitionsError(
+            f"topic {meta.name!r} is co-located with {meta.colocate_with!r}: co-located topics "
+            "cannot grow; create a new family of topics with more partitions instead"
+        )
+    family = await colocated_topics(client, keys, meta.name)
+    if family:
+        raise InvalidPartitionsError(
+            f"topic {meta.name!r} has co-located topics ({', '.join(family)}): co-located topics "
+            "cannot grow; create a new family of topics with more partitions instead"
+        )
 
 
 async def close_partitions(

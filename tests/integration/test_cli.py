@@ -145,6 +145,15 @@ def test_topics_create_if_not_exists_is_idempotent(rc: Run) -> None:
     assert rc("topics", "create", "t", "-p", "2", "--if-not-exists").returncode == 0
 
 
+def test_topics_create_colocated(rc: Run, rcj: Callable[..., Any]) -> None:
+    rc("topics", "create", "orders", "-p", "3")
+    created = rcj("topics", "create", "invoices", "-p", "3", "--colocate-with", "orders")
+    assert created["colocate_with"] == "orders"
+    assert "co-located with: orders" in rc("topics", "describe", "invoices").stdout
+    assert_one_line_error(rc("topics", "create", "refunds", "-p", "4", "--colocate-with", "orders"),
+                          "partition count")
+
+
 # -- produce and consume -------------------------------------------------------------
 
 

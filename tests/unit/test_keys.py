@@ -39,6 +39,8 @@ def key_families(k: Keys, topic: str, partition: int, group: str, pid: str) -> d
     for name, method in inspect.getmembers(Keys, inspect.isfunction):
         if name.startswith("_") or name == "partition_keys_pattern":  # a SCAN pattern, not a key
             continue
+        if name in ("learn", "anchor"):  # co-location bookkeeping, not keys
+            continue
         params = [p for p in inspect.signature(method).parameters if p != "self"]
         unknown = set(params) - set(values)
         assert not unknown, f"Keys.{name} takes {unknown}: teach this test about it"
@@ -82,6 +84,24 @@ def test_every_key_family_is_classified() -> None:
     assert "rc:{orders}:meta" in families["topic"]
     assert "rc:{orders:3}" in families["partition"]
     assert len(families["topic"]) >= 6 and len(families["partition"]) >= 3
+
+
+@given(namespaces, names, names, names, st.integers(0, 9999))
+def test_colocated_partition_keys_share_the_anchors_slot(
+    ns: str, topic: str, anchor: str, group: str, partition: int
+) -> None:
+    """docs/architecture.md "Co-located topics": partition P of a topic co-located with
+    A lives in A's partition P slot, and its keys are none of A's (nor another topic's)."""
+    k = Keys(ns)
+    anchor_keys = set(partition_level_keys(k, anchor, partition, group))
+    k.learn(topic, anchor)
+    expected = key_slot(f"{anchor}:{partition}".encode())
+    for key in partition_level_keys(k, topic, partition, group):
+        assert slot(key) == expected, key
+        assert key.startswith(f"{ns}:@{topic}:{{{anchor}:{partition}}}")
+        assert key not in anchor_keys or topic == anchor
+    k.learn(topic, None)
+    assert k.stream(topic, partition) == f"{ns}:{{{topic}:{partition}}}"
 
 
 @given(namespaces, names, names)

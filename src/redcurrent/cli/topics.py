@@ -21,6 +21,7 @@ def topic_json(info: TopicInfo) -> dict[str, Any]:
         "partitions": info.partitions,
         "version": info.version,
         "created_at": info.created_at,
+        "colocate_with": info.colocate_with,
         "length": info.length,
         "config": info.config,  # a dataclass: output.dumps writes it field by field
         "partition_info": [
@@ -78,6 +79,8 @@ def list_topics(env: Env) -> None:
 @click.option("--dedup-window", type=float, default=600.0, show_default=True,
               help="Seconds a record's dedup key is remembered (docs/exactly-once.md).")
 @click.option("--if-not-exists", is_flag=True, help="Succeed if the topic already exists.")
+@click.option("--colocate-with", metavar="TOPIC",
+              help="Put partition p in the hash slot of TOPIC's partition p (same partition count).")
 @json_option
 @pass_env
 def create(
@@ -89,6 +92,7 @@ def create(
     ttl: float | None,
     dedup_window: float,
     if_not_exists: bool,
+    colocate_with: str | None,
 ) -> None:
     """Create topic NAME."""
 
@@ -102,6 +106,7 @@ def create(
                 ttl=ttl,
                 exist_ok=if_not_exists,
                 dedup_window=dedup_window,
+                colocate_with=colocate_with,
             )
 
     info = env.run(go())
@@ -137,6 +142,8 @@ def describe(env: Env, name: str) -> None:
         f"config: maxlen={cfg.maxlen} retention_ms={cfg.retention_ms} ttl_ms={cfg.ttl_ms} "
         f"dead_letter_expired={cfg.dead_letter_expired} dedup_window_ms={cfg.dedup_window_ms}"
     )
+    if info.colocate_with:
+        c.print(f"co-located with: {info.colocate_with}")
     c.print(f"groups: {', '.join(group_names) or '-'}")
     rows = [(p.partition, p.length, p.first_id, p.last_id) for p in info.partition_info]
     c.print(table(None, ["partition", "length", "first id", "last id"], rows))

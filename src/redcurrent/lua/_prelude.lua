@@ -23,3 +23,28 @@ local function gate_state(stream, group, gate)
   end
   return nil, false
 end
+
+-- The stream entry format field of a framed record: version 1, then the codec (j/b/c),
+-- then the key type (n/s/b); indexed by codec * 3 + key type.
+local RECORD_FMT = {[0] = '1jn', '1js', '1jb', '1bn', '1bs', '1bb', '1cn', '1cs', '1cb'}
+
+-- XADD the record framed at `pos` of `blob` to `stream`; returns its id and the position
+-- after it. The framing (produce.lua's, docs/message-format.md) is a 15-byte header,
+-- struct ">BBI4I4I4B": key type (0 none, 1 str, 2 bytes), codec (0 json, 1 bytes,
+-- 2 custom), key len, value len, headers len, expiry len; then the key, value, headers
+-- and expiry bytes.
+local function append_record(stream, blob, pos)
+  local kt, codec, klen, vlen, hlen, xlen, p = struct.unpack('>BBI4I4I4B', blob, pos)
+  local vs = p + klen
+  local hs = vs + vlen
+  if kt ~= 0 and hlen > 0 and xlen == 0 then
+    -- a key and headers, no TTL (a transactional output's usual shape): no table to build
+    return redis.call('XADD', stream, '*', 'f', RECORD_FMT[codec * 3 + kt], 'v', string.sub(blob, vs, hs - 1),
+      'k', string.sub(blob, p, vs - 1), 'h', string.sub(blob, hs, hs + hlen - 1)), hs + hlen
+  end
+  local f = {'f', RECORD_FMT[codec * 3 + kt], 'v', string.sub(blob, vs, hs - 1)}
+  if kt ~= 0 then f[5] = 'k'; f[6] = string.sub(blob, p, vs - 1) end
+  if hlen > 0 then f[#f + 1] = 'h'; f[#f + 1] = string.sub(blob, hs, hs + hlen - 1) end
+  if xlen > 0 then f[#f + 1] = 'x'; f[#f + 1] = string.sub(blob, hs + hlen, hs + hlen + xlen - 1) end
+  return redis.call('XADD', stream, '*', unpack(f)), hs + hlen + xlen
+end
