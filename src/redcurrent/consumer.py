@@ -413,8 +413,9 @@ class Consumer(Lifecycle):
             await self.start()
         if self._conn is None or self._ctx is None or self._state != "running":
             raise ConsumerStoppedError("start the consumer first: 'async with Consumer(...)'")
-        outputs = Outputs(self._conn.client, self._opt.keys, self._conn.caps.is_cluster,
-                          self._ctx.token, self._opt.group)
+        caps = self._conn.caps
+        outputs = Outputs(self._conn.client, self._opt.keys, caps.is_cluster, self._ctx.token, self._opt.group,
+                          announce=caps.is_cluster and caps.version >= (7, 0, 0))
         return TransactionalDispatcher(handler, outputs, self._policy, self._stats, self._latency)
 
     async def process_batch(self, handler: BatchHandler) -> None:

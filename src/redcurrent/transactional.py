@@ -30,6 +30,7 @@ import orjson
 
 from . import scripts
 from . import topics as topics_mod
+from .accumulator import WAKE
 from .errors import ConfigError, InvalidPartitionsError, UnknownTopicError
 from .keys import Keys, validate_name
 from .partitioner import partition_for_key
@@ -91,10 +92,12 @@ class Pending:
 class Outputs:
     """Routes, frames and commits the outputs of one consumer's transactional handler."""
 
-    def __init__(self, client: Client, keys: Keys, is_cluster: bool, token: str, group: str) -> None:
+    def __init__(self, client: Client, keys: Keys, is_cluster: bool, token: str, group: str,
+                 *, announce: bool = False) -> None:
         self._client = client
         self._keys = keys
         self._cluster = is_cluster
+        self._announce = announce  # SPUBLISH each written output partition (cluster, Redis 7+)
         self._token = token
         self._group = group
         self._metas: dict[str, TopicMeta] = {}
@@ -220,6 +223,8 @@ class Outputs:
         for m, b in zip(pending.msgs, pending.blobs, strict=True):
             if b:
                 args += [m.id, b]
+        if self._announce:
+            args.append(WAKE)
         return keys, args
 
 

@@ -16,6 +16,8 @@
 --         then two per input with outputs, in stream order: its id, and its records
 --         framed back to back, each preceded by its output partition index j (">I2")
 --         (the record framing of produce.lua: see append_record in _prelude.lua)
+--         optional last: "w" = announce each written output partition with SPUBLISH on
+--         the shard channel named like its stream (idle consumers on a cluster, §8)
 -- Reply:  {"OK", written, skipped, {version, ...}}  written: records appended; skipped:
 --           inputs with outputs that were not pending (nothing written for them);
 --           the marker's version of each output partition (growth notification)
@@ -45,8 +47,10 @@ if ARGV[3] ~= '' then
   end
   if n > 0 then redis.call('XACK', stream, group, unpack(ids)) end
 end
+local last, announce = #ARGV, false
+if (last - 4 - 3 * m) % 2 == 1 then announce, last = ARGV[last] == 'w', last - 1 end
 local written, skipped, touched = 0, 0, {}
-for i = 4 + 3 * m + 1, #ARGV, 2 do
+for i = 4 + 3 * m + 1, last, 2 do
   if redis.call('XACK', stream, group, ARGV[i]) == 1 then
     local blob, pos = ARGV[i + 1], 1
     while pos <= #blob do
@@ -65,5 +69,6 @@ for j in pairs(touched) do
   local maxlen, minid = ARGV[3 * j + 5], ARGV[3 * j + 6]
   if maxlen ~= '' then redis.call('XTRIM', KEYS[3 * j + 3], 'MAXLEN', '~', maxlen) end
   if minid ~= '' then redis.call('XTRIM', KEYS[3 * j + 3], 'MINID', '~', minid) end
+  if announce then redis.call('SPUBLISH', KEYS[3 * j + 3], '') end
 end
 return {'OK', written, skipped, versions}
