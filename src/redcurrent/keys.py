@@ -203,14 +203,14 @@ class Keys:
     def dedup_prefix(self, topic: str, partition: int) -> str:
         """The produce script appends a record's dedup key to this (in the partition's
         slot): ``dedup_prefix(T, P) + D == dedup(T, P, D)``."""
-        return f"{self.namespace}:{{{topic}:{partition}}}:dedup:"
+        return f"{self.partition(topic, partition)}:dedup:"
 
     def dedup(self, topic: str, partition: int, dedup_key: str) -> str:
-        return f"{self.namespace}:{{{topic}:{partition}}}:dedup:{dedup_key}"
+        return f"{self.partition(topic, partition)}:dedup:{dedup_key}"
 
     def producer_fence(self, topic: str, partition: int, producer_id: str) -> str:
         """The highest epoch of a transactional producer that partition P has seen."""
-        return f"{self.namespace}:{{{topic}:{partition}}}:pepoch:{producer_id}"
+        return f"{self.partition(topic, partition)}:pepoch:{producer_id}"
 
     # -- transactional producer slot {X} (X a transactional_id) --
     def producer_epoch(self, transactional_id: str) -> str:

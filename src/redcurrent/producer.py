@@ -226,6 +226,10 @@ class Producer(Lifecycle):
         try:
             reply = await scripts.run(client, _EPOCH, [keys.producer_epoch(tid), keys.producer_partitions(tid)], ["init"])
             epoch, parts = parse_producer_init(reply)
+            # A co-located topic's partition keys carry its anchor's tag: learn each
+            # topic's anchor before building its fence keys (a deleted topic needs none).
+            for t in {t for t, _ in parts}:
+                await topics.read_meta(client, keys, t)
             calls = [scripts.Call(_FENCE, [keys.producer_fence(t, p, pid), keys.topic_version(t, p)], [epoch])
                      for t, p in parts]
             for result in await scripts.execute_calls(client, calls) if calls else []:

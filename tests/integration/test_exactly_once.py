@@ -272,6 +272,21 @@ async def test_a_new_instance_fences_the_old_one(
     assert await total(target_client, namespace, "fence", 4) == 3
 
 
+async def test_a_new_instance_fences_the_old_one_on_a_co_located_topic(
+    make_producer: Factory, admin: Admin, target_client: AsyncClient, namespace: str
+) -> None:
+    """A co-located topic's partition keys carry its anchor's tag: the new instance
+    learns the anchor before raising the fence, so the fence is where produce looks."""
+    await admin.create_topic("base", partitions=2)
+    await admin.create_topic("co", partitions=2, colocate_with="base")
+    old = make_producer(transactional_id="app-co")
+    await old.send("co", "before", partition=0)
+    await make_producer(transactional_id="app-co").start()
+    with pytest.raises(FencedError):
+        await old.send("co", "zombie", partition=0)
+    assert [m.value for m in await admin.read_partition("co", 0)] == ["before"]
+
+
 async def test_a_fenced_instance_cannot_write_a_partition_it_never_used(
     make_producer: Factory, admin: Admin, target_client: AsyncClient, namespace: str
 ) -> None:

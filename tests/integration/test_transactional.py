@@ -365,3 +365,38 @@ async def test_outputs_follow_the_output_topics_trimming(target: Target, admin: 
     async with consumer(target, namespace) as c:
         await run(c, handle, all_handled)
     assert (await admin.describe_topic("out")).length < n // 2  # trimmed as written
+
+
+async def test_an_idle_reader_of_the_outputs_wakes_at_each_commit(
+        target: Target, admin: Admin, namespace: str) -> None:
+    """A consumer of ``out``, idle in its wait (on a cluster: the shard-channel wait), is
+    woken by a transactional consumer's commits and by a producer transaction's commit,
+    not by a fallback poll (30 s): both commits announce their writes like a send."""
+    await setup(admin, target, namespace, 0)
+    seen: list[int] = []
+
+    async def read(msg: Message) -> None:
+        seen.append(msg.value["seq"])
+
+    async def bill(msg: Message) -> Iterable[Output]:
+        return [Output("out", {"seq": msg.value["seq"]}, key=msg.key)]
+
+    reader = Consumer("out", group="r", url=target.url, namespace=namespace, start="earliest", **FAST)
+    billing = consumer(target, namespace)
+    async with reader, billing:
+        tasks = [asyncio.create_task(reader.process(read)),
+                 asyncio.create_task(billing.process(bill, transactional=True))]
+        try:
+            await eventually(lambda: len(reader.assignment()) == P and len(billing.assignment()) == P, timeout=15)
+            await asyncio.sleep(1.0)  # both idle now
+            async with Producer(target.url, namespace=namespace) as producer:
+                await producer.send("in", {"seq": 1}, key="k1")
+                await eventually(lambda: 1 in seen, timeout=5, message="woken by the consume→produce commit")
+                await asyncio.sleep(1.0)  # idle again
+                async with producer.transaction() as tx:
+                    await tx.send("out", {"seq": 2}, key="k1")
+                await eventually(lambda: 2 in seen, timeout=5, message="woken by the transaction's commit")
+        finally:
+            await reader.stop()
+            await billing.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
