@@ -28,6 +28,26 @@ end
 -- then the key type (n/s/b); indexed by codec * 3 + key type.
 local RECORD_FMT = {[0] = '1jn', '1js', '1jb', '1bn', '1bs', '1bb', '1cn', '1cs', '1cb'}
 
+-- XADD one framed record whose header is already unpacked: key type `kt` (no dedup
+-- flag), `codec`, and the positions of its key (`p`), value (`vs`) and headers (`hs`)
+-- in `blob`, with the headers' and expiry's lengths. Returns its id.
+local function xadd_record(stream, blob, kt, codec, p, vs, hs, hlen, xlen)
+  if kt ~= 0 and xlen == 0 then
+    -- a key and no TTL (the usual shapes): no table to build and unpack
+    if hlen == 0 then
+      return redis.call('XADD', stream, '*', 'f', RECORD_FMT[codec * 3 + kt], 'v', string.sub(blob, vs, hs - 1),
+        'k', string.sub(blob, p, vs - 1))
+    end
+    return redis.call('XADD', stream, '*', 'f', RECORD_FMT[codec * 3 + kt], 'v', string.sub(blob, vs, hs - 1),
+      'k', string.sub(blob, p, vs - 1), 'h', string.sub(blob, hs, hs + hlen - 1))
+  end
+  local f = {'f', RECORD_FMT[codec * 3 + kt], 'v', string.sub(blob, vs, hs - 1)}
+  if kt ~= 0 then f[5] = 'k'; f[6] = string.sub(blob, p, vs - 1) end
+  if hlen > 0 then f[#f + 1] = 'h'; f[#f + 1] = string.sub(blob, hs, hs + hlen - 1) end
+  if xlen > 0 then f[#f + 1] = 'x'; f[#f + 1] = string.sub(blob, hs + hlen, hs + hlen + xlen - 1) end
+  return redis.call('XADD', stream, '*', unpack(f))
+end
+
 -- XADD the record framed at `pos` of `blob` to `stream`; returns its id and the position
 -- after it. The framing (produce.lua's, docs/message-format.md) is a 15-byte header,
 -- struct ">BBI4I4I4B": key type (0 none, 1 str, 2 bytes), codec (0 json, 1 bytes,
@@ -37,14 +57,5 @@ local function append_record(stream, blob, pos)
   local kt, codec, klen, vlen, hlen, xlen, p = struct.unpack('>BBI4I4I4B', blob, pos)
   local vs = p + klen
   local hs = vs + vlen
-  if kt ~= 0 and hlen > 0 and xlen == 0 then
-    -- a key and headers, no TTL (a transactional output's usual shape): no table to build
-    return redis.call('XADD', stream, '*', 'f', RECORD_FMT[codec * 3 + kt], 'v', string.sub(blob, vs, hs - 1),
-      'k', string.sub(blob, p, vs - 1), 'h', string.sub(blob, hs, hs + hlen - 1)), hs + hlen
-  end
-  local f = {'f', RECORD_FMT[codec * 3 + kt], 'v', string.sub(blob, vs, hs - 1)}
-  if kt ~= 0 then f[5] = 'k'; f[6] = string.sub(blob, p, vs - 1) end
-  if hlen > 0 then f[#f + 1] = 'h'; f[#f + 1] = string.sub(blob, hs, hs + hlen - 1) end
-  if xlen > 0 then f[#f + 1] = 'x'; f[#f + 1] = string.sub(blob, hs + hlen, hs + hlen + xlen - 1) end
-  return redis.call('XADD', stream, '*', unpack(f)), hs + hlen + xlen
+  return xadd_record(stream, blob, kt, codec, p, vs, hs, hlen, xlen), hs + hlen + xlen
 end
