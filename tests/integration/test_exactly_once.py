@@ -466,6 +466,43 @@ async def test_a_reader_never_sees_part_of_a_commit(
     assert sum([await r.xlen(keys.stream("atomic", p)) for p in range(4)]) == 1500
 
 
+async def test_a_reader_never_sees_part_of_a_commit_across_co_located_topics(
+    make_producer: Factory, admin: Admin, target_client: AsyncClient, namespace: str
+) -> None:
+    """The same proof where it holds on a cluster: partition 0 of four co-located topics
+    (one slot), 100 records a commit; the reader sums the four lengths in one script
+    (atomic, like the MULTI above) and never sees a partial commit."""
+    names = ["a0", "a1", "a2", "a3"]
+    await admin.create_topic("a0", partitions=2)
+    for name in names[1:]:
+        await admin.create_topic(name, partitions=2, colocate_with="a0")
+    keys = Keys(namespace)
+    for name in names[1:]:
+        keys.learn(name, "a0")
+    streams = [keys.stream(name, 0) for name in names]
+    count = "local n = 0 for i = 1, #KEYS do n = n + redis.call('XLEN', KEYS[i]) end return n"
+    producer = make_producer()
+    await producer.start()
+    seen: set[int] = set()
+    stop = asyncio.Event()
+
+    async def reader() -> None:
+        while not stop.is_set():
+            seen.add(int(await target_client.eval(count, len(streams), *streams)))  # type: ignore[misc]
+
+    task = asyncio.create_task(reader())
+    for _ in range(15):
+        async with producer.transaction() as tx:
+            for j, name in enumerate(names):
+                await tx.send_batch(name, [Record({"i": i}, partition=0) for i in range(25 * j, 25 * j + 25)])
+        await asyncio.sleep(0)
+    stop.set()
+    await task
+    assert len(seen) > 3  # the reader really saw commits land
+    assert all(n % 100 == 0 for n in seen), sorted(seen)
+    assert int(await target_client.eval(count, len(streams), *streams)) == 1500  # type: ignore[misc]
+
+
 @pytest.mark.single_node
 async def test_a_commit_to_a_deleted_topic_writes_nothing_anywhere(
     make_producer: Factory, admin: Admin, target_client: AsyncClient, namespace: str
