@@ -181,7 +181,7 @@ class PartitionFetcher:
         self._restarting = False
         self._idle = False
         self._busy = False
-        self._fetching = False  # a fetch call is out: what it reads is pending under our name
+        self._fetching = False  # a fetch round trip is out: what it reads is pending under our name
         # Set when the batch in dispatch must be abandoned: a stop, or a seek (which then
         # puts a fresh event in its place, so whoever waits on the old one wakes).
         self.stop_event = asyncio.Event()
@@ -565,14 +565,11 @@ class PartitionFetcher:
             c.credits.give(want)  # stopped while waiting for credits: read nothing more
             return
         gen = self.generation
-        self._fetching = True
         try:
             reply = await self._fetch(want)
         except BaseException:
             c.credits.give(want)
             raise
-        finally:
-            self._fetching = False
         if reply is None or gen != self.generation:
             # A seek while the fetch was out: what it read is before the new position
             # (acked by the seek) or, if it ran after it, pending to us and read again
@@ -673,6 +670,15 @@ class PartitionFetcher:
             return None
 
     async def _fetch_call(self, count: int, read_id: str, acks: list[str]) -> FetchReply:
+        # Flagged while on the wire only (not while a retry backs off): a stop waits for
+        # this round trip rather than lose what it read, never for a Redis outage.
+        self._fetching = True
+        try:
+            return await self._fetch_round_trip(count, read_id, acks)
+        finally:
+            self._fetching = False
+
+    async def _fetch_round_trip(self, count: int, read_id: str, acks: list[str]) -> FetchReply:
         c = self.ctx
         if count >= c.watched_min and read_id == ">" and self._bulk and c.transactions:
             return await self._fetch_watched(count, acks)
