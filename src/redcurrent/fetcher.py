@@ -463,6 +463,8 @@ class PartitionFetcher:
         c = self.ctx
         deadline = time.monotonic() + c.request_timeout
         attempt = 0
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
         while True:
             if attempt and not c.lease_valid():
                 # Redis was away longer than the lease: the owner key may have expired
@@ -473,8 +475,19 @@ class PartitionFetcher:
                 c.calls += 1
                 async with c.limit:
                     async with asyncio.timeout(c.fetch_timeout):
-                        return await fn()
+                        result = await fn()
+                if task is not None and task.cancelling() > cancels:
+                    # Cancelled meanwhile, and the cancellation swallowed on the way (on
+                    # Python 3.11 a timeout expiring as it arrives does that, in redis-py's
+                    # retries too): end as cancelled, or the caller runs on "cancelling".
+                    raise asyncio.CancelledError
+                return result
             except Exception as exc:
+                if task is not None and task.cancelling() > cancels:
+                    # Python 3.11's asyncio.timeout turns a cancellation that arrives as
+                    # it expires into TimeoutError: the caller was cancelled, so end here
+                    # rather than retry (and return normally) with the cancel swallowed.
+                    raise asyncio.CancelledError from exc
                 # A cluster failing over or moving a slot refuses calls it did not run
                 # (CLUSTERDOWN, TRYAGAIN, ...): retried like a lost connection, never a
                 # dead fetch task (docs/cluster.md).
