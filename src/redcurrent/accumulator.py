@@ -57,7 +57,7 @@ from .errors import (
 )
 from .offsets import id_ms
 from .replies import Produced, parse_produce
-from .serde import RECORD_HEADER
+from .serde import PAIR_HEADER, PAIR_VERSION, RECORD_HEADER
 from .structs import RecordMetadata
 
 __all__ = ["Accumulator", "Framed", "Group", "Waiter"]
@@ -80,8 +80,9 @@ _CALL_BYTES = 2 * 1024 * 1024
 _new_tuple = tuple.__new__
 
 
-# A framed record: its 15-byte header, its key, and its value + headers + expiry (the
-# header gives their lengths; see lua/produce.lua).
+# A framed record: its header, its key, and its value (+ headers + expiry): a format-2
+# record's 12-byte PAIR_HEADER, or a format-1 record's 15-byte RECORD_HEADER giving the
+# lengths (see lua/produce.lua).
 Framed = tuple[bytes, bytes, bytes]
 
 
@@ -131,10 +132,19 @@ _DEDUP_LEN = struct.Struct(">H")
 
 def split_records(blob: bytes) -> list[tuple[bytes, bytes, bytes, bytes, bytes]]:
     """The framed records of a batch (see lua/produce.lua), as (header, key, value,
-    headers, tail) parts: the tail is the expiry, then the dedup key's frame if any."""
+    headers, tail) parts: the tail is the expiry, then the dedup key's frame if any.
+    A format-2 frame (PAIR_HEADER) has no headers and no tail."""
     out = []
-    pos, size, end = 0, RECORD_HEADER.size, len(blob)
+    pos, size, pair_size, end = 0, RECORD_HEADER.size, PAIR_HEADER.size, len(blob)
     while pos < end:
+        if blob[pos] == PAIR_VERSION:
+            header = blob[pos : pos + pair_size]
+            _, nlen, vlen, _fmt = PAIR_HEADER.unpack(header)
+            k = pos + pair_size
+            v = k + nlen - 3
+            pos = v + vlen
+            out.append((header, blob[k:v], blob[v:pos], b"", b""))
+            continue
         header = blob[pos : pos + size]
         kt, _codec, klen, vlen, hlen, xlen = RECORD_HEADER.unpack(header)
         k = pos + size
@@ -151,6 +161,8 @@ def split_records(blob: bytes) -> list[tuple[bytes, bytes, bytes, bytes, bytes]]
 def route_bytes(header: bytes, kb: bytes, tail: bytes) -> bytes | None:
     """What a split record is routed by: its key, else its dedup key, else nothing."""
     kt = header[0]
+    if kt == PAIR_VERSION:
+        return None if header[-1] == ord("n") else kb
     if kt & ~DEDUP_FLAG:
         return kb
     if kt & DEDUP_FLAG:

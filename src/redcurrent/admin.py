@@ -244,7 +244,7 @@ class Admin(Lifecycle):
                 msg = serde.decode_fields(topic, partition, entry_id, 0, flat, None)
             except DecodeError as exc:
                 eid = entry_id.decode()
-                msg = Message(topic, partition, eid, None, fields.get(b"v", b""),
+                msg = Message(topic, partition, eid, None, serde.entry_slots(entry_id, 0, flat).value,
                               {"rc-decode-error": str(exc)}, offsets.id_ms(eid), 0)
             out.append(msg)
         return out

@@ -215,7 +215,8 @@ class DeadLetterWriter:
             fields["traceback"] = "".join(tb.format_exception(error))[-16384:]
         if entry is not None and isinstance(entry.fmt, bytes) and len(entry.fmt) == 3 and entry.fmt[:1] == b"1":
             for name, value in zip(ORIGINAL_FIELDS, entry[2:8], strict=True):
-                if value != b"":
+                # f and v always (an empty value is a message), k unless keyless, the rest when set
+                if value != b"" or name == b"v" or (name == b"k" and entry.fmt[2:] != b"n"):
                     fields[name] = value
         elif reason != "trimmed":
             await self._copy_raw(stream, entry_id, fields)

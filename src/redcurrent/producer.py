@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import mmh3
 import orjson
+from msgspec.structs import astuple
 
 from . import scripts, topics, tracing
 from .accumulator import _DEDUP_LEN, DEDUP_FLAG, Accumulator, Framed, Group
@@ -32,11 +33,15 @@ from .replies import parse_producer_init, parse_producer_register
 from .serde import (
     CODEC_CODES,
     KEY_TYPE_CODES,
+    PAIR_FORMATS,
+    PAIR_HEADER,
+    PAIR_VERSION,
     RECORD_HEADER,
     Serializer,
     encode_headers,
     encode_key,
     encode_value,
+    pair_codes,
 )
 from .structs import Record, RecordMetadata
 from .transaction import Transaction
@@ -445,12 +450,12 @@ class Producer(Lifecycle):
         order: list[int] = []
         meta = self._meta.get(topic)
         fast = encoded is None and self._serializer is None and not (meta and meta.config.ttl_ms)
-        dumps, pack, murmur, max_bytes = orjson.dumps, RECORD_HEADER.pack, _murmur, self._opt.max_message_bytes
+        dumps, pack, murmur, max_bytes = orjson.dumps, PAIR_HEADER.pack, _murmur, self._opt.max_message_bytes
         encode, choose = self._encode, self._choose
         inline = False
         for i, rec in enumerate(records):
             if isinstance(rec, Record):
-                value, key, headers, partition, ttl, dedup_key = rec
+                value, key, headers, partition, ttl, dedup_key = astuple(rec)
             else:
                 value, key, headers, partition, ttl, dedup_key = rec, None, None, None, None, None
             framed = None
@@ -478,7 +483,7 @@ class Producer(Lifecycle):
                     nbytes = len(data) + len(kb)
                     if nbytes <= max_bytes:
                         p = murmur(kb, 0, False) % n
-                        framed = pack(1, 0, len(kb), len(data), 0, 0), kb, data
+                        framed = pack(PAIR_VERSION, 3 + len(kb), len(data), b"2js"), kb, data
                         inline = True
             if framed is None:
                 framed, nbytes = encode(topic, value, key, headers, ttl) if encoded is None else encoded[i]
@@ -643,8 +648,11 @@ class Producer(Lifecycle):
         if dk is not None:
             header = RECORD_HEADER.pack(kt | DEDUP_FLAG, codec, len(kb), len(data), len(hb), len(expiry))
             return (header, kb, data + hb + expiry + _DEDUP_LEN.pack(len(dk)) + dk), nbytes + len(dk)
-        header = RECORD_HEADER.pack(kt, codec, len(kb), len(data), len(hb), len(expiry))
-        return (header, kb, data + hb + expiry if hb or expiry else data), nbytes
+        if hb or expiry:
+            header = RECORD_HEADER.pack(kt, codec, len(kb), len(data), len(hb), len(expiry))
+            return (header, kb, data + hb + expiry), nbytes
+        # no headers, no expiry: one field (format 2, docs/message-format.md)
+        return (PAIR_HEADER.pack(PAIR_VERSION, 3 + len(kb), len(data), PAIR_FORMATS[codec * 3 + kt]), kb, data), nbytes
 
     def _with_topic_ttl(self, topic: str, record: Framed) -> Framed:
         """Add the topic's default expiry to a record framed before its metadata was known."""
@@ -652,7 +660,11 @@ class Producer(Lifecycle):
         if meta is None or not meta.config.ttl_ms:
             return record
         header, kb, rest = record
-        kt, codec, _klen, vlen, hlen, xlen = RECORD_HEADER.unpack(header)
+        if header[0] == PAIR_VERSION:  # format 2 has no expiry: it becomes format 1
+            codec, kt = pair_codes(header)
+            header, vlen, hlen, xlen = RECORD_HEADER.pack(kt, codec, len(kb), len(rest), 0, 0), len(rest), 0, 0
+        else:
+            kt, codec, _klen, vlen, hlen, xlen = RECORD_HEADER.unpack(header)
         expiry = b"%d" % (int(time.time() * 1000) + meta.config.ttl_ms)
         header = RECORD_HEADER.pack(kt, codec, len(kb), vlen, hlen, len(expiry))
         return header, kb, rest[: vlen + hlen] + expiry + rest[vlen + hlen + xlen :]  # the dedup key's frame stays

@@ -1,6 +1,6 @@
-"""Serialization and the versioned stream-entry format (format ``1``).
+"""Serialization and the versioned stream-entry formats (``1`` and ``2``).
 
-A message is one stream entry with these fields::
+Format 1: a message is one stream entry with these fields::
 
     f    format: "1" (the version), then the value codec, then the key type:
            codec    j = JSON (orjson), b = raw bytes (untouched), c = custom serializer
@@ -12,6 +12,10 @@ A message is one stream entry with these fields::
     x    expiry, ms since the epoch; absent when the message has no TTL
     t    create timestamp, ms since the epoch; optional. redcurrent's producer leaves
          it out: the entry id's time (Redis's clock at append) is the timestamp.
+
+Format 2, the common record (no headers, no expiry) in one field: its name is "2",
+the codec letter, the key type letter, then the key bytes; its value is the value
+bytes. ``2js<key> -> <json>`` means exactly what ``f=1js v=<json> k=<key>`` means.
 
 Other languages write and read the same fields; see ``docs/message-format.md``.
 Fewer fields is a measured choice: the produce script's cost is per field.
@@ -51,6 +55,7 @@ RESERVED_HEADER_PREFIX = "rc-"  # header names redcurrent itself writes
 # Header of a transactional output: its input, "topic/partition/id" (docs/exactly-once.md, "Consume → produce").
 INPUT_HEADER = "rc-input"
 FORMAT_VERSION = 49  # ord("1"): the first byte of the format field
+PAIR_VERSION = 50  # ord("2"): the first byte of a format-2 entry's one field name
 TRIMMED = 0  # the fetch script puts integer 0 (no field value can be one) in the format slot of a deleted entry
 
 _CODEC_JSON = b"json"
@@ -60,6 +65,19 @@ _CODEC_CUSTOM = b"custom"
 KEY_TYPE_CODES = {b"": 0, b"s": 1, b"b": 2}
 CODEC_CODES = {_CODEC_JSON: 0, _CODEC_BYTES: 1, _CODEC_CUSTOM: 2}
 RECORD_HEADER = struct.Struct(">BBIIIB")
+# The produce script's frame of a format-2 record: PAIR_VERSION, the field name's length
+# (3 + the key's), the value's length, and the name's first 3 bytes ("2", codec, key
+# type); then the key and the value (lua/produce.lua). Its first byte tells it from a
+# RECORD_HEADER frame, whose first byte (the key type) is never PAIR_VERSION.
+PAIR_HEADER = struct.Struct(">BII3s")
+# The name prefix of a format-2 entry, by codec code * 3 + key type code.
+PAIR_FORMATS = (b"2jn", b"2js", b"2jb", b"2bn", b"2bs", b"2bb", b"2cn", b"2cs", b"2cb")
+_PAIR_CODES = {f: (i // 3, i % 3) for i, f in enumerate(PAIR_FORMATS)}
+
+
+def pair_codes(header: bytes) -> tuple[int, int]:
+    """(codec code, key type code) of a PAIR_HEADER frame."""
+    return _PAIR_CODES[header[-3:]]
 _CODEC_LETTER = {ord("j"): _CODEC_JSON, ord("b"): _CODEC_BYTES, ord("c"): _CODEC_CUSTOM}
 
 
@@ -191,9 +209,15 @@ def decode_entry(
 
 
 def entry_slots(entry_id: bytes, attempts: int, fields: list[bytes] | None) -> FetchedEntry:
-    """One entry's :class:`FetchedEntry` from its raw fields (None: deleted while pending)."""
+    """One entry's :class:`FetchedEntry` from its raw fields (None: deleted while pending).
+    A format-2 entry is read as the format-1 fields it stands for."""
     if fields is None:
         return _tuple_new(FetchedEntry, (entry_id, attempts, TRIMMED, b"", b"", b"", b"", b""))
+    if len(fields) == 2:
+        name = fields[0]
+        if isinstance(name, bytes) and name[:3] in _PAIR_CODES and (name[2] != 110 or len(name) == 3):  # 110: "n"
+            return _tuple_new(FetchedEntry, (entry_id, attempts, b"1" + name[1:3], fields[1], name[3:],
+                                             b"", b"", b""))
     by_name = dict(zip(fields[::2], fields[1::2], strict=True))
     get = by_name.get
     return _tuple_new(FetchedEntry, (entry_id, attempts, get(b"f", b""), get(b"v", b""), get(b"k", b""),
@@ -210,13 +234,21 @@ def decode_fields(
 ) -> Message:
     """Build a Message from one stream entry as XREADGROUP returns it (id, flat fields).
 
-    The producer writes the common record as exactly ``f, v, k`` (or ``f, v`` without a
-    key), so that shape is decoded without building the slots. Raises DecodeError."""
-    if deserializer is None and fields is not None and fields[0:1] == [b"f"]:
+    The producer writes the common record in format 2 (one field ``2js<key>``) or, with
+    headers or a TTL, format 1; the common shapes are decoded without building the
+    slots. Raises DecodeError."""
+    if deserializer is None and fields is not None:
         n = len(fields)
-        if n == 6 and fields[1] == b"1js" and fields[2] == b"v" and fields[4] == b"k":
+        if n == 2:
+            name = fields[0]
+            fmt = name[:3]
+            if fmt == b"2js":
+                return _plain(topic, partition, entry_id, attempts, name[3:], fields[1])
+            if fmt == b"2jn" and len(name) == 3:
+                return _plain(topic, partition, entry_id, attempts, None, fields[1])
+        elif n == 6 and fields[0] == b"f" and fields[1] == b"1js" and fields[2] == b"v" and fields[4] == b"k":
             return _plain(topic, partition, entry_id, attempts, fields[5], fields[3])
-        if n == 4 and fields[1] == b"1jn" and fields[2] == b"v":
+        elif n == 4 and fields[0] == b"f" and fields[1] == b"1jn" and fields[2] == b"v":
             return _plain(topic, partition, entry_id, attempts, None, fields[3])
     return decode_entry(topic, partition, entry_slots(entry_id, attempts, fields), deserializer)
 

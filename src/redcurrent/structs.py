@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
+
+import msgspec
 
 __all__ = [
     "GroupInfo",
@@ -32,15 +34,17 @@ class TopicPartition:
     partition: int
 
 
-class Record(NamedTuple):
+class Record(msgspec.Struct, frozen=True, repr_omit_defaults=True):
     """One record for :meth:`Producer.send_batch`.
 
     ``Record({"id": 1}, key="user-1", headers={"source": "web"}, ttl=60.0)``
 
     ``dedup_key``: see :meth:`Producer.send` (docs/exactly-once.md).
 
-    Immutable; a named tuple (as :class:`RecordMetadata` and :class:`Message` are)
-    because users make one per record on the hot path.
+    Immutable, compared by value, fields by name (``rec.key``); a copy with one field
+    changed is ``msgspec.structs.replace(rec, key=...)`` (or ``rec._replace(key=...)``,
+    as on a named tuple; unpacking and indexing work as on one too). A ``msgspec.Struct``, built in C, because users make one per
+    record on the hot path: it costs a fifth of a named tuple (docs/performance.md).
     """
 
     value: Any
@@ -49,6 +53,20 @@ class Record(NamedTuple):
     partition: int | None = None
     ttl: float | None = None
     dedup_key: str | None = None
+
+    def _replace(self, **changes: Any) -> Record:
+        """A copy with ``changes`` (the named tuple's spelling of ``msgspec.structs.replace``)."""
+        return msgspec.structs.replace(self, **changes)
+
+    # What code written for the named tuple did still works: unpacking, len, indexing.
+    def __iter__(self) -> Iterator[Any]:
+        return iter(msgspec.structs.astuple(self))
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, index: int | slice) -> Any:
+        return msgspec.structs.astuple(self)[index]
 
 
 class Output(NamedTuple):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from harness import NS, TOPIC, FaultRun
 from redis.asyncio import Redis
+from support.entries import as_fields
 from support.eventually import eventually
 from support.servers import ServerProcess
 
@@ -140,7 +141,7 @@ async def test_a_send_across_a_3s_redis_pause_is_stored_once_or_ambiguous(
             stream = Keys(ns).stream("paused", 0)
 
             async def stored() -> list[bytes]:
-                return [eid for eid, f in await raw.xrange(stream) if f[b"v"] == b'"once"']
+                return [eid for eid, f in await raw.xrange(stream) if as_fields(f)[b"v"] == b'"once"']
 
             ids = await eventually(stored, timeout=5)
             await asyncio.sleep(0.5)  # late attempts still in Redis's socket buffers

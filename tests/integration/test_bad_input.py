@@ -419,7 +419,11 @@ def test_good_records_round_trip_through_a_consumer_unchanged(
 # --------------------------------------------------------------------------- foreign and corrupt entries
 
 field_name = st.binary(max_size=6) | st.sampled_from(
-    [b"f", b"v", b"k", b"h", b"x", b"t", b"F", b"val"]
+    [
+        b"f", b"v", b"k", b"h", b"x", b"t", b"F", b"val",
+        # format-2 names (one field: "2", codec, key type, key), valid and near-valid
+        b"2js", b"2jsk", b"2jn", b"2bbk", b"2bs\xff", b"2cn", b"2jnk", b"2zzk", b"2j", b"2jx", b"1js",
+    ]
 )
 near_valid_format = st.builds(
     lambda codec, key: b"1" + codec + key,

@@ -33,6 +33,7 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from support.consuming import make_consumer, start_processing
+from support.entries import as_fields
 from support.eventually import eventually
 from support.proxy import FaultProxy
 
@@ -56,20 +57,22 @@ async def create_topic(url: str, namespace: str) -> None:
 async def entry_at(
     r: redis.asyncio.Redis, ns: str, partition: int, entry_id: str
 ) -> dict[bytes, bytes]:
-    """The fields of the entry ``entry_id`` of one partition (asserting it exists once)."""
+    """The fields of the entry ``entry_id`` of one partition (asserting it exists once),
+    in their format-1 view (f, v, k) whichever format they were written in."""
     found = await r.xrange(Keys(ns).stream(TOPIC, partition), entry_id, entry_id)
     assert len(found) == 1, f"{entry_id} not in partition {partition}"
-    return dict(found[0][1])
+    return as_fields(found[0][1])
 
 
 Where = tuple[int, str]  # (partition, entry id): ids are per partition, and do repeat
 
 
 async def all_entries(r: redis.asyncio.Redis, ns: str) -> dict[Where, dict[bytes, bytes]]:
+    """Every entry of the topic, by where it is, in its format-1 view (f, v, k)."""
     out: dict[Where, dict[bytes, bytes]] = {}
     for p in range(PARTITIONS):
         for eid, fields in await r.xrange(Keys(ns).stream(TOPIC, p)):
-            out[(p, eid.decode())] = dict(fields)
+            out[(p, eid.decode())] = as_fields(fields)
     return out
 
 

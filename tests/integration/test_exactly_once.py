@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import redis
+from support.entries import as_fields
 from support.eventually import eventually
 from support.proxy import FaultProxy
 from support.servers import AsyncClient, Cluster, Target
@@ -57,7 +58,7 @@ async def total(client: AsyncClient, namespace: str, topic: str, partitions: int
 
 
 async def values(client: AsyncClient, namespace: str, topic: str, partition: int) -> list[bytes]:
-    return [f[b"v"] for _, f in await client.xrange(Keys(namespace).stream(topic, partition))]
+    return [as_fields(f)[b"v"] for _, f in await client.xrange(Keys(namespace).stream(topic, partition))]
 
 
 # ----------------------------------------------------------------------------- dedup keys
@@ -244,7 +245,7 @@ async def test_an_ambiguous_send_with_dedup_keys_is_safe_to_retry(
         proxy.heal()
         meta = await producer.send("amb", "keyed", dedup_key="d1")
     stored = await r.xrange(Keys(namespace).stream("amb", 0))
-    assert [f[b"v"] for _, f in stored] == [b'"warm-up"', b'"plain"', b'"keyed"']
+    assert [as_fields(f)[b"v"] for _, f in stored] == [b'"warm-up"', b'"plain"', b'"keyed"']
     assert stored[2][0].decode() == meta.id
 
 

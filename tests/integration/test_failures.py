@@ -346,7 +346,8 @@ def test_backoff_math() -> None:
 
 
 _fields = st.dictionaries(
-    st.sampled_from([b"f", b"v", b"k", b"h", b"x", b"t", b"junk", b"1"]),
+    # format-1 names, junk, and format-2 names (one field "2" + codec + key type + key)
+    st.sampled_from([b"f", b"v", b"k", b"h", b"x", b"t", b"junk", b"1", b"2jsk", b"2jn", b"2bb", b"2zzk"]),
     st.binary(max_size=20)
     | st.sampled_from([b"1js", b"1bn", b"1jn", b"2js", b"1zz", b"{", b"1js "]),
     min_size=1,

@@ -21,6 +21,7 @@ from support.consuming import (
     start_processing,
     stop_all,
 )
+from support.entries import as_fields
 from support.eventually import eventually
 from support.servers import AsyncClient, Target
 
@@ -194,6 +195,7 @@ async def test_concurrent_sends_keep_each_keys_order_through_the_re_routing(
     stored: dict[str, list[tuple[bool, tuple[int, int], int]]] = {k: [] for k in keys}
     for p in range(12):
         for eid, fields in await target_client.xrange(Keys(ns).stream(TOPIC, p)):
+            fields = as_fields(fields)
             key, value = fields[b"k"].decode(), fields[b"v"]
             if key in stored and b"seq" in value:
                 eid = eid.decode()

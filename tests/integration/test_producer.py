@@ -20,6 +20,7 @@ import orjson
 import pytest
 import pytest_asyncio
 import redis
+from support.entries import as_fields
 from support.eventually import eventually
 from support.proxy import FaultProxy
 from support.servers import AsyncClient, Cluster, Target
@@ -146,6 +147,7 @@ async def test_same_key_same_partition_murmur3_mod_n(
         [(_eid, fields)] = await target_client.xrange(
             Keys(namespace).stream("keyed", m.partition), m.id, m.id
         )
+        fields = as_fields(fields)
         assert fields[b"k"] == keys[orjson.loads(fields[b"v"])].encode()
 
 
@@ -236,7 +238,7 @@ async def test_send_batch_returns_metadata_in_input_order(
         [(_, fields)] = await target_client.xrange(
             stream("batch", meta.partition), meta.id, meta.id
         )
-        assert orjson.loads(fields[b"v"]) == {"i": i}
+        assert orjson.loads(as_fields(fields)[b"v"]) == {"i": i}
     # per partition, input order is stream order
     for p in range(4):
         ids = [m.id for m in metas if m.partition == p]
@@ -310,7 +312,7 @@ async def test_send_batch_over_partitions_is_one_script_call_on_a_single_server(
     for p in range(8):
         stored = (await entries(target_client, namespace, "wide", p))[1 if p == 0 else 0 :]
         assert [eid for eid, _ in stored] == [m.id for m in metas if m.partition == p]
-        assert [orjson.loads(f[b"v"])["n"] for _, f in stored] == [
+        assert [orjson.loads(as_fields(f)[b"v"])["n"] for _, f in stored] == [
             i for i, m in enumerate(metas) if m.partition == p
         ]
 
@@ -342,7 +344,7 @@ async def test_one_script_call_checks_each_partitions_batch_on_its_own(
     assert notopic == [b"NOTOPIC"]
     assert ok[0] == b"OK" and ok[2] == b"3"
     assert [eid for eid, _ in await r.xrange(streams[2])] == ok[1].split(b",")
-    assert [f[b"v"] for _, f in await r.xrange(streams[0])] == [b"x"]
+    assert [as_fields(f)[b"v"] for _, f in await r.xrange(streams[0])] == [b"x"]
     assert await r.exists(streams[1], seqs[1]) == 0
     # the third batch's sequence is its own: its next batch starts at 3
     [nxt] = await scripts.run(
@@ -369,7 +371,7 @@ async def test_send_batch_refuses_nan_in_a_keyed_dict_and_keeps_real_nulls(
         assert sum(await lengths(target_client, namespace, "nulls", 4)) == 0
     metas = await producer.send_batch("nulls", ok)
     stored = {
-        (p, eid): orjson.loads(f[b"v"])
+        (p, eid): orjson.loads(as_fields(f)[b"v"])
         for p in range(4)
         for eid, f in await entries(target_client, namespace, "nulls", p)
     }
@@ -384,7 +386,9 @@ async def test_bytes_values_pass_untouched(
     meta = await producer.send("raw", raw, key=b"\x01\x02")
     [(eid, fields)] = await entries(target_client, namespace, "raw", 0)
     assert eid == meta.id
-    assert (fields[b"f"], fields[b"v"], fields[b"k"]) == (b"1bb", raw, b"\x01\x02")
+    # format 2: one field, "2" + codec b (bytes) + key type b (bytes) + the key -> the value
+    assert fields == {b"2bb\x01\x02": raw}
+    assert as_fields(fields) == {b"f": b"1bb", b"v": raw, b"k": b"\x01\x02"}
 
 
 async def test_custom_serializer_is_used(
@@ -393,7 +397,7 @@ async def test_custom_serializer_is_used(
     producer = make_producer(serializer=lambda v: repr(v).encode())
     await producer.send("custom", (1, 2))
     [(_, fields)] = await entries(target_client, namespace, "custom", 0)
-    assert (fields[b"f"], fields[b"v"]) == (b"1cn", b"(1, 2)")
+    assert fields == {b"2cn": b"(1, 2)"}  # format 2: codec c (custom), no key
 
 
 async def test_headers_round_trip_in_the_stream_fields(
@@ -404,8 +408,10 @@ async def test_headers_round_trip_in_the_stream_fields(
     await producer.send("h", 1, headers=headers)
     await producer.send("h", 2)
     [(_, with_h), (_, without)] = await entries(target_client, namespace, "h", 0)
+    # with headers: format 1, and absent fields (k) are not written at all
+    assert with_h.keys() == {b"f", b"v", b"h"} and with_h[b"f"] == b"1jn" and with_h[b"v"] == b"1"
     assert orjson.loads(with_h[b"h"]) == headers
-    assert without == {b"f": b"1jn", b"v": b"2"}  # absent fields are not written at all
+    assert without == {b"2jn": b"2"}  # the common record: format 2, one field
 
 
 async def test_ttl_sets_the_expiry_field(
@@ -414,6 +420,8 @@ async def test_ttl_sets_the_expiry_field(
     producer = make_producer()
     meta = await producer.send("ttl", 1, ttl=2.5)
     [(_, fields)] = await entries(target_client, namespace, "ttl", 0)
+    # a record with a TTL stays format 1: f, v and the expiry x (no key: no k)
+    assert fields.keys() == {b"f", b"v", b"x"} and (fields[b"f"], fields[b"v"]) == (b"1jn", b"1")
     # expiry = local send time + ttl; the timestamp is Redis's append time: a few ms apart
     assert abs(int(fields[b"x"]) - (meta.timestamp + 2500)) < 500
     for bad in (0, -1.0, float("inf"), "5"):
@@ -518,7 +526,7 @@ async def test_maxlen_trims_the_topic_approximately(
     assert 100 <= length < 1000, length  # approximate (~): whole stream nodes are dropped
     # the newest entries are the ones kept
     last = (await target_client.xrevrange(Keys(namespace).stream("capped", 0), count=1))[0][1]
-    assert orjson.loads(last[b"v"]) == {"i": 499}
+    assert orjson.loads(as_fields(last)[b"v"]) == {"i": 499}
 
 
 async def test_producer_uses_new_partitions_within_a_second(
@@ -630,7 +638,7 @@ async def test_produce_script_stores_a_retried_sequence_once(
         target_client, produce, [stream, seq_key, marker, barrier, *extra], args("p1", 1, [b"zzz"])
     )
     assert stale == [b"STALE", 3]
-    assert [f[b"v"] for _, f in await target_client.xrange(stream)] == [b"a", b"b", b"c"]
+    assert [as_fields(f)[b"v"] for _, f in await target_client.xrange(stream)] == [b"a", b"b", b"c"]
     # another producer id has its own sequence
     other = keys.producer_seq("idem", 0, "p2")
     assert (
@@ -689,7 +697,7 @@ async def test_send_whose_reply_was_lost_is_retried_and_stored_once(
         assert proxy.dropped_replies == 1  # the reply really was lost...
         assert proxy.seen(b"EVALSHA") - sent_before >= 2  # ...and the send really was retried
     stored = await entries(r, namespace, "lost", 0)
-    assert [f[b"v"] for _, f in stored] == [b'"warm-up"', b'"exactly-once"']
+    assert [as_fields(f)[b"v"] for _, f in stored] == [b'"warm-up"', b'"exactly-once"']
     assert stored[1][0] == meta.id  # the retry reported the id of the first write
 
 
@@ -732,7 +740,7 @@ async def test_lost_replies_are_retried_until_delivery_timeout_then_ambiguous(
         assert proxy.dropped_replies >= 3  # retried, with backoff, not once
         proxy.heal()
         assert (await producer.send("down", "after")).partition == 0
-    values = [f[b"v"] for _, f in await entries(r, namespace, "down", 0)]
+    values = [as_fields(f)[b"v"] for _, f in await entries(r, namespace, "down", 0)]
     assert values == [b'"warm-up"', b'"once"', b'"after"']  # every retry was a DUP
 
 
@@ -751,7 +759,7 @@ async def test_unreachable_redis_is_retriable_only_when_no_attempt_was_sent(
             await producer.send("refused", "never")
         assert type(err.value) is RedcurrentConnectionError and err.value.retriable
         assert "nothing was stored" in str(err.value) and "connecting to" in str(err.value)
-    assert [f[b"v"] for _, f in await entries(r, namespace, "refused", 0)] == [b'"warm-up"']
+    assert [as_fields(f)[b"v"] for _, f in await entries(r, namespace, "refused", 0)] == [b'"warm-up"']
 
 
 async def test_non_idempotent_send_with_lost_reply_is_ambiguous(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from redis.asyncio import Redis
+from support.entries import as_fields
 from support.eventually import eventually
 from support.servers import ServerProcess
 
@@ -49,7 +50,7 @@ async def test_replica_acks_wait_for_a_replica_and_fail_clearly_without_one(
                     replica.resume()
                 # Retried while unconfirmed, yet written once (idempotent sequence).
                 entries = await r.xrange(Keys(namespace).stream("t", 0))
-                assert [e[1][b"v"] for e in entries] == [b'{"n":1}', b'{"n":2}']
+                assert [as_fields(e[1])[b"v"] for e in entries] == [b'{"n":1}', b'{"n":2}']
             finally:
                 await r.aclose()
 

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import redis
 from support.consuming import HB, REBALANCE, SESSION
+from support.entries import as_fields
 from support.servers import Target
 
 import redcurrent
@@ -390,7 +391,7 @@ def test_a_producer_made_before_fork_works_in_the_child_and_a_used_one_refuses(
     """)
     assert result.returncode == 0, result.stderr
     assert "refused: this Producer was used before os.fork()" in result.stdout
-    who = sorted(f[b"v"] for _, f in client.xrange(Keys(namespace).stream("fork", 0)))
+    who = sorted(as_fields(f)[b"v"] for _, f in client.xrange(Keys(namespace).stream("fork", 0)))
     assert who == [b'{"who":"child"}', b'{"who":"parent"}']
 
 

@@ -3,6 +3,11 @@
 A fetch-reply record is the list of slots the fetch script returns per entry (see
 ``lua/fetch.lua``): ``id, attempts`` and then the entry's fields in ``FIELDS`` order,
 "" for an absent field. The format field ``f`` is "1" + codec letter + key-type letter.
+
+Format 2, the common record (no headers, no expiry) as XREADGROUP returns it: ONE field
+whose name is "2" + codec letter + key-type letter + the key bytes, and whose value is
+the value bytes. ``entry_slots`` reads it as the format-1 slots it stands for, and
+``decode_fields`` decodes it exactly as the format-1 entry.
 """
 
 from __future__ import annotations
@@ -20,11 +25,14 @@ from hypothesis import strategies as st
 from redcurrent.errors import DecodeError, RedcurrentError, SerializationError
 from redcurrent.serde import (
     RESERVED_HEADER_PREFIX,
+    FetchedEntry,
     Serializer,
     decode_entry,
+    decode_fields,
     encode_headers,
     encode_key,
     encode_value,
+    entry_slots,
 )
 from redcurrent.structs import Message
 
@@ -288,3 +296,161 @@ def test_decode_error_is_a_redcurrent_error() -> None:
 def test_headers_that_are_not_str_to_str_are_decode_error() -> None:
     with pytest.raises(DecodeError, match="header"):
         decode_entry("t", 0, corrupt(h=b'{"n": 1}'), None)
+
+
+# ----------------------------------------------------------------------------- format 2
+
+
+def format1_flat(value: Any, key: object = None, serializer: Serializer | None = None) -> list[bytes]:
+    """The flat fields (as XREADGROUP returns them) of a format-1 entry for a record."""
+    codec, data = encode_value(value, serializer)
+    kt, kb = encode_key(key)
+    flat = [b"f", b"1" + CODEC_LETTER[codec] + KEY_LETTER[kt], b"v", data]
+    return [*flat, b"k", kb] if kt else flat
+
+
+def format2_flat(value: Any, key: object = None, serializer: Serializer | None = None) -> list[bytes]:
+    """The flat fields of the format-2 entry for the same record: one field."""
+    codec, data = encode_value(value, serializer)
+    kt, kb = encode_key(key)
+    return [b"2" + CODEC_LETTER[codec] + KEY_LETTER[kt] + kb, data]
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ([b"2jsuser-1", b'{"id":1}'], (b"1js", b'{"id":1}', b"user-1")),
+        ([b"2jn", b'"x"'], (b"1jn", b'"x"', b"")),
+        ([b"2jb\x00\xff", b"[1]"], (b"1jb", b"[1]", b"\x00\xff")),
+        ([b"2bn", b"\x00raw"], (b"1bn", b"\x00raw", b"")),
+        ([b"2bsk", b"\x01"], (b"1bs", b"\x01", b"k")),
+        ([b"2bbkey", b"\x00\x01"], (b"1bb", b"\x00\x01", b"key")),
+        ([b"2cn", b"(1, 2)"], (b"1cn", b"(1, 2)", b"")),
+        ([b"2csk", b"c"], (b"1cs", b"c", b"k")),
+        ([b"2cb\xfe", b"c"], (b"1cb", b"c", b"\xfe")),
+        ([b"2js", b"1"], (b"1js", b"1", b"")),  # an empty str key is still a key
+        ([b"2js2jsk", b"1"], (b"1js", b"1", b"2jsk")),  # the key is whatever follows, as it is
+    ],
+)
+def test_entry_slots_read_a_format2_entry_as_its_format1_fields(
+    fields: list[bytes], expected: tuple[bytes, bytes, bytes]
+) -> None:
+    fmt, value, key = expected
+    assert entry_slots(ENTRY_ID, 3, fields) == FetchedEntry(ENTRY_ID, 3, fmt, value, key, b"", b"", b"")
+
+
+def test_entry_slots_of_a_format1_entry_and_of_a_deleted_one_are_unchanged() -> None:
+    flat = [b"f", b"1js", b"v", b"1", b"k", b"a", b"h", b'{"h":"1"}', b"x", b"9"]
+    assert entry_slots(ENTRY_ID, 1, flat) == FetchedEntry(ENTRY_ID, 1, b"1js", b"1", b"a", b'{"h":"1"}', b"9", b"")
+    # a format-1 entry of two fields (f alone) is not taken for a format-2 one
+    assert entry_slots(ENTRY_ID, 1, [b"f", b"1jn"]).fmt == b"1jn"
+    assert entry_slots(ENTRY_ID, 1, None).fmt == 0  # deleted while pending: the trimmed marker
+
+
+@pytest.mark.parametrize("name", [b"2zzk", b"hello", b"2", b"2j", b"2jx", b"2xs", b"1js", b"3jsk", b"v", b""])
+def test_entry_slots_of_a_one_field_entry_that_is_not_format2_is_foreign(name: bytes) -> None:
+    """Not a format-2 name: no format field at all, so decoding says it is no redcurrent entry."""
+    entry = entry_slots(ENTRY_ID, 1, [name, b"x"])
+    assert entry.fmt == b""
+    with pytest.raises(DecodeError, match="missing format field: not a redcurrent entry"):
+        decode_entry("t", 0, entry, None)
+    with pytest.raises(DecodeError, match="missing format field: not a redcurrent entry"):
+        decode_fields("t", 0, ENTRY_ID, 1, [name, b"x"], None)
+
+
+def test_decode_fields_of_format2_entries() -> None:
+    def decode(fields: list[bytes], de: Any = None) -> Message:
+        return decode_fields("orders", 2, ENTRY_ID, 4, fields, de)
+
+    msg = decode([b"2jsuser-1", b'{"id":1}'])
+    assert msg == Message("orders", 2, "1700000000123-0", "user-1", {"id": 1}, {}, TS, 4, None)
+    assert decode([b"2jn", b'"x"']) == Message("orders", 2, "1700000000123-0", None, "x", {}, TS, 4, None)
+    bs = decode([b"2bsk\xc3\xa9", b"\x00\x01"])  # raw bytes value, a UTF-8 str key
+    assert (bs.key, bs.value) == ("k\u00e9", b"\x00\x01") and type(bs.value) is bytes
+    assert decode([b"2bbkey", b"\x00"]).key == b"key"
+    jb = decode([b"2jb\xff", b"[1,2]"])
+    assert (jb.key, jb.value) == (b"\xff", [1, 2])
+
+
+def test_decode_fields_of_a_format2_custom_value_with_and_without_a_deserializer() -> None:
+    seen: list[bytes] = []
+
+    def de(data: bytes) -> Any:
+        seen.append(data)
+        return ("decoded", data)
+
+    with_de = decode_fields("t", 0, ENTRY_ID, 1, [b"2cbk\x00", b"payload"], de)
+    assert (with_de.key, with_de.value) == (b"k\x00", ("decoded", b"payload")) and seen == [b"payload"]
+    without = decode_fields("t", 0, ENTRY_ID, 1, [b"2cbk\x00", b"payload"], None)
+    assert (without.key, without.value) == (b"k\x00", b"payload")  # a custom value stays its bytes
+    # with a deserializer, a JSON value goes through it too (as in format 1), keyless or not
+    assert decode_fields("t", 0, ENTRY_ID, 1, [b"2jsk", b"1"], de).value == ("decoded", b"1")
+    assert decode_fields("t", 0, ENTRY_ID, 1, [b"2jn", b"2"], de).value == ("decoded", b"2")
+    # raw bytes never go through the deserializer
+    assert decode_fields("t", 0, ENTRY_ID, 1, [b"2bn", b"3"], de).value == b"3"
+    assert seen == [b"payload", b"1", b"2"]
+
+
+def test_a_failing_deserializer_on_a_format2_entry_is_decode_error() -> None:
+    def de(b: bytes) -> Any:
+        raise RuntimeError("user code broke")
+
+    with pytest.raises(DecodeError, match="RuntimeError: user code broke"):
+        decode_fields("t", 0, ENTRY_ID, 1, [b"2cs", b"x"], de)
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ([b"2jsk", b"{not json"], "JSONDecodeError"),
+        ([b"2jn", b""], "JSONDecodeError"),
+        ([b"2js\xff", b"1"], "UnicodeDecodeError"),  # a str key that is not UTF-8
+        ([b"2bs\xff", b"1"], "UnicodeDecodeError"),
+        ([b"2zzk", b"x"], "missing format field"),
+        ([b"hello", b"x"], "missing format field"),
+    ],
+)
+def test_corrupt_format2_entries_raise_decode_error(fields: list[bytes], reason: str) -> None:
+    for de in (None, orjson.loads):
+        with pytest.raises(DecodeError, match=re.escape(reason)):
+            decode_fields("t", 0, ENTRY_ID, 1, fields, de)
+
+
+def test_a_corrupt_format2_entry_id_is_decode_error() -> None:
+    with pytest.raises(DecodeError, match="ValueError"):
+        decode_fields("t", 0, b"not-an-id", 1, [b"2jsk", b"1"], None)
+
+
+@given(json_values, keys, st.integers(1, 1000))
+def test_format2_decodes_exactly_as_format1(value: Any, key: str | bytes | None, attempts: int) -> None:
+    one = decode_fields("t", 1, ENTRY_ID, attempts, format1_flat(value, key), None)
+    two = decode_fields("t", 1, ENTRY_ID, attempts, format2_flat(value, key), None)
+    assert two == one == Message("t", 1, "1700000000123-0", key, value, {}, TS, attempts, None)
+    assert type(two.key) is type(key)
+    # the same through the slots (the path a dead letter and a re-read take)
+    slots2 = entry_slots(ENTRY_ID, attempts, format2_flat(value, key))
+    assert slots2 == entry_slots(ENTRY_ID, attempts, format1_flat(value, key))
+
+
+@given(st.binary(max_size=60), text, keys)
+def test_format2_bytes_and_custom_values_decode_exactly_as_format1(
+    data: bytes, custom: str, key: str | bytes | None
+) -> None:
+    one = decode_fields("t", 0, ENTRY_ID, 1, format1_flat(data, key), None)
+    two = decode_fields("t", 0, ENTRY_ID, 1, format2_flat(data, key), None)
+    assert two == one and type(two.key) is type(key)
+    assert two.value == data and type(two.value) is bytes  # bytes pass untouched
+
+    def ser(v: str) -> bytes:
+        return b"X" + v.encode()
+
+    def de(b: bytes) -> str:
+        assert b[:1] == b"X"
+        return b[1:].decode()
+
+    assert format2_flat(custom, key, ser)[0][:2] == b"2c"
+    for deserializer, expected in ((de, custom), (None, ser(custom))):
+        one = decode_fields("t", 0, ENTRY_ID, 1, format1_flat(custom, key, ser), deserializer)
+        two = decode_fields("t", 0, ENTRY_ID, 1, format2_flat(custom, key, ser), deserializer)
+        assert two == one and type(two.key) is type(key)
+        assert two.value == expected

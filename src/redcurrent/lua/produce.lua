@@ -26,11 +26,18 @@
 --         [6j+8] the topic metadata version the batch's records were routed with
 --         [6j+9] the topic's dedup window in ms, or "" when no record of the batch has a
 --                dedup key (then the plain loop runs: no per-record dedup work)
---         [6j+10] the records, framed back to back; each is a 15-byte header
---                struct ">BBI4I4I4B": key type (0 none, 1 str, 2 bytes; +128: a dedup key
---                follows the record), codec (0 json, 1 bytes, 2 custom), key len, value
---                len, headers len, expiry len; then the key, value, headers and expiry
---                bytes; with +128, then a 2-byte length and the dedup key.
+--         [6j+10] the records, framed back to back, each in one of two frames:
+--                format 2 (the common record: no headers, no TTL, no dedup key), a
+--                12-byte header struct ">BI4I4": 50 (the byte "2"), the field name's
+--                length, the value's length; then the field name ("2", the codec letter,
+--                the key type letter, the key bytes) and the value. Written as an entry
+--                of that one field (docs/message-format.md).
+--                format 1, a 15-byte header struct ">BBI4I4I4B": key type (0 none, 1 str,
+--                2 bytes; +128: a dedup key follows the record), codec (0 json, 1 bytes,
+--                2 custom), key len, value len, headers len, expiry len; then the key,
+--                value, headers and expiry bytes; with +128, then a 2-byte length and
+--                the dedup key. Written as an entry of fields f, v, k, h, x.
+--                The first byte tells them apart: a key type is never 50.
 --                (One argument per batch: per-argument packing is the client's cost.)
 -- Reply:  one reply per batch, in the order of the batches:
 --         {"OK", "id,id,...", version}    written now (the ids comma-joined: one bulk
@@ -66,7 +73,6 @@ local pid = ARGV[1]
 local window = ARGV[2]
 local epoch = ARGV[3]
 local txn = ARGV[4] == 'T'
-local FMT = RECORD_FMT  -- the format field (_prelude.lua)
 
 -- The ids of a stored batch, from its sequence state (without the epoch prefix).
 local function stored_ids(state)
@@ -89,57 +95,65 @@ local function replay(state, first)
   return {'DUP', stored_ids(state)}
 end
 
--- The plain batch's loop. It inlines the common record (a key, no headers, no TTL)
--- rather than calling xadd_record: this is the hottest loop of the library, and a Lua
--- call per record is measurable there.
+-- The plain batch's loop. A format-2 record is one field: the XADD takes its name and
+-- value as they are framed. This is the hottest loop of the library: a Lua call or a
+-- table per record is measurable here, so the format-1 record is inlined too.
+local unpack_, sub = struct.unpack, string.sub
 local function append(stream, blob)
-  local ids, pos, n = {}, 1, 0
-  while pos <= #blob do
-    local kt, codec, klen, vlen, hlen, xlen, p = struct.unpack('>BBI4I4I4B', blob, pos)
-    local vs = p + klen
-    local hs = vs + vlen
+  local ids, pos, n, last = {}, 1, 0, #blob
+  while pos <= last do
+    local kind, nlen, vlen, p = unpack_('>BI4I4', blob, pos)
     n = n + 1
-    if hlen == 0 and xlen == 0 and kt ~= 0 then
-      -- the common record (a key, no headers, no TTL): no table to build and unpack
-      ids[n] = redis.call('XADD', stream, '*', 'f', FMT[codec * 3 + kt],
-        'v', string.sub(blob, vs, hs - 1), 'k', string.sub(blob, p, vs - 1))
+    if kind == 50 then
+      local vs = p + nlen
+      pos = vs + vlen
+      ids[n] = redis.call('XADD', stream, '*', sub(blob, p, vs - 1), sub(blob, vs, pos - 1))
     else
-      local f = {'f', FMT[codec * 3 + kt], 'v', string.sub(blob, vs, hs - 1)}
-      if kt ~= 0 then f[5] = 'k'; f[6] = string.sub(blob, p, vs - 1) end
-      if hlen > 0 then f[#f + 1] = 'h'; f[#f + 1] = string.sub(blob, hs, hs + hlen - 1) end
-      if xlen > 0 then f[#f + 1] = 'x'; f[#f + 1] = string.sub(blob, hs + hlen, hs + hlen + xlen - 1) end
-      ids[n] = redis.call('XADD', stream, '*', unpack(f))
+      local kt, codec, klen, hlen, xlen
+      kt, codec, klen, vlen, hlen, xlen, p = unpack_('>BBI4I4I4B', blob, pos)
+      local vs = p + klen
+      local hs = vs + vlen
+      ids[n] = xadd_record(stream, blob, kt, codec, p, vs, hs, hlen, xlen)
+      pos = hs + hlen + xlen
     end
-    pos = hs + hlen + xlen
   end
   return ids, n
 end
 
 -- append, for a batch with dedup keys: a record whose key (prefix .. D) exists is not
 -- written and takes the stored id; otherwise it is written and its id kept for `dwin` ms.
+-- Only format-1 records carry a dedup key; a format-2 record is written as in append.
 local function append_dedup(stream, blob, prefix, dwin)
   local ids, pos, n = {}, 1, 0
   while pos <= #blob do
-    local kt, codec, klen, vlen, hlen, xlen, p = struct.unpack('>BBI4I4I4B', blob, pos)
-    local vs = p + klen
-    local hs = vs + vlen
-    local xe = hs + hlen + xlen
-    local dkey
-    if kt >= 128 then
-      kt = kt - 128
-      local dlen = struct.unpack('>H', blob, xe)
-      dkey = prefix .. string.sub(blob, xe + 2, xe + 1 + dlen)
-      pos = xe + 2 + dlen
-    else
-      pos = xe
-    end
+    local kind, nlen, vlen, p = unpack_('>BI4I4', blob, pos)
     n = n + 1
-    local seen = dkey and redis.call('GET', dkey)
-    if seen then
-      ids[n] = seen
+    if kind == 50 then
+      local vs = p + nlen
+      pos = vs + vlen
+      ids[n] = redis.call('XADD', stream, '*', sub(blob, p, vs - 1), sub(blob, vs, pos - 1))
     else
-      ids[n] = xadd_record(stream, blob, kt, codec, p, vs, hs, hlen, xlen)
-      if dkey then redis.call('SET', dkey, ids[n], 'PX', dwin) end
+      local kt, codec, klen, hlen, xlen
+      kt, codec, klen, vlen, hlen, xlen, p = unpack_('>BBI4I4I4B', blob, pos)
+      local vs = p + klen
+      local hs = vs + vlen
+      local xe = hs + hlen + xlen
+      local dkey
+      if kt >= 128 then
+        kt = kt - 128
+        local dlen = unpack_('>H', blob, xe)
+        dkey = prefix .. sub(blob, xe + 2, xe + 1 + dlen)
+        pos = xe + 2 + dlen
+      else
+        pos = xe
+      end
+      local seen = dkey and redis.call('GET', dkey)
+      if seen then
+        ids[n] = seen
+      else
+        ids[n] = xadd_record(stream, blob, kt, codec, p, vs, hs, hlen, xlen)
+        if dkey then redis.call('SET', dkey, ids[n], 'PX', dwin) end
+      end
     end
   end
   return ids, n
