@@ -31,9 +31,9 @@ WORKER = textwrap.dedent(
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     async def handle(msgs):
-        os.write(fd, (json.dumps({"e": "start", "ids": [m.id for m in msgs]}) + "\\n").encode())
+        os.write(fd, (json.dumps({"e": "start", "ids": [f"{m.partition}/{m.id}" for m in msgs]}) + "\\n").encode())
         await asyncio.sleep(1.0)
-        os.write(fd, (json.dumps({"e": "done", "ids": [m.id for m in msgs]}) + "\\n").encode())
+        os.write(fd, (json.dumps({"e": "done", "ids": [f"{m.partition}/{m.id}" for m in msgs]}) + "\\n").encode())
 
     async def main():
         c = Consumer("t", group="g", url=url, namespace=ns, start="earliest", batch_size=5,
@@ -53,14 +53,14 @@ def events(log: Path) -> list[dict[str, Any]]:
 
 
 async def drain(url: str, ns: str, expected: set[str]) -> tuple[set[str], set[str]]:
-    """Consume until ``expected`` is seen; returns (ids seen, ids seen past attempt 1)."""
+    """Consume until ``expected`` ("partition/id") is seen; returns (seen, seen past attempt 1)."""
     got: set[str] = set()
     again: set[str] = set()
 
     async def handle(msg: Message) -> None:
-        got.add(msg.id)
+        got.add(f"{msg.partition}/{msg.id}")
         if msg.attempts != 1:
-            again.add(msg.id)
+            again.add(f"{msg.partition}/{msg.id}")
 
     async with Consumer(
         "t",
@@ -83,7 +83,9 @@ async def setup(url: str, ns: str, n: int) -> set[str]:
         await admin.create_topic("t", 2)
     async with Producer(url, namespace=ns) as p:
         metas = await p.send_batch("t", [Record(i, key=f"k{i}") for i in range(n)])
-    return {m.id for m in metas}
+    # "partition/id": entry ids are per stream, and one script call writes both
+    # partitions in the same millisecond, so the same id can name one entry in each
+    return {f"{m.partition}/{m.id}" for m in metas}
 
 
 def spawn(url: str, ns: str, log: Path, grace: float) -> subprocess.Popen[bytes]:
@@ -118,7 +120,7 @@ async def test_sigterm_during_a_batch_finishes_it_acks_and_releases(
         # read a batch that was then never handed out: it stays pending for the next
         # owner, with its delivery count given back (a graceful stop costs no attempt).
         pending = await r.xpending_range(keys.stream("t", p), "g", "-", "+", 100)
-        assert not {e["message_id"].decode() for e in pending} & handled
+        assert not {f"{p}/{e['message_id'].decode()}" for e in pending} & handled
         assert all(e["times_delivered"] == 0 for e in pending), pending
     rest, again = await drain(redis_url, namespace, ids - handled)
     assert not again  # the stopped worker's unhandled reads cost no attempt
