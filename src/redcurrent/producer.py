@@ -662,7 +662,7 @@ class Producer(Lifecycle):
         header, kb, rest = record
         if header[0] == PAIR_VERSION:  # format 2 has no expiry: it becomes format 1
             codec, kt = pair_codes(header)
-            header, vlen, hlen, xlen = RECORD_HEADER.pack(kt, codec, len(kb), len(rest), 0, 0), len(rest), 0, 0
+            vlen, hlen, xlen = len(rest), 0, 0
         else:
             kt, codec, _klen, vlen, hlen, xlen = RECORD_HEADER.unpack(header)
         expiry = b"%d" % (int(time.time() * 1000) + meta.config.ttl_ms)

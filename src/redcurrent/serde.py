@@ -75,10 +75,12 @@ PAIR_FORMATS = (b"2jn", b"2js", b"2jb", b"2bn", b"2bs", b"2bb", b"2cn", b"2cs", 
 _PAIR_CODES = {f: (i // 3, i % 3) for i, f in enumerate(PAIR_FORMATS)}
 
 
+_CODEC_LETTER = {ord("j"): _CODEC_JSON, ord("b"): _CODEC_BYTES, ord("c"): _CODEC_CUSTOM}
+
+
 def pair_codes(header: bytes) -> tuple[int, int]:
     """(codec code, key type code) of a PAIR_HEADER frame."""
     return _PAIR_CODES[header[-3:]]
-_CODEC_LETTER = {ord("j"): _CODEC_JSON, ord("b"): _CODEC_BYTES, ord("c"): _CODEC_CUSTOM}
 
 
 def encode_value(value: Any, serializer: Serializer | None) -> tuple[bytes, bytes]:

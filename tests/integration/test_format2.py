@@ -212,6 +212,14 @@ NOT_FORMAT_2: list[dict[bytes, bytes]] = [
 ]
 
 
+async def dead_letter_fields(client: AsyncClient, namespace: str, topic: str, n: int) -> dict[str, dict[bytes, bytes]]:
+    """Group g's dead letters of ``topic`` as raw fields, by original id; asserts there are ``n``."""
+    raw = await client.xrange(Keys(namespace).dead_letters(topic, "g"))
+    out = {f[b"id"].decode(): dict(f) for _, f in raw}
+    assert len(out) == n
+    return out
+
+
 async def test_a_one_field_entry_that_is_not_format2_is_dead_lettered_with_its_field(
     target: Target, target_client: AsyncClient, admin: Admin, namespace: str
 ) -> None:
@@ -223,13 +231,8 @@ async def test_a_one_field_entry_that_is_not_format2_is_dead_lettered_with_its_f
     assert list(inbox.messages) == [after] and inbox.messages[after].value == "after"
     assert inbox.messages[after].key == "ok"
 
-    async def letters() -> dict[str, dict[bytes, bytes]]:
-        raw = await target_client.xrange(Keys(namespace).dead_letters("bad", "g"))
-        out = {f[b"id"].decode(): dict(f) for _, f in raw}
-        assert len(out) == len(NOT_FORMAT_2)
-        return out
-
-    dead = await eventually(letters, timeout=10, message="not dead-lettered")
+    dead = await eventually(lambda: dead_letter_fields(target_client, namespace, "bad", len(NOT_FORMAT_2)),
+                            timeout=10, message="not dead-lettered")
     assert sorted(dead) == sorted(bad_ids)  # each once
     for eid, fields in zip(bad_ids, NOT_FORMAT_2, strict=True):
         letter = dead[eid]
@@ -258,13 +261,8 @@ async def test_a_format2_entry_that_does_not_decode_is_dead_lettered_as_its_form
     inbox = await consume(target.url, namespace, "poison", lambda i: ids[-1] in i.messages)
     assert list(inbox.messages) == [ids[-1]]
 
-    async def letters() -> dict[str, dict[bytes, bytes]]:
-        raw = await target_client.xrange(Keys(namespace).dead_letters("poison", "g"))
-        out = {f[b"id"].decode(): dict(f) for _, f in raw}
-        assert len(out) == len(entries)
-        return out
-
-    dead = await eventually(letters, timeout=10, message="not dead-lettered")
+    dead = await eventually(lambda: dead_letter_fields(target_client, namespace, "poison", len(entries)),
+                            timeout=10, message="not dead-lettered")
     assert sorted(dead) == sorted(ids[:-1])
     for eid, fields in zip(ids[:-1], entries, strict=True):
         letter = dead[eid]
