@@ -454,27 +454,11 @@ class ShareConsumer(Lifecycle):
 
     async def _dead_letter(self, tp: TopicPartition, entry_id: str, count: int, reason: str, attempts: int,
                            error: BaseException | None) -> None:
-        """Renew the lock (FencedError: nothing written), write the dead letter, accept.
-
-        The write and the accept go together: cancelled between them, a dead-lettered
-        entry would stay pending and be delivered again (once its lock expired, or when
-        this member leaves). A cancellation waits for the pair (each call bounded by
-        ``request_timeout``), then stands."""
+        """Renew the lock (FencedError: nothing written), write the dead letter, accept."""
         await self._settle(tp, entry_id, count, "renew")
         held = self._held.get((tp.topic, tp.partition, entry_id))
-
-        async def write_and_accept() -> None:
-            await self._write_dead_letter(tp, entry_id, held.fields if held else None, reason, attempts, error)
-            await self._settle(tp, entry_id, count, "accept")
-
-        pair = asyncio.ensure_future(write_and_accept())
-        try:
-            await asyncio.shield(pair)
-        except asyncio.CancelledError:
-            await asyncio.wait({pair})
-            if not pair.cancelled():
-                pair.exception()  # retrieved: the cancellation is what propagates
-            raise
+        await self._write_dead_letter(tp, entry_id, held.fields if held else None, reason, attempts, error)
+        await self._settle(tp, entry_id, count, "accept")
 
     async def _write_dead_letter(self, tp: TopicPartition, entry_id: str, fields: list[bytes] | None,
                                  reason: str, attempts: int, error: BaseException | None) -> None:

@@ -528,33 +528,3 @@ async def test_stop_from_a_handler_ends_process_and_releases_what_it_held(
     assert sorted(first + [where(m) for m in rest]) == sorted(ids)
     # the 7 acquired and never handed out kept their delivery count
     assert sorted(m.attempts for m in rest) == [1] * 17
-
-
-async def test_a_cancel_between_dead_letter_and_accept_does_not_deliver_it_again(
-        target: Target, admin: Admin, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A dead letter and its accept go together: a member cancelled after the dead letter
-    is written (its accept slowed down here) still accepts it, so nobody gets it again."""
-    await admin.create_topic("t", 1)
-    await produce(target, namespace, 1)
-    real = ShareConsumer._settle
-
-    async def slow_accept(self: ShareConsumer, tp: Any, entry_id: str, count: int, action: str) -> None:
-        if action == "accept":
-            await asyncio.sleep(0.3)
-        await real(self, tp, entry_id, count, action)
-
-    monkeypatch.setattr(ShareConsumer, "_settle", slow_accept)
-    async with share(target, namespace) as sc:
-        async def reject_all() -> None:
-            async for msg in sc:
-                await sc.acknowledge(msg, "reject")
-
-        task = asyncio.create_task(reject_all())
-        await eventually(lambda: _count_is(admin, 1), timeout=10, message="the dead letter")
-        task.cancel()  # between the dead letter and its accept
-        await asyncio.gather(task, return_exceptions=True)
-    monkeypatch.undo()
-    async with share(target, namespace) as sc:
-        assert await nothing_within(sc, 0.5)
-    info = await admin.describe_share_group("t", "g")
-    assert not info.in_flight
