@@ -362,6 +362,11 @@ class Consumer(Lifecycle):
         self._use(mode, dispatcher)
         try:
             await self._ended.wait()
+            inner = self._inner_stop
+            if inner is not None and not inner.done():
+                # A handler called stop(): return once that stop is complete, so a caller
+                # that then leaves its event loop does not cut the stop's last steps short.
+                await asyncio.shield(inner)
             self._raise_if_failed()
         finally:
             if self._dispatcher is dispatcher:

@@ -10,7 +10,9 @@ Tests taking ``target`` run on one node and on the 3-master cluster.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -454,3 +456,28 @@ async def test_stop_called_inside_a_concurrent_handler_returns_and_ends_process(
 
     await asyncio.wait_for(c.process(handle), 10)
     assert returned(seen) == seen.count()  # every call that started returned
+
+
+def test_process_returns_after_a_stop_from_a_handler_is_complete(redis_url: str, namespace: str) -> None:
+    """A program whose handler calls stop() leaves its event loop once process() returns:
+    the stop must be complete by then, or asyncio.run cancels its last steps and the
+    consumer's connections are left open (found as unclosed sockets at collection)."""
+
+    async def program(round_: int) -> None:
+        if round_ == 0:
+            await create_topic(redis_url, namespace, TOPIC, 1)
+        async with Producer(redis_url, namespace=namespace) as p:
+            await produce(p, TOPIC, ["k"], 3)
+        c = make_consumer(redis_url, namespace, TOPIC, start="earliest")
+
+        async def handle(msg: Message) -> None:
+            await c.stop()
+
+        await asyncio.wait_for(c.process(handle), 10)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for round_ in range(3):
+            asyncio.run(program(round_))
+            gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
