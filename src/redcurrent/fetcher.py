@@ -83,6 +83,9 @@ WATCHED_MIN = 250
 WATCHED_MIN_62 = 100
 RETRY_MAX_S = 1.0  # the longest wait before retrying a consume-path Redis call
 IDLE_BACKSTOP_S = 30.0  # an idle partition re-registers with the IdleWaiter at least this often
+# A partition drained by a read waits this long with its acks unsent: at a trickle the
+# next entry's fetch carries them (one fetch a message, not two); past it they go alone.
+ACK_LINGER_S = 0.005
 POLL_S = 0.1  # idle poll period on a cluster when every blocking-wait slot is taken
 BARRIER_POLL_S = 0.02  # how soon a partition stopped at a growth's barrier looks again
 _FETCH = scripts.script("fetch")
@@ -177,6 +180,7 @@ class PartitionFetcher:
         self._read_id = "0"
         self._restore = False
         self._idle_at: bytes | None = None  # the last entry id when drained; None while there is work
+        self._linger_at: bytes | None = None  # ... when drained by a read whose acks are unsent
         self._stopping = False
         self._restarting = False
         self._idle = False
@@ -569,6 +573,13 @@ class PartitionFetcher:
             if await self._wait(self._idle_at):
                 self._idle_at = None
             return  # the next step re-checks pause, lease and stop before fetching
+        if self._linger_at is not None:
+            # Drained by the last read with its acks unsent: the next entry's fetch
+            # carries them if it comes within ACK_LINGER_S; else they go alone.
+            at, self._linger_at = self._linger_at, None
+            if self.acks:
+                await self._wait(at, ACK_LINGER_S)
+            return
         # Concurrent handlers give credits back one message at a time: waiting for a
         # tenth of max_in_flight keeps reads (and the acks they carry) in batches,
         # rather than one round trip per finished message.
@@ -608,6 +619,11 @@ class PartitionFetcher:
             kept = await self._dispatch(reply.entries, reply.counts)
         finally:
             c.credits.give(n - kept)  # concurrent handlers give theirs back one by one
+        if (n < want and self.acks and self.lanes is None and c.waiter is not None
+                and self._read_id == ">" and gen == self.generation and not self._stopping):
+            # A short ">" read took everything there was: nothing after its last entry
+            # yet, so wait from there (a read stopped at a growth's barrier wakes at once).
+            self._linger_at = reply.entries[-1][0]
 
     async def _await_finish(self, finished: asyncio.Event) -> None:
         finished.clear()
@@ -778,8 +794,9 @@ class PartitionFetcher:
         self._read_id, self._restore = "0", False
         await asyncio.sleep(0.05)
 
-    async def _wait(self, last_id: bytes) -> bool:
-        """Wait (read-only) until an entry newer than ``last_id`` arrives.
+    async def _wait(self, last_id: bytes, limit: float = IDLE_BACKSTOP_S) -> bool:
+        """Wait (read-only) until an entry newer than ``last_id`` arrives, at most ``limit``
+        seconds with a waiter (a blocking read of its own waits ``block_ms``).
 
         True when there is something to fetch (or the wait failed: fetch to find out)."""
         c = self.ctx
@@ -792,7 +809,7 @@ class PartitionFetcher:
                     # pause, stop and the lease are checked on waking. This timeout is
                     # only a backstop, long: each wake of an idle partition costs client
                     # CPU, and a fleet's consumers own thousands (docs/scaling.md).
-                    return await asyncio.wait_for(asyncio.shield(fut), IDLE_BACKSTOP_S)
+                    return await asyncio.wait_for(asyncio.shield(fut), limit)
                 except TimeoutError:
                     return False
                 finally:

@@ -12,6 +12,14 @@ reads a private "doorbell" stream too, and ringing it (one XADD) ends the blocke
 read at once so the next read includes the newcomer. Nothing is missed meanwhile:
 each stream is read from the last id its partition saw, not from ``$``.
 
+A partition the read woke stays in the following reads, from the id that woke it,
+until it waits again: at a steady trickle it drains exactly that entry and waits from
+that id, which the read in flight already covers, so no ring and no second read are
+needed (two round trips and a write fewer a message). If the stream grows again while
+the partition is still busy, the read returns, the partition leaves the reads (so a
+busy partition never makes the reads spin) and its next wait returns at once if what
+it drained is older than what the read saw.
+
 On a cluster a multi-stream XREAD fails with CROSSSLOT (every partition has its own
 slot). On Redis 7+ a :class:`ShardWaiter` listens instead to the announcements the produce
 script publishes on each partition's shard channel, one SSUBSCRIBE connection per node;
@@ -58,6 +66,8 @@ class IdleWaiter:
         self._block_ms = block_ms
         self._idle: dict[str, tuple[bytes | str, asyncio.Future[bool]]] = {}
         self._reading: dict[str, bytes | str] = {}  # what the read in flight covers
+        self._woken: dict[str, bytes] = {}  # woken, still read from the id that woke them
+        self._grew: dict[str, bytes] = {}  # ... and seen to grow again before they waited
         self._blocked = False
         self._read_seq = 0
         self._rang_for = -1  # the read a ring was already sent for
@@ -79,6 +89,8 @@ class IdleWaiter:
             if not fut.done():
                 fut.set_result(True)
         self._idle.clear()
+        self._woken.clear()
+        self._grew.clear()
         conn, self._conn = self._conn, None
         if conn is not None:
             # A cancelled blocking read leaves the connection mid-reply: never reuse it.
@@ -91,10 +103,15 @@ class IdleWaiter:
 
     def wait(self, stream: str, last_id: bytes | str) -> asyncio.Future[bool]:
         """A future that resolves True once ``stream`` has an entry after ``last_id``."""
+        self._woken.pop(stream, None)
+        grew = self._grew.pop(stream, None)
         known = self._idle.get(stream)
         if known is not None and known[0] == last_id and not known[1].done():
             return known[1]
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if grew is not None and _after(grew, last_id):
+            fut.set_result(True)  # it grew past what the partition drained: fetch again
+            return fut
         if known is not None and not known[1].done():
             known[1].set_result(True)
         self._idle[stream] = (last_id, fut)
@@ -108,12 +125,15 @@ class IdleWaiter:
         known = self._idle.get(stream)
         if known is not None and known[1] is fut:
             del self._idle[stream]
+        self._woken.pop(stream, None)
 
     def forget(self, stream: str) -> None:
         """The partition is no longer ours (nothing to unsubscribe here)."""
         known = self._idle.pop(stream, None)
         if known is not None and not known[1].done():
             known[1].set_result(True)
+        self._woken.pop(stream, None)
+        self._grew.pop(stream, None)
 
     def _ring(self) -> None:
         if self._rang_for == self._read_seq:
@@ -136,12 +156,14 @@ class IdleWaiter:
 
     async def _run(self) -> None:
         while True:
-            if not self._idle:
+            if not self._idle and not self._woken:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
             self._changed.clear()
             self._reading = {s: last for s, (last, _) in self._idle.items()}
+            for s, woke_at in self._woken.items():
+                self._reading.setdefault(s, woke_at)
             self._read_seq += 1
             self._blocked = True  # from here a newcomer rings: the read may already be sent
             try:
@@ -161,11 +183,18 @@ class IdleWaiter:
             woken = []
             for raw_stream, entries in reply or ():
                 stream = raw_stream.decode() if isinstance(raw_stream, bytes) else str(raw_stream)
-                if stream == self._bell:
-                    if entries:
-                        self._bell_id = entries[-1][0]
+                if not entries:
                     continue
-                woken.append(stream)
+                if stream == self._bell:
+                    self._bell_id = entries[-1][0]
+                elif stream in self._idle:
+                    if stream in self._reading and self._reading[stream] != self._idle[stream][0] \
+                            and not _after(entries[-1][0], self._idle[stream][0]):
+                        continue  # read from before what it drained since: it stays idle
+                    woken.append(stream)
+                    self._woken[stream] = entries[-1][0]
+                elif self._woken.pop(stream, None) is not None:
+                    self._grew[stream] = entries[-1][0]  # busy: out of the reads until it waits
             self._wake(woken)
 
     def _wake(self, streams: list[str]) -> None:
@@ -203,6 +232,17 @@ class IdleWaiter:
             await conn.disconnect()
             await self._client.connection_pool.release(conn)
             raise
+
+
+def _after(a: bytes | str, b: bytes | str) -> bool:
+    """Whether stream entry id ``a`` is after ``b``."""
+    return _id(a) > _id(b)
+
+
+def _id(entry_id: bytes | str) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
 
 
 PING_S = 5.0  # a shard subscription's link is checked this often when no message arrives
