@@ -11,13 +11,17 @@ import asyncio
 import logging
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
-from redis.asyncio import Redis, RedisCluster
+import hiredis
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.client import Pipeline as _Pipeline
 from redis.asyncio.cluster import ClusterPipeline
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import Connection as TCPConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
@@ -99,6 +103,86 @@ def default_url() -> str:
     return os.environ.get("REDIS_URL") or "redis://localhost:6379/0"
 
 
+class _Packer:
+    """Packs a command with one call into hiredis when every argument is already a str,
+    bytes, int or float (our hot paths' commands: a fetch, a produce call, the idle
+    XREAD), instead of redis-py's per-argument encoding in Python, which cost ~0.5 us an
+    argument (12 us for an idle XREAD over 8 streams, against 1.6 us). Anything else
+    (bool, bytearray, a command name with a space: "SCRIPT LOAD") goes to redis-py's own
+    packer, which splits, converts or raises its usual DataError."""
+
+    __slots__ = ("_fallback",)
+
+    def __init__(self, fallback: object) -> None:
+        self._fallback = fallback
+
+    def pack(self, *args: object) -> list[bytes]:
+        first = args[0]
+        if not (isinstance(first, str) and " " in first):
+            try:
+                return [hiredis.pack_command(args)]  # type: ignore[arg-type]
+            except TypeError:
+                pass
+        return self._fallback.pack(*args)  # type: ignore[attr-defined, no-any-return]
+
+
+def _quick_write(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``cls`` (the connection class redis-py chose for the URL: TCP, TLS or a Unix
+    socket), bounding a write with ``asyncio.timeout`` where redis-py uses
+    ``asyncio.wait_for``: before Python 3.12 that wraps every command's write in a task
+    of its own, an extra trip through the event loop a command (~20 us here). Same
+    errors as redis-py's: a write past ``socket_timeout`` is a TimeoutError, a broken
+    socket a ConnectionError, and the connection is dropped after either."""
+
+    class QuickWrite(cls):  # type: ignore[valid-type, misc]
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            if not self.socket_timeout or not self.is_connected or isinstance(command, str):
+                await super().send_packed_command(command, check_health)
+                return
+            if check_health:
+                await self.check_health()
+            try:
+                async with asyncio.timeout(self.socket_timeout):
+                    await self._send_packed_command([command] if isinstance(command, bytes) else command)
+            except TimeoutError as exc:
+                await self.disconnect(nowait=True)
+                if exc.errno is not None:  # ETIMEDOUT from the OS: the connection is dead
+                    raise RedisConnectionError(f"Error {exc.errno} while writing to socket. {exc.strerror}.") from exc
+                raise RedisTimeoutError("Timeout writing to socket") from None
+            except OSError as exc:
+                await self.disconnect(nowait=True)
+                raise RedisConnectionError(f"Error while writing to socket: {exc}.") from exc
+            except BaseException:
+                await self.disconnect(nowait=True)  # part of a command may be on the wire
+                raise
+
+    QuickWrite.__name__ = QuickWrite.__qualname__ = f"QuickWrite{cls.__name__}"
+    return QuickWrite
+
+
+_QUICK: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+class _Pool(ConnectionPool):
+    """redis-py's pool, whose connections pack commands with :class:`_Packer` and bound
+    their writes without a task (:func:`_quick_write`)."""
+
+    def __init__(self, connection_class: type[AbstractConnection] = TCPConnection, **kwargs: Any) -> None:
+        if sys.version_info < (3, 12):
+            quick = _QUICK.get(connection_class)
+            if quick is None:
+                quick = _QUICK[connection_class] = _quick_write(connection_class)
+            connection_class = quick
+        super().__init__(connection_class, **kwargs)
+
+    def make_connection(self) -> AbstractConnection:
+        conn: AbstractConnection = super().make_connection()  # type: ignore[no-untyped-call]
+        packer = getattr(conn, "_command_packer", None)
+        if packer is not None and hasattr(packer, "pack"):  # hiredis present (a dependency)
+            conn._command_packer = _Packer(packer)  # type: ignore[assignment]
+        return conn
+
+
 def _client_options() -> dict[str, object]:
     keepalive: dict[int, int] = {}
     for name, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3)):
@@ -135,7 +219,7 @@ async def connect(url: str | None, client: Client | None, *, retry_for: float = 
     target = url or default_url()
     if not isinstance(target, str) or "://" not in target:
         raise ConfigError("url must look like redis://[user:password@]host:port/db (or rediss:// for TLS)")
-    plain = Redis.from_url(target, **_client_options())  # type: ignore[arg-type]
+    plain = Redis.from_pool(_Pool.from_url(target, **_client_options()))
     try:
         caps = await _probe(plain)
     except BaseException:

@@ -66,7 +66,7 @@ class IdleWaiter:
         self._block_ms = block_ms
         self._idle: dict[str, tuple[bytes | str, asyncio.Future[bool]]] = {}
         self._reading: dict[str, bytes | str] = {}  # what the read in flight covers
-        self._woken: dict[str, bytes] = {}  # woken, still read from the id that woke them
+        self._woken: dict[str, bytes | str] = {}  # woken, still read from the id that woke them
         self._grew: dict[str, bytes] = {}  # ... and seen to grow again before they waited
         self._blocked = False
         self._read_seq = 0
@@ -125,7 +125,10 @@ class IdleWaiter:
         known = self._idle.get(stream)
         if known is not None and known[1] is fut:
             del self._idle[stream]
-        self._woken.pop(stream, None)
+            if self._reading.get(stream) == known[0]:
+                # Still ours, and likely to wait from there again soon (a wait of a few
+                # ms, made while acks were unsent): the reads keep covering it meanwhile.
+                self._woken[stream] = known[0]
 
     def forget(self, stream: str) -> None:
         """The partition is no longer ours (nothing to unsubscribe here)."""
