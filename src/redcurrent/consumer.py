@@ -65,7 +65,7 @@ class Consumer(Lifecycle):
     body raises (any exception, cancellation or Ctrl-C included), the message in hand
     is not acked: the group's next member gets it.
 
-    Acks travel with the partition's next fetch, and are sent at once when the
+    Acks travel with the partition's next fetch, and are sent within 5 ms when the
     partition has nothing more to read, so an idle consumer holds no unsent acks.
 
     Every Redis call of the consume path retries connection errors with ``backoff``
