@@ -809,9 +809,10 @@ class PartitionFetcher:
                     # pause, stop and the lease are checked on waking. This timeout is
                     # only a backstop, long: each wake of an idle partition costs client
                     # CPU, and a fleet's consumers own thousands (docs/scaling.md).
-                    return await asyncio.wait_for(asyncio.shield(fut), limit)
-                except TimeoutError:
-                    return False
+                    # asyncio.wait never cancels the waiter's future, and resumes us one
+                    # trip through the event loop sooner than wait_for(shield(...)).
+                    done, _ = await asyncio.wait((fut,), timeout=limit)
+                    return bool(done) and fut.result()
                 finally:
                     if not fut.done():
                         c.waiter.discard(self.stream, fut)

@@ -198,7 +198,12 @@ class IdleWaiter:
                     self._woken[stream] = entries[-1][0]
                 elif self._woken.pop(stream, None) is not None:
                     self._grew[stream] = entries[-1][0]  # busy: out of the reads until it waits
-            self._wake(woken)
+            if woken:
+                self._wake(woken)
+                # Let the woken partitions send their fetches (a message is waiting on
+                # each) before this task spends its turn sending the next read.
+                for _ in range(3):
+                    await asyncio.sleep(0)
 
     def _wake(self, streams: list[str]) -> None:
         for s in streams:
