@@ -11,12 +11,14 @@ test and the fault-proxy test run on one node. On Redis 6.2:
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -528,3 +530,29 @@ async def test_stop_from_a_handler_ends_process_and_releases_what_it_held(
     assert sorted(first + [where(m) for m in rest]) == sorted(ids)
     # the 7 acquired and never handed out kept their delivery count
     assert sorted(m.attempts for m in rest) == [1] * 17
+
+
+def test_process_returns_after_a_stop_from_a_handler_is_complete(redis_url: str, namespace: str) -> None:
+    """A program whose handler calls stop() leaves its event loop once process() returns:
+    the stop must be complete by then, or asyncio.run cancels its last steps and the
+    share consumer's connections are left open (found as unclosed sockets at collection)."""
+
+    async def program(round_: int) -> None:
+        if round_ == 0:
+            async with Admin(redis_url, namespace=namespace) as admin:
+                await admin.create_topic("t", 1)
+        async with Producer(redis_url, namespace=namespace) as producer:
+            await producer.send_batch("t", [Record({"seq": i}, key="k") for i in range(3)])
+        sc = ShareConsumer("t", group="g", url=redis_url, namespace=namespace, start="earliest")
+
+        async def handle(msg: Message) -> None:
+            await sc.stop()
+
+        await asyncio.wait_for(sc.process(handle), 10)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for round_ in range(3):
+            asyncio.run(program(round_))
+            gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
