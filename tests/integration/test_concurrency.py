@@ -10,9 +10,7 @@ Tests taking ``target`` run on one node and on the 3-master cluster.
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -30,6 +28,7 @@ from support.consuming import (
     stop_all,
 )
 from support.eventually import eventually
+from support.leaks import resource_warnings
 from support.proxy import FaultProxy
 from support.servers import AsyncClient, Target
 
@@ -475,9 +474,4 @@ def test_process_returns_after_a_stop_from_a_handler_is_complete(redis_url: str,
 
         await asyncio.wait_for(c.process(handle), 10)
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ResourceWarning)
-        for round_ in range(3):
-            asyncio.run(program(round_))
-            gc.collect()
-    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert resource_warnings(program) == []

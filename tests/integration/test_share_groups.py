@@ -11,14 +11,12 @@ test and the fault-proxy test run on one node. On Redis 6.2:
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import warnings
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -28,6 +26,7 @@ from typing import Any
 import pytest
 from support.consuming import make_consumer
 from support.eventually import eventually
+from support.leaks import resource_warnings
 from support.proxy import FaultProxy
 from support.servers import Target
 
@@ -550,9 +549,4 @@ def test_process_returns_after_a_stop_from_a_handler_is_complete(redis_url: str,
 
         await asyncio.wait_for(sc.process(handle), 10)
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ResourceWarning)
-        for round_ in range(3):
-            asyncio.run(program(round_))
-            gc.collect()
-    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert resource_warnings(program) == []
