@@ -530,6 +530,29 @@ async def test_an_idle_partition_holds_no_unsent_acks(redis_url: str, namespace:
         await task
 
 
+async def test_a_stop_right_after_a_handler_returns_acks_it(redis_url: str, namespace: str, r: Redis) -> None:
+    """A drained partition's acks may wait a few ms for the next fetch; a stop in that
+    window sends them: the group's next member gets none of those messages again."""
+    await make_topic(redis_url, namespace)
+    handled: list[int] = []
+    for n in range(10):
+        await send_values(redis_url, namespace, [n])
+        done = asyncio.Event()
+
+        async def handle(msg: Message) -> None:
+            handled.append(msg.value)
+            done.set()
+
+        c = consumer(redis_url, namespace, "t", start="earliest")
+        async with c:
+            task = asyncio.create_task(c.process(handle))
+            await asyncio.wait_for(done.wait(), 10)
+            await c.stop()  # within the ack linger of the message just handled
+            await task
+        assert await pending(r, namespace) == 0
+    assert handled == list(range(10))  # each once: nothing came back to the next member
+
+
 async def _pending_is(r: Redis, ns: str, n: int) -> bool:
     return await pending(r, ns) == n
 
