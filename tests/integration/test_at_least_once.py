@@ -539,7 +539,7 @@ async def test_a_stop_right_after_a_handler_returns_acks_it(redis_url: str, name
         await send_values(redis_url, namespace, [n])
         done = asyncio.Event()
 
-        async def handle(msg: Message) -> None:
+        async def handle(msg: Message, done: asyncio.Event = done) -> None:
             handled.append(msg.value)
             done.set()
 
