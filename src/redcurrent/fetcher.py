@@ -58,13 +58,14 @@ from .replies import (
 from .retry import Backoff
 from .serde import FetchedEntry, decode_fields, entry_slots
 from .structs import Message, TopicPartition
+from .waiter import IdleWaiter, Prefetch
 
 if TYPE_CHECKING:
     from .connection import Client
     from .deadletter import DeadLetterWriter
     from .lanes import PartitionLanes
     from .stats import ConsumerStats
-    from .waiter import IdleWaiter, ShardWaiter
+    from .waiter import ShardWaiter
 
 __all__ = ["Credits", "Dispatcher", "FetchContext", "LeaseLost", "PartitionFetcher"]
 
@@ -116,6 +117,12 @@ class Credits:
         while self.free < least:
             self._event.clear()
             await self._event.wait()
+        got = min(want, self.free)
+        self.free -= got
+        return got
+
+    def try_take(self, want: int) -> int:
+        """Up to ``want`` credits, without waiting (0 when none are free)."""
         got = min(want, self.free)
         self.free -= got
         return got
@@ -186,6 +193,7 @@ class PartitionFetcher:
         self._idle = False
         self._busy = False
         self._fetching = False  # a fetch round trip is out: what it reads is pending under our name
+        self._prefetch: Prefetch | None = None  # our read, handed to the idle waiter (see waiter.py)
         # Set when the batch in dispatch must be abandoned: a stop, or a seek (which then
         # puts a fresh event in its place, so whoever waits on the old one wakes).
         self.stop_event = asyncio.Event()
@@ -245,6 +253,8 @@ class PartitionFetcher:
 
     def pause(self) -> None:
         self._resumed.clear()
+        if self._prefetch is not None and self.ctx.waiter is not None:
+            self.ctx.waiter.withdraw(self._prefetch)  # type: ignore[union-attr]  # (only an IdleWaiter has them)
 
     def resume(self) -> None:
         self._resumed.set()
@@ -306,6 +316,7 @@ class PartitionFetcher:
         try:
             await self._stop_task(timeout)
         finally:
+            self._drop_prefetch()
             if self.ctx.waiter is not None:
                 self.ctx.waiter.forget(self.stream)
             if self.lanes is not None:  # concurrent handlers: the same bound, then cancelled
@@ -319,6 +330,13 @@ class PartitionFetcher:
             return
         deadline = time.monotonic() + timeout
         while not self._busy and not task.done():
+            prefetch = self._prefetch
+            if prefetch is not None and prefetch.on_wire and time.monotonic() < deadline:
+                # Our read rides behind the idle waiter's: end that read now, and wait
+                # for its reply like a fetch's (it may carry acks, and entries read).
+                cast("IdleWaiter", self.ctx.waiter).hurry(prefetch)
+                await asyncio.wait({task}, timeout=0.05)
+                continue
             if self._fetching and time.monotonic() < deadline:
                 # A fetch is out: Redis may have delivered its entries already. Cancelled,
                 # its reply would be lost and those entries left pending with a delivery
@@ -346,6 +364,7 @@ class PartitionFetcher:
         """Drop everything without acking (fenced or lost lease)."""
         self._stopping = True
         self.stop_event.set()
+        self._drop_prefetch()
         self.acks.clear()
         if self.ctx.waiter is not None:
             self.ctx.waiter.forget(self.stream)
@@ -441,6 +460,13 @@ class PartitionFetcher:
         reply = await self.call("seek", lambda: scripts.run(c.client, _SEEK, [self.stream, self.owner], args))
         acked = parse_seek(reply, self.tp)
         self.generation += 1
+        prefetch = self._prefetch
+        if prefetch is not None:
+            waiter = cast("IdleWaiter", c.waiter)
+            if waiter.withdraw(prefetch):
+                prefetch.acks = []  # the seek acked them
+            else:
+                waiter.hurry(prefetch)  # its reply is of the old generation: discarded when it comes
         self.discarded = acked
         self.acks.clear()
         self.held.clear()
@@ -544,6 +570,9 @@ class PartitionFetcher:
             c.stats.trimmed += 1
             self.trimmed.pop(0)
             return
+        if self._prefetch is not None:
+            await self._prefetched()
+            return
         if not c.dispatcher_set.is_set() or not self._resumed.is_set():
             # Nobody to hand messages to (no process() running) or paused: ack what
             # is finished, then wait; nothing new is read.
@@ -562,6 +591,9 @@ class PartitionFetcher:
             await asyncio.sleep(0.05)
             self._reread()
             return
+        if c.waiter is not None and c.waiter.dirty and self.stream in c.waiter.dirty:
+            c.waiter.dirty.discard(self.stream)
+            self._reread()  # a read handed over earlier took entries nobody handed out
         if self._idle_at is not None and not self.acks:
             lanes = self.lanes
             if lanes is not None and lanes.window.open:
@@ -570,6 +602,8 @@ class PartitionFetcher:
                 await self._await_finish(lanes.finished)
                 return
             # Drained, and every ack sent: only wait until something new arrives.
+            if self._hand_over(self._idle_at, linger=False):
+                return
             if await self._wait(self._idle_at):
                 self._idle_at = None
             return  # the next step re-checks pause, lease and stop before fetching
@@ -577,7 +611,7 @@ class PartitionFetcher:
             # Drained by the last read with its acks unsent: the next entry's fetch
             # carries them if it comes within ACK_LINGER_S; else they go alone.
             at, self._linger_at = self._linger_at, None
-            if self.acks:
+            if self.acks and not self._hand_over(at, linger=True):
                 await self._wait(at, ACK_LINGER_S)
             return
         # Concurrent handlers give credits back one message at a time: waiting for a
@@ -594,6 +628,11 @@ class PartitionFetcher:
         except BaseException:
             c.credits.give(want)
             raise
+        await self._handle(reply, want, gen)
+
+    async def _handle(self, reply: Fetched | Gated | None, want: int, gen: int) -> None:
+        """Act on a fetch's reply (``want`` credits were taken for it, at ``gen``)."""
+        c = self.ctx
         if reply is None or gen != self.generation:
             # A seek while the fetch was out: what it read is before the new position
             # (acked by the seek) or, if it ran after it, pending to us and read again
@@ -624,6 +663,108 @@ class PartitionFetcher:
             # A short ">" read took everything there was: nothing after its last entry
             # yet, so wait from there (a read stopped at a growth's barrier wakes at once).
             self._linger_at = reply.entries[-1][0]
+
+    # -- our read behind the idle waiter's (see redcurrent.waiter.Prefetch) --
+    def _hand_over(self, last_id: bytes, *, linger: bool) -> bool:
+        """Wait drained from ``last_id`` with our next read (and unsent acks) handed to
+        the idle waiter, which runs it right behind its blocking read: a message that
+        arrives then costs one round trip, not a wake and a fetch. False when it
+        cannot (a cluster, concurrent handlers, a re-read, a gate to lift)."""
+        c = self.ctx
+        waiter = c.waiter
+        if (not isinstance(waiter, IdleWaiter) or self.lanes is not None or self._read_id != ">"
+                or self._lift or self._stopping):
+            return False
+        acks, self.acks = self.acks, []
+        prefetch = Prefetch((self.stream, self.owner, self.gate), (c.token, c.group, c.consumer),
+                            acks, c.batch_size, c.credits, self.generation, linger)
+        self._prefetch = prefetch
+        self._idle_at = last_id
+        waiter.wait(self.stream, last_id, prefetch)
+        return True
+
+    async def _prefetched(self) -> None:
+        """Wait for our handed-over read's outcome, then act on it as on a fetch's."""
+        prefetch = self._prefetch
+        assert prefetch is not None and prefetch.fut is not None
+        waiter = cast("IdleWaiter", self.ctx.waiter)
+        if not prefetch.fut.done():
+            if not self.ctx.dispatcher_set.is_set() or self.paused:
+                waiter.withdraw(prefetch)  # nothing may be read now (on the wire: its reply comes)
+            self._idle = True
+            try:
+                # Its acks wait ACK_LINGER_S for a read to carry them; an idle wait's
+                # timeout is only a backstop (see _wait).
+                limit = ACK_LINGER_S if prefetch.linger else IDLE_BACKSTOP_S
+                done, _ = await asyncio.wait((prefetch.fut,), timeout=limit)
+            finally:
+                self._idle = False
+            if not done:
+                if prefetch.linger and not waiter.withdraw(prefetch):
+                    # On the wire, behind a read that may block for long: its acks go
+                    # now on their own (the prefetch acks them again: XACK is idempotent).
+                    prefetch.linger = False
+                    parse_fetch_ack(await self.call("ack", lambda: self._fetch_call(0, ">", prefetch.acks)), self.tp)
+                prefetch.linger = False
+                if not prefetch.fut.done():
+                    return  # still on the wire: wait on
+        self._prefetch = None
+        c = self.ctx
+        if prefetch.reply is None:
+            # It never ran (withdrawn, or woken without it) or failed (it may have run):
+            # the acks and credits are ours again, and a fetch finds out.
+            self.acks = prefetch.acks + self.acks
+            c.credits.give(prefetch.taken)
+            if prefetch.error is not None:
+                self._fetch_failed()
+            self._idle_at = None
+            return
+        if prefetch.reply[0] == b"AGAIN":  # a growth's barrier: the fetch script stops there
+            c.credits.give(prefetch.taken)
+            self._idle_at = None
+            return
+        self._idle_at = None
+        try:
+            reply = parse_fetch(prefetch.reply, self.tp)  # FENCED raises: nothing was acked
+        except GroupMissingError:
+            c.credits.give(prefetch.taken)
+            self.acks = prefetch.acks + self.acks
+            await self._recreate_group()
+            return
+        if isinstance(reply, Gated):  # (the script answers AGAIN instead)
+            c.credits.give(prefetch.taken)
+            return
+        if self.paused or not c.dispatcher_set.is_set() or prefetch.generation != self.generation:
+            # Read while pausing, as process() ended, or after a seek: pending under our
+            # name, handed out later by a re-read that gives their delivery back (after
+            # a seek, its own re-read from "0"); a release meanwhile gives it back too.
+            for entry_id, _ in reply.entries:
+                self.held.setdefault(entry_id.decode(), 0)
+            c.credits.give(prefetch.taken)
+            if prefetch.generation == self.generation:
+                self._reread()
+            return
+        await self._handle(reply, prefetch.taken, prefetch.generation)
+
+    def _drop_prefetch(self) -> None:
+        """The task ended (stop, abort): take back a read handed over and not run, and
+        count entries it read and nobody handed out as held (a release gives their
+        delivery back)."""
+        prefetch, self._prefetch = self._prefetch, None
+        if prefetch is None:
+            return
+        self.ctx.credits.give(prefetch.taken)
+        prefetch.taken = 0
+        if not prefetch.on_wire:
+            cast("IdleWaiter", self.ctx.waiter).withdraw(prefetch)
+        reply = prefetch.reply
+        if reply is None:
+            # Never ran, or its outcome is unknown: the release sends the acks (again:
+            # XACK is idempotent).
+            self.acks = prefetch.acks + self.acks
+        elif reply[0] == b"OK" and prefetch.generation == self.generation:
+            for entry_id, _ in reply[2]:
+                self.held.setdefault(entry_id.decode(), 0)
 
     async def _await_finish(self, finished: asyncio.Event) -> None:
         finished.clear()

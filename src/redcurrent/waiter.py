@@ -20,6 +20,14 @@ the partition is still busy, the read returns, the partition leaves the reads (s
 busy partition never makes the reads spin) and its next wait returns at once if what
 it drained is older than what the read saw.
 
+A partition that waits drained may also hand the waiter a :class:`Prefetch`: its fenced
+">" read (with the acks it has not sent). The waiter pipelines one ``fetch_many`` script
+call for those right behind the blocking XREAD, on the same connection, so the server
+runs it the moment the read returns, and a partition the read woke gets its entries in
+that one round trip instead of a wake and then a fetch. A prefetch that read nothing stays
+registered (its acks were applied) and rides behind the next read; one that read entries,
+or was refused, resolves the partition's wait with the reply (docs/architecture.md §8).
+
 On a cluster a multi-stream XREAD fails with CROSSSLOT (every partition has its own
 slot). On Redis 7+ a :class:`ShardWaiter` listens instead to the announcements the produce
 script publishes on each partition's shard channel, one SSUBSCRIBE connection per node;
@@ -36,9 +44,10 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import scripts
 from .connection import refresh_slots
 
 if TYPE_CHECKING:
@@ -46,12 +55,52 @@ if TYPE_CHECKING:
     from redis.asyncio.cluster import ClusterNode
     from redis.asyncio.connection import AbstractConnection
 
-__all__ = ["IdleWaiter", "ShardWaiter"]
+    from .fetcher import Credits
+
+__all__ = ["IdleWaiter", "Prefetch", "ShardWaiter"]
 
 log = logging.getLogger(__name__)
 
 _ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError, ResponseError)
 DOORBELL_TTL_MS = 60_000
+# The most partitions one read fetches for: the script's cost grows with them (a
+# consumer owning 1,000 idle partitions keeps one read; the rest fetch when woken).
+PREFETCH_MAX = 32
+PREFETCH_RING_S = 0.001  # how long a prefetch waits for the read in flight to end by itself
+_FETCH_MANY = scripts.script("fetch_many")
+
+
+class Prefetch:
+    """A partition's fenced ">" read, run by the waiter right behind its idle read.
+
+    Made by the partition (:class:`~redcurrent.fetcher.PartitionFetcher`), which moved
+    its unsent ``acks`` into it. The waiter takes up to ``count`` fetch credits for it
+    (``taken``) while it is on the wire, never more than half of them all for every
+    prefetch together (a busy partition always finds some), and gives them back when it
+    read nothing. Once its wait resolves: ``reply`` is the fetch reply (entries read, or
+    FENCED/NOGROUP/AGAIN) and ``taken`` credits are the partition's to give back;
+    ``error`` is set if the call failed (it may have run: read again); neither means it
+    never ran (withdrawn or woken plainly): the acks are the partition's again.
+    """
+
+    __slots__ = ("acks", "count", "credits", "due", "error", "fut", "generation", "head", "keys", "linger",
+                 "on_wire", "reply", "taken")
+
+    def __init__(self, keys: tuple[str, str, str], head: tuple[str, str, str], acks: list[str],
+                 count: int, credits: Credits, generation: int, linger: bool) -> None:
+        self.keys = keys  # stream, owner key, gate key
+        self.head = head  # token, group, consumer
+        self.acks = acks
+        self.count = count
+        self.credits = credits
+        self.taken = 0
+        self.generation = generation
+        self.linger = linger  # its acks wait at most ACK_LINGER_S for a read to carry them
+        self.on_wire = False
+        self.due = False  # resolve when the read returns, even if it read nothing (a stop)
+        self.reply: list[Any] | None = None
+        self.error: BaseException | None = None
+        self.fut: asyncio.Future[bool] | None = None
 
 
 class IdleWaiter:
@@ -68,6 +117,12 @@ class IdleWaiter:
         self._reading: dict[str, bytes | str] = {}  # what the read in flight covers
         self._woken: dict[str, bytes | str] = {}  # woken, still read from the id that woke them
         self._grew: dict[str, bytes] = {}  # ... and seen to grow again before they waited
+        self._prefetch: dict[str, Prefetch] = {}  # idle partitions' reads to run behind ours
+        self._load = False  # fetch_many is not loaded (NOSCRIPT): load it after this read
+        # Streams a prefetch read for after its partition stopped waiting for it (it was
+        # on the wire): the entries are pending under our name, so the partition re-reads
+        # its pending list before reading new entries again.
+        self.dirty: set[str] = set()
         self._blocked = False
         self._read_seq = 0
         self._rang_for = -1  # the read a ring was already sent for
@@ -85,6 +140,7 @@ class IdleWaiter:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._task = None
+        self._prefetch.clear()
         for _, fut in self._idle.values():
             if not fut.done():
                 fut.set_result(True)
@@ -101,23 +157,37 @@ class IdleWaiter:
         except _ERRORS:
             pass
 
-    def wait(self, stream: str, last_id: bytes | str) -> asyncio.Future[bool]:
-        """A future that resolves True once ``stream`` has an entry after ``last_id``."""
+    def wait(self, stream: str, last_id: bytes | str, prefetch: Prefetch | None = None) -> asyncio.Future[bool]:
+        """A future that resolves True once ``stream`` has an entry after ``last_id``;
+        with ``prefetch``, once that read ran and read something (or failed), or the
+        partition was woken without it (see :class:`Prefetch`)."""
         self._woken.pop(stream, None)
         grew = self._grew.pop(stream, None)
         known = self._idle.get(stream)
-        if known is not None and known[0] == last_id and not known[1].done():
+        if known is not None and known[0] == last_id and not known[1].done() and prefetch is None:
             return known[1]
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if prefetch is not None:
+            prefetch.fut = fut
         if grew is not None and _after(grew, last_id):
             fut.set_result(True)  # it grew past what the partition drained: fetch again
             return fut
         if known is not None and not known[1].done():
+            self._prefetch.pop(stream, None)
             known[1].set_result(True)
         self._idle[stream] = (last_id, fut)
         self._changed.set()
         if self._blocked and self._reading.get(stream) != last_id:
             self._ring()
+        elif prefetch is not None and self._blocked:
+            # The read in flight covers the stream but does not carry its prefetch: at a
+            # steady rate the read returns within a millisecond anyway, and the next
+            # one carries it; at a slow trickle, end it soon so the next entry costs one
+            # round trip, not a wake and a fetch.
+            seq = self._read_seq
+            asyncio.get_running_loop().call_later(PREFETCH_RING_S, self._ring_for, prefetch, seq)
+        if prefetch is not None:
+            self._prefetch[stream] = prefetch
         return fut
 
     def discard(self, stream: str, fut: asyncio.Future[bool]) -> None:
@@ -125,18 +195,49 @@ class IdleWaiter:
         known = self._idle.get(stream)
         if known is not None and known[1] is fut:
             del self._idle[stream]
+            self._prefetch.pop(stream, None)
             if self._reading.get(stream) == known[0]:
                 # Still ours, and likely to wait from there again soon (a wait of a few
                 # ms, made while acks were unsent): the reads keep covering it meanwhile.
                 self._woken[stream] = known[0]
 
+    def withdraw(self, prefetch: Prefetch) -> bool:
+        """Take back a prefetch that is not on the wire: its wait resolves with no reply
+        (the acks and credits are the partition's again). False if it is on the wire:
+        its reply will come (:meth:`hurry` makes it come soon)."""
+        if prefetch.on_wire:
+            return False
+        stream = prefetch.keys[0]
+        if self._prefetch.get(stream) is prefetch:
+            del self._prefetch[stream]
+            known = self._idle.get(stream)
+            if known is not None and known[1] is prefetch.fut:
+                self.discard(stream, known[1])
+        if prefetch.fut is not None and not prefetch.fut.done():
+            prefetch.fut.set_result(True)
+        return True
+
+    def hurry(self, prefetch: Prefetch | None = None) -> None:
+        """End the read in flight now (its prefetches run, their acks are applied);
+        ``prefetch`` then resolves even if it read nothing."""
+        if prefetch is not None:
+            prefetch.due = True
+        if self._blocked:
+            self._ring()
+
     def forget(self, stream: str) -> None:
         """The partition is no longer ours (nothing to unsubscribe here)."""
+        self._prefetch.pop(stream, None)
         known = self._idle.pop(stream, None)
         if known is not None and not known[1].done():
             known[1].set_result(True)
         self._woken.pop(stream, None)
         self._grew.pop(stream, None)
+
+    def _ring_for(self, prefetch: Prefetch, seq: int) -> None:
+        if (self._blocked and self._read_seq == seq and not prefetch.on_wire
+                and self._prefetch.get(prefetch.keys[0]) is prefetch):
+            self._ring()
 
     def _ring(self) -> None:
         if self._rang_for == self._read_seq:
@@ -168,12 +269,15 @@ class IdleWaiter:
             for s, woke_at in self._woken.items():
                 self._reading.setdefault(s, woke_at)
             self._read_seq += 1
+            batch = self._batch()
             self._blocked = True  # from here a newcomer rings: the read may already be sent
             try:
-                reply = await self._read(self._reading)
+                reply, fetched = await self._read(self._reading, batch)
             except asyncio.CancelledError:
+                self._settle(batch, None, asyncio.CancelledError())
                 raise
             except Exception as exc:
+                self._settle(batch, None, exc)
                 # Wake everyone: each partition fetches to find out, then waits again.
                 # Never let this task die: idle partitions would wait for it forever.
                 (log.debug if isinstance(exc, _ERRORS) else log.exception)(
@@ -183,6 +287,7 @@ class IdleWaiter:
                 continue
             finally:
                 self._blocked = False
+            fetched_for, found_none = self._settle(batch, fetched, None)
             woken = []
             for raw_stream, entries in reply or ():
                 stream = raw_stream.decode() if isinstance(raw_stream, bytes) else str(raw_stream)
@@ -190,28 +295,102 @@ class IdleWaiter:
                     continue
                 if stream == self._bell:
                     self._bell_id = entries[-1][0]
+                elif stream in fetched_for:
+                    continue  # its prefetch answered for it
                 elif stream in self._idle:
                     if stream in self._reading and self._reading[stream] != self._idle[stream][0] \
                             and not _after(entries[-1][0], self._idle[stream][0]):
                         continue  # read from before what it drained since: it stays idle
+                    if stream in found_none:
+                        # Its prefetch ran and found nothing new for the group (it waits
+                        # from before the group's position): read on from this entry.
+                        self._idle[stream] = (entries[-1][0], self._idle[stream][1])
+                        continue
                     woken.append(stream)
                     self._woken[stream] = entries[-1][0]
                 elif self._woken.pop(stream, None) is not None:
                     self._grew[stream] = entries[-1][0]  # busy: out of the reads until it waits
             if woken:
                 self._wake(woken)
+            if woken or fetched_for:
                 # Let the woken partitions send their fetches (a message is waiting on
                 # each) before this task spends its turn sending the next read.
                 for _ in range(3):
                     await asyncio.sleep(0)
 
+    def _batch(self) -> list[Prefetch]:
+        """The prefetches to run behind this read (they are on the wire until it returns)."""
+        batch: list[Prefetch] = []
+        budget = -1
+        for stream, p in self._prefetch.items():
+            known = self._idle.get(stream)
+            if known is None or known[1] is not p.fut or p.fut.done():
+                continue
+            if budget < 0:
+                budget = max(0, p.credits.free - p.credits.total // 2)
+            p.taken = p.credits.try_take(min(p.count, budget)) if budget else 0
+            if not p.taken:
+                break  # no credits to spare: the rest are only woken by the read
+            budget -= p.taken
+            p.on_wire = True
+            batch.append(p)
+            if len(batch) == PREFETCH_MAX:
+                break
+        return batch
+
+    def _settle(self, batch: list[Prefetch], replies: list[Any] | None,
+                error: BaseException | None) -> tuple[set[str], set[str]]:
+        """Act on the prefetches' replies (or the read's failure): resolve the ones that
+        read or were refused, keep the ones that found nothing (their acks are applied).
+        Returns the streams whose prefetch resolved with a reply, and those whose
+        prefetch found nothing."""
+        resolved, found_none = set(), set()
+        for j, p in enumerate(batch):
+            p.on_wire = False
+            stream = p.keys[0]
+            r = replies[j] if replies is not None and j < len(replies) else None
+            if replies is not None and isinstance(r, list) and r and r[0] == b"OK" and not r[2] and not p.due:
+                p.acks = []  # applied; nothing new: it stays registered, behind the next read
+                p.credits.give(p.taken)
+                p.taken = 0
+                found_none.add(stream)
+                continue
+            if self._prefetch.get(stream) is not p and isinstance(r, list) and r and r[0] == b"OK" and r[2]:
+                # Nobody waits for this one any more (stopped, paused, revoked, replaced
+                # meanwhile): what it read is pending under our name. Whoever waits on
+                # the stream now fetches, and re-reads its pending list first.
+                self.dirty.add(stream)
+                self._wake([stream])
+            if replies is not None and isinstance(r, list):
+                p.reply = r
+                resolved.add(stream)
+                if r and r[0] == b"OK" and r[2]:
+                    self._woken[stream] = r[2][-1][0]  # stays in the reads from there (see above)
+            elif replies is None or not isinstance(r, NoScriptError):
+                # The call failed: it may have run (read again); or the reply is not one
+                p.error = error if error is not None else ResponseError(f"fetch_many replied {r!r}")
+            else:  # NOSCRIPT: it never ran (the next read loads it); the partition fetches alone
+                p.credits.give(p.taken)
+                p.taken = 0
+            if self._prefetch.get(stream) is p:
+                del self._prefetch[stream]
+                known = self._idle.get(stream)
+                if known is not None and known[1] is p.fut:
+                    del self._idle[stream]
+            if p.fut is not None and not p.fut.done():
+                p.fut.set_result(True)
+        return resolved, found_none
+
     def _wake(self, streams: list[str]) -> None:
         for s in streams:
+            self._prefetch.pop(s, None)  # woken without it: it never ran
             known = self._idle.pop(s, None)
             if known is not None and not known[1].done():
                 known[1].set_result(True)
 
-    async def _read(self, streams: dict[str, bytes | str]) -> Any:
+    async def _read(self, streams: dict[str, bytes | str], batch: list[Prefetch]) -> tuple[Any, list[Any] | None]:
+        """The blocking read and, pipelined behind it, the prefetches' ``fetch_many``:
+        (the read's reply, the script's replies or None without prefetches)."""
         conn = self._conn
         if conn is None:
             conn = self._conn = await self._client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
@@ -231,9 +410,28 @@ class IdleWaiter:
         args: list[Any] = ["XREAD", "COUNT", 1, "BLOCK", self._block_ms, "STREAMS", self._bell, *streams,
                            self._bell_id, *streams.values()]
         try:
-            await conn.send_command(*args)
+            if not batch:
+                await conn.send_command(*args)
+                async with asyncio.timeout(self._block_ms / 1000 + 5.0):
+                    return await conn.read_response(), None
+            keys: list[str] = []
+            argv: list[Any] = list(batch[0].head)
+            for p in batch:
+                keys += p.keys
+                argv += (p.taken, ",".join(p.acks), streams[p.keys[0]])
+            await conn.send_packed_command(conn.pack_commands(
+                [args, ("EVALSHA", _FETCH_MANY.sha, len(keys), *keys, *argv)]))
             async with asyncio.timeout(self._block_ms / 1000 + 5.0):
-                return await conn.read_response()
+                reply = await conn.read_response()
+                try:
+                    fetched = await conn.read_response()
+                except NoScriptError as exc:
+                    fetched = [exc] * len(batch)
+                    self._load = True
+            if self._load:
+                self._load = False
+                await self._client.script_load(_FETCH_MANY.source)
+            return reply, fetched
         except BaseException:
             # Mid-reply or broken: drop this connection, the next read takes a fresh one.
             self._conn = None
@@ -277,6 +475,7 @@ class ShardWaiter:
         self._seq: dict[str, int] = {}  # announcements received per stream
         self._seen: dict[str, int] = {}  # ... as of the stream's last wake
         self._waiting: dict[str, asyncio.Future[bool]] = {}
+        self.dirty: set[str] = set()  # (never: no prefetches here; see IdleWaiter)
 
     def start(self) -> None:
         return None

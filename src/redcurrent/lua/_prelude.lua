@@ -59,3 +59,40 @@ local function append_record(stream, blob, pos)
   local hs = vs + vlen
   return xadd_record(stream, blob, kt, codec, p, vs, hs, hlen, xlen), hs + hlen + xlen
 end
+
+-- XACK the ids joined by "," in `csv` (one argument: the client packs every argument in
+-- Python); false if the group is gone. unpack() has a stack limit: ack in chunks.
+local function ack_ids(stream, group, csv)
+  if csv == '' then return true end
+  local ids, n = {}, 0
+  for id in string.gmatch(csv, '[^,]+') do
+    n = n + 1
+    ids[n] = id
+    if n == 1000 then
+      if not pcall(redis.call, 'XACK', stream, group, unpack(ids)) then return false end
+      ids, n = {}, 0
+    end
+  end
+  return n == 0 or (pcall(redis.call, 'XACK', stream, group, unpack(ids)))
+end
+
+-- The group read of fetch.lua and fetch_many.lua: XREADGROUP's entries (untouched) and,
+-- when there are none, the fetch reply to give ({"OK", last_id, {}, {}}: last_id is the
+-- stream's newest id for a ">" read, what an idle wait blocks on). nil and the reply
+-- ({"NOGROUP"} or the error) when the read failed.
+local function read_group(stream, group, consumer, count, read_id)
+  local ok, r = pcall(redis.call, 'XREADGROUP', 'GROUP', group, consumer, 'COUNT', count,
+    'STREAMS', stream, read_id)
+  if not ok then
+    if string.find(error_text(r), 'NOGROUP') then return nil, {'NOGROUP'} end
+    return nil, redis.error_reply(error_text(r))
+  end
+  local entries = (r and r[1] and r[1][2]) or {}
+  if #entries > 0 then return entries end
+  local last = ''
+  if read_id == '>' then
+    local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+    last = (newest[1] and newest[1][1]) or '0-0'
+  end
+  return entries, {'OK', last, entries, {}}
+end

@@ -31,18 +31,7 @@
 local stream, owner = KEYS[1], KEYS[2]
 local token, group, consumer, count, read_id = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 if redis.call('GET', owner) ~= token then return {'FENCED'} end
-if ARGV[7] ~= '' then
-  local ids, n = {}, 0
-  for id in string.gmatch(ARGV[7], '[^,]+') do
-    n = n + 1
-    ids[n] = id
-    if n == 1000 then  -- unpack() has a stack limit: ack in chunks
-      if not pcall(redis.call, 'XACK', stream, group, unpack(ids)) then return {'NOGROUP'} end
-      ids, n = {}, 0
-    end
-  end
-  if n > 0 and not pcall(redis.call, 'XACK', stream, group, unpack(ids)) then return {'NOGROUP'} end
-end
+if not ack_ids(stream, group, ARGV[7]) then return {'NOGROUP'} end
 if count == 0 then return {'OK', ''} end
 local gate = read_id == '>' and redis.call('GET', KEYS[3])
 if gate then
@@ -57,21 +46,8 @@ if gate then
     count = #upto
   end
 end
-local ok, r = pcall(redis.call, 'XREADGROUP', 'GROUP', group, consumer, 'COUNT', count,
-  'STREAMS', stream, read_id)
-if not ok then
-  if string.find(error_text(r), 'NOGROUP') then return {'NOGROUP'} end
-  return redis.error_reply(error_text(r))
-end
-local entries = (r and r[1] and r[1][2]) or {}
-if #entries == 0 then
-  local last = ''
-  if read_id == '>' then
-    local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
-    last = (newest[1] and newest[1][1]) or '0-0'
-  end
-  return {'OK', last, entries, {}}
-end
+local entries, r = read_group(stream, group, consumer, count, read_id)
+if not entries or #entries == 0 then return r end
 if read_id == '>' then return {'OK', '', entries, {}} end
 local pend = redis.call('XPENDING', stream, group, entries[1][1], entries[#entries][1],
   #entries, consumer)
