@@ -254,7 +254,7 @@ class PartitionFetcher:
     def pause(self) -> None:
         self._resumed.clear()
         if self._prefetch is not None and self.ctx.waiter is not None:
-            self.ctx.waiter.withdraw(self._prefetch)  # type: ignore[union-attr]  # (only an IdleWaiter has them)
+            cast("IdleWaiter", self.ctx.waiter).withdraw(self._prefetch)  # (only an IdleWaiter has them)
 
     def resume(self) -> None:
         self._resumed.set()
@@ -700,12 +700,11 @@ class PartitionFetcher:
             finally:
                 self._idle = False
             if not done:
-                if prefetch.linger and not waiter.withdraw(prefetch):
+                linger, prefetch.linger = prefetch.linger, False
+                if linger and not waiter.withdraw(prefetch):
                     # On the wire, behind a read that may block for long: its acks go
                     # now on their own (the prefetch acks them again: XACK is idempotent).
-                    prefetch.linger = False
                     parse_fetch_ack(await self.call("ack", lambda: self._fetch_call(0, ">", prefetch.acks)), self.tp)
-                prefetch.linger = False
                 if not prefetch.fut.done():
                     return  # still on the wire: wait on
         self._prefetch = None
@@ -738,8 +737,7 @@ class PartitionFetcher:
             # Read while pausing, as process() ended, or after a seek: pending under our
             # name, handed out later by a re-read that gives their delivery back (after
             # a seek, its own re-read from "0"); a release meanwhile gives it back too.
-            for entry_id, _ in reply.entries:
-                self.held.setdefault(entry_id.decode(), 0)
+            self._hold_unhanded(reply.entries)
             c.credits.give(prefetch.taken)
             if prefetch.generation == self.generation:
                 self._reread()
@@ -763,8 +761,13 @@ class PartitionFetcher:
             # XACK is idempotent).
             self.acks = prefetch.acks + self.acks
         elif reply[0] == b"OK" and prefetch.generation == self.generation:
-            for entry_id, _ in reply[2]:
-                self.held.setdefault(entry_id.decode(), 0)
+            self._hold_unhanded(reply[2])
+
+    def _hold_unhanded(self, entries: list[StreamEntry]) -> None:
+        """Entries read and not handed out: held with no invocation, so a release or a
+        re-read gives their delivery back."""
+        for entry_id, _ in entries:
+            self.held.setdefault(entry_id.decode(), 0)
 
     async def _await_finish(self, finished: asyncio.Event) -> None:
         finished.clear()
