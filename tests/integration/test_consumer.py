@@ -892,6 +892,40 @@ async def test_a_stop_while_idle_loses_nothing_and_hands_over_first_attempts(
     assert await pending_ids(r, namespace, 0) == {}
 
 
+async def test_a_process_task_cancelled_while_idle_then_called_again_gets_each_message_once(
+    redis_url: str, namespace: str, r: redis.asyncio.Redis, producer: Producer
+) -> None:
+    """The README's loop in a task that gets cancelled while the partition's read waits
+    behind the idle XREAD, with a send landing at about the same moment, then
+    ``process()`` called again on the same consumer: each message is handled once, as
+    its first attempt, in order, and nothing stays pending."""
+    await create_topic(redis_url, namespace, TOPIC, 1)
+    seen = Seen()
+    c = make_consumer(redis_url, namespace, TOPIC)
+    p0 = TopicPartition(TOPIC, 0)
+    task = start_processing(c, seen.handler("c"))
+    try:
+        await eventually(lambda: c.assignment() == {p0}, 5)
+        for i in range(5):
+            await asyncio.sleep(0.05)  # idle, its read behind the blocking XREAD
+            send = asyncio.create_task(producer.send(TOPIC, {"seq": i}, key="k"))
+            await asyncio.sleep(0.001 * i)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await send
+            task = start_processing(c, seen.handler("c"))
+            await eventually(lambda i=i: seen.count() == i + 1, 5, message=f"message {i} handled")
+
+        async def acked() -> bool:
+            return await pending_ids(r, namespace, 0) == {}
+
+        await eventually(acked, 5)
+    finally:
+        await stop_all((c, task))
+    assert [(m.value["seq"], m.attempts) for m in seen.handled()] == [(i, 1) for i in range(5)]
+
+
 async def test_idle_partitions_leave_credits_for_a_busy_one(
     redis_url: str, namespace: str, producer: Producer
 ) -> None:
