@@ -56,7 +56,7 @@ from .replies import (
     parse_seek,
 )
 from .retry import Backoff
-from .serde import FetchedEntry, decode_fields, entry_slots
+from .serde import FetchedEntry, decode_fields, decode_fresh, entry_slots
 from .structs import Message, TopicPartition
 from .waiter import IdleWaiter, Prefetch
 
@@ -998,7 +998,15 @@ class PartitionFetcher:
         # A re-read while concurrent handlers run meets entries still in their hands, or
         # finished with the ack not yet sent: those are not new deliveries, skip them.
         skip = self._in_hand() if not fresh else None
-        for j, (entry_id, fields) in enumerate(entries):
+        common = decode_fresh(topic, partition, entries) if fresh and deserializer is None else None
+        if common is not None:  # the common batch: no TTL, no headers, attempts 1, nothing to skip
+            messages, ids = common
+            held.update(dict.fromkeys(ids, 0))
+            raw = dict(zip(ids, [fields for _, fields in entries], strict=True))
+            entries_left: list[StreamEntry] = []
+        else:
+            entries_left = entries
+        for j, (entry_id, fields) in enumerate(entries_left):
             if skip and (entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)) in skip:
                 continue
             try:

@@ -29,6 +29,7 @@ from redcurrent.serde import (
     Serializer,
     decode_entry,
     decode_fields,
+    decode_fresh,
     encode_headers,
     encode_key,
     encode_value,
@@ -454,3 +455,32 @@ def test_format2_bytes_and_custom_values_decode_exactly_as_format1(
         two = decode_fields("t", 0, ENTRY_ID, 1, format2_flat(custom, key, ser), deserializer)
         assert two == one and type(two.key) is type(key)
         assert two.value == expected
+
+
+def _common(i: int, key: str | None) -> tuple[bytes, list[bytes]]:
+    name = b"2jn" if key is None else b"2js" + key.encode()
+    return f"17000000{i:05d}-{i}".encode(), [name, orjson.dumps({"i": i, "k": key})]
+
+
+def test_a_fresh_common_batch_decodes_in_one_pass_exactly_as_one_by_one() -> None:
+    entries = [_common(i, None if i % 3 == 0 else f"user-{i}") for i in range(50)]
+    decoded = decode_fresh("t", 2, entries)
+    assert decoded is not None
+    messages, ids = decoded
+    assert messages == [decode_fields("t", 2, e, 1, f, None) for e, f in entries]
+    assert ids == [e.decode() for e, _ in entries]
+    assert messages[1].timestamp == 1700000000001 and messages[0].key is None and messages[1].attempts == 1
+
+
+@pytest.mark.parametrize("odd", [
+    [b"f", b"1js", b"v", b"{}", b"k", b"a"],  # format 1: decoded one by one
+    [b"2js" + "ü".encode()[:1], b"{}"],  # a key that is not UTF-8: one by one says so
+    [b"2jsk", b"{not json"],  # a value that does not decode: one by one dead-letters it
+    [b"2bsk", b"raw"],  # a bytes value
+    [b"2jnx", b"{}"],  # no key, but more after the codec letters
+    None,  # an entry deleted while pending
+])
+def test_a_fresh_batch_with_any_other_entry_goes_one_by_one(odd: list[bytes] | None) -> None:
+    entries: list[Any] = [_common(i, "k") for i in range(5)]
+    entries.insert(3, (b"1700000000000-9", odd))
+    assert decode_fresh("t", 0, entries) is None
