@@ -23,7 +23,8 @@ Replies come as hiredis/redis-py give them with no response callbacks: bulk stri
 are bytes, Lua numbers ints. The two hot replies are parsed once per call and no more:
 ``produce`` per partition batch (its ids stay one comma-joined bytes string) and
 ``fetch`` per batch (its entries stay XREADGROUP's, decoded by
-:func:`redcurrent.serde.decode_fields` one by one, as before).
+:func:`redcurrent.serde.decode_fresh` in one pass when all are in the common shape,
+else by :func:`redcurrent.serde.decode_fields` one by one).
 """
 
 from __future__ import annotations
