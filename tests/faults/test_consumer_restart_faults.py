@@ -29,6 +29,7 @@ from redcurrent import (
     ShareConsumer,
     TopicExistsError,
 )
+from redcurrent.keys import Keys
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 
@@ -86,6 +87,57 @@ async def test_a_server_restart_while_a_handler_is_failing_stalls_no_partition(
         ns = [n for k, n in handled if k == key]
         assert ns == sorted(set(ns)), handled  # key order, each once after its failures
     print(f"\nall handled {took:.2f}s after the restart; stats {c.stats()}")
+
+
+async def test_a_backlog_drained_in_batches_of_500_through_a_restart_loses_nothing_and_leaves_nothing_pending(
+    aof_server: ServerProcess, namespace: str
+) -> None:
+    """The README's process_batch with batch_size=500 over a backlog: reads that large
+    fetch with WATCH/MULTI and ack with XACK inside it. One batch handler call raises
+    once, one entry mid-backlog is corrupt (the common shape, JSON that does not parse),
+    and the server is SIGKILLed mid-drain and comes back with its data. Every good record
+    is handled, the corrupt one is dead-lettered, and in the end nothing is pending."""
+    url = aof_server.url
+    async with Admin(url, namespace=namespace) as admin:
+        await admin.create_topic("t", 2)
+    n = 3000
+    async with Producer(url, namespace=namespace) as p:
+        await p.send_batch("t", [Record({"n": i}, key=f"k{i % 50}") for i in range(n // 2)])
+        with aof_server.client() as raw:  # a corrupt entry in the common shape
+            raw.xadd(Keys(namespace).stream("t", 0), {"2jsk0": "{not json"})
+        await p.send_batch("t", [Record({"n": i}, key=f"k{i % 50}") for i in range(n // 2, n)])
+    handled: list[int] = []
+    calls = 0
+    first_batch = asyncio.Event()
+
+    async def handle_batch(msgs: list[Message]) -> None:
+        nonlocal calls
+        calls += 1
+        first_batch.set()
+        await asyncio.sleep(0.05)
+        if calls == 2:
+            raise RuntimeError("downstream hiccup")  # the batch is retried whole
+        handled.extend(m.value["n"] for m in msgs)
+
+    c = Consumer("t", group="g", url=url, namespace=namespace, start="earliest", batch_size=500,
+                 heartbeat_interval=0.2, session_timeout=3.0, rebalance_timeout=2.0,
+                 backoff=Backoff(initial=0.05, multiplier=1.0, max=0.05, jitter=0.0))
+    async with c:
+        task = asyncio.create_task(c.process_batch(handle_batch))
+        await asyncio.wait_for(first_batch.wait(), 10)
+        aof_server.kill()
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(aof_server.restart)
+        await eventually(lambda: set(handled) >= set(range(n)), timeout=40,
+                         message=f"every record handled after the restart: {len(set(handled))} of {n}")
+        await eventually(lambda: c.stats().get("decode_failures", 0) >= 1, timeout=10)
+        await c.stop()
+        await asyncio.wait_for(task, 10)
+    async with Admin(url, namespace=namespace) as admin:
+        [dead] = await admin.dead_letters("t", "g")
+        info = await admin.describe_group("t", "g")
+    assert dead.reason == "decode_error"
+    assert info.pending == 0 and info.lag == 0  # every read entry acked, the bad one too
 
 
 @pytest.fixture
